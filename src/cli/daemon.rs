@@ -1,0 +1,170 @@
+//! `cco daemon run`: the daemon process itself (what the service manager starts).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::config::{self, Config};
+use crate::daemon::{self, DaemonState, runtime};
+use crate::listen;
+use crate::paths::{self, Installation};
+use crate::roster::Roster;
+use crate::seal;
+use crate::secret::Secret;
+use crate::server::{self, Stopper, Tracker};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Run the daemon in the foreground (the service manager runs this; socket-activated
+    /// when it hands over a listener, else it binds 127.0.0.1:<port> itself).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Port to bind when not socket-activated (default: daemon.port, 3000).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Exit after this long with no open connection ("never", "10m", "30s").
+    #[arg(long, value_name = "DURATION")]
+    pub idle_exit_after: Option<String>,
+}
+
+pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Action::Run(run) => run_daemon(config_flag, run),
+    }
+}
+
+/// Loads the installation and applies flags (they win over all): `set_flags` for the
+/// service's own (`--port`), then `--idle-exit-after`.
+pub fn load_with_flags(
+    config_flag: Option<&Path>,
+    set_flags: impl FnOnce(&mut Config),
+    idle: Option<&str>,
+) -> anyhow::Result<Installation> {
+    let mut inst = Installation::from_process(config_flag)?;
+    set_flags(&mut inst.config);
+    if let Some(idle) = idle {
+        inst.config.idle_exit_after = match idle.trim() {
+            "never" | "off" => None,
+            d => Some(humantime::parse_duration(d).with_context(|| {
+                format!("--idle-exit-after {d:?}: expected \"never\" or a duration such as \"10m\"")
+            })?),
+        };
+        if inst
+            .config
+            .idle_exit_after
+            .is_some_and(|d| d < config::MIN_IDLE_EXIT)
+        {
+            anyhow::bail!(
+                "--idle-exit-after must be at least {}s",
+                config::MIN_IDLE_EXIT.as_secs()
+            );
+        }
+    }
+    Ok(inst)
+}
+
+/// Writes the commented example config on first start, so users find every key documented.
+pub fn write_default_config(path: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent()
+        && std::fs::symlink_metadata(dir).is_err()
+        && let Err(e) = paths::ensure_private_dir(dir)
+    {
+        tracing::warn!(error = %e, "cannot create the config directory");
+        return;
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| f.write_all(config::EXAMPLE.as_bytes()));
+    match created {
+        Ok(()) => tracing::info!(path = %path.display(), "wrote the default config"),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the default config")
+        }
+    }
+}
+
+/// A small runtime: both services are I/O-bound and share two cores with their clients.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_daemon(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let inst = load_with_flags(
+        config_flag,
+        |c| {
+            if let Some(p) = args.port {
+                c.daemon.port = p;
+            }
+        },
+        args.idle_exit_after.as_deref(),
+    )?;
+    crate::logging::init(&inst.config.log_level);
+    let Installation { config, paths } = inst;
+
+    let (std_listener, origin) = listen::acquire(
+        "daemon",
+        config.daemon.port,
+        "daemon.port",
+        &paths.config_file.display().to_string(),
+    )?;
+    write_default_config(&paths.config_file);
+    let secret = Secret::load_or_create(&paths.secret_file())?;
+    let (roster, problems) = Roster::load(&paths.user_agents_dir())?;
+    for p in &problems {
+        tracing::warn!("skipping agent file {p} — check it with `cco agents lint`");
+    }
+    let files = runtime::render(&config, &roster, &daemon::current_exe());
+    let sealed = seal::seal(&paths.runtime_dir, &secret, &files)?;
+    tracing::info!(
+        dir = %paths.runtime_dir.display(),
+        generation = sealed.generation,
+        rewritten = sealed.changed,
+        agents = roster.agents.len(),
+        "runtime files sealed"
+    );
+
+    let idle = config.idle_exit_after;
+    let port = config.daemon.port;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let tracker = Arc::new(Tracker::default());
+        let stopper = Arc::new(Stopper::default());
+        let state = DaemonState::new(config, paths, origin, sealed.generation, tracker.clone());
+        let app = daemon::router(state);
+        let _ = listen::notify("READY=1");
+        tracing::info!(
+            port,
+            listener = origin.as_str(),
+            pid = std::process::id(),
+            "daemon ready"
+        );
+        let exit =
+            server::serve(listener, app, tracker, stopper, idle, server::termination()).await?;
+        let _ = listen::notify("STOPPING=1");
+        tracing::info!(?exit, "daemon stopped");
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,221 @@
+//! `cco doctor`: the checklist a new user needs, each line ✅ / ⚠️ / ❌ with the fix.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::health;
+use crate::cli::launch::find_claude;
+use crate::paths::{self, Installation};
+use crate::seal;
+use crate::secret::{Secret, SecretError};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+pub struct Check {
+    pub level: Level,
+    pub what: String,
+    pub fix: Option<String>,
+}
+
+fn ok(what: impl Into<String>) -> Check {
+    Check {
+        level: Level::Ok,
+        what: what.into(),
+        fix: None,
+    }
+}
+fn warn(what: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        level: Level::Warn,
+        what: what.into(),
+        fix: Some(fix.into()),
+    }
+}
+fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        level: Level::Fail,
+        what: what.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// Runs `claude --version` with a deadline; Claude Code is a Node program and may hang.
+fn claude_version(claude: &Path) -> Result<String, String> {
+    let mut child = Command::new(claude)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => {
+                let mut out = String::new();
+                use std::io::Read;
+                if let Some(mut s) = child.stdout.take() {
+                    let _ = s.read_to_string(&mut out);
+                }
+                return if status.success() {
+                    Ok(out.trim().to_string())
+                } else {
+                    Err(format!("`--version` exited with {status}"))
+                };
+            }
+            None if start.elapsed() > Duration::from_secs(20) => {
+                let _ = child.kill();
+                return Err("`--version` did not finish in 20 s".into());
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+pub fn checks(inst: &Installation) -> Vec<Check> {
+    let mut out = Vec::new();
+    let p = &inst.paths;
+    out.push(ok(format!(
+        "cco {} at {}",
+        env!("CARGO_PKG_VERSION"),
+        crate::daemon::current_exe().display()
+    )));
+    out.push(if p.config_file.exists() {
+        ok(format!("config {} parses", p.config_file.display()))
+    } else {
+        warn(
+            format!("config {} does not exist yet (using defaults)", p.config_file.display()),
+            "the daemon writes a commented default on first start: `cco install` or `cco daemon start`",
+        )
+    });
+    let secret = Secret::load(&p.secret_file());
+    out.push(match &secret {
+        Ok(_) => ok(format!(
+            "secret {} is private (0600) and 32+ bytes",
+            p.secret_file().display()
+        )),
+        Err(SecretError::Missing { .. }) => warn(
+            format!("no secret at {} yet", p.secret_file().display()),
+            "the daemon creates it on first start: `cco install` (or `cco daemon start`)",
+        ),
+        Err(e) => fail(
+            e.to_string(),
+            format!(
+                "remove {} and run `cco daemon restart`",
+                p.secret_file().display()
+            ),
+        ),
+    });
+    out.push(match paths::check_private_dir(&p.runtime_dir) {
+        Ok(()) => ok(format!(
+            "runtime dir {} is private (0700, yours, not a link)",
+            p.runtime_dir.display()
+        )),
+        Err(paths::PathError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            warn(
+                format!("runtime dir {} does not exist yet", p.runtime_dir.display()),
+                "the daemon creates it on start: `cco install` (or `cco daemon start`)",
+            )
+        }
+        Err(e) => fail(
+            e.to_string(),
+            "fix the permissions as shown, then `cco daemon restart`",
+        ),
+    });
+
+    let probes = health::both(inst, "/health");
+    for probe in &probes {
+        out.push(match &probe.result {
+            Ok(_) if probe.healthy() => ok(format!("{} answers on 127.0.0.1:{}", probe.name, probe.port)),
+            Ok(v) => fail(
+                format!("{} on 127.0.0.1:{} reports {}", probe.name, probe.port, v["status"]),
+                format!("`cco logs {}` shows why", probe.name),
+            ),
+            Err(e) => match TcpListener::bind(("127.0.0.1", probe.port)) {
+                Ok(_) => fail(
+                    format!("{} is not running and nothing listens on 127.0.0.1:{} ({e})", probe.name, probe.port),
+                    "run `cco install` once (or `cco daemon start` where there is no service manager)",
+                ),
+                Err(_) => fail(
+                    format!(
+                        "127.0.0.1:{} is taken, but not by a healthy cco {} ({e})",
+                        probe.name, probe.port
+                    ),
+                    format!(
+                        "see who owns it with `ss -ltnp 'sport = :{}'`; free it or change the port in {}",
+                        probe.port,
+                        p.config_file.display()
+                    ),
+                ),
+            },
+        });
+    }
+
+    if let Ok(secret) = &secret {
+        out.push(match seal::verify(&p.runtime_dir, secret) {
+            Ok(v) => ok(format!(
+                "sealed runtime files verify (generation {})",
+                v.generation
+            )),
+            Err(e) => fail(e.to_string(), "`cco daemon restart` rewrites them"),
+        });
+    }
+
+    match find_claude(
+        inst.config.claude_path.as_deref(),
+        std::env::var_os("PATH").as_deref(),
+        &p.config_file,
+    ) {
+        Ok(claude) => out.push(match claude_version(&claude) {
+            Ok(v) => ok(format!("Claude Code {v} at {}", claude.display())),
+            Err(e) => fail(
+                format!("Claude Code at {} does not run: {e}", claude.display()),
+                "reinstall it: `npm install -g @anthropic-ai/claude-code`",
+            ),
+        }),
+        Err(e) => out.push(fail("Claude Code not found", e.to_string())),
+    }
+    out
+}
+
+pub fn run(config: Option<&Path>, _args: Args) -> anyhow::Result<ExitCode> {
+    let inst = match Installation::from_process(config) {
+        Ok(inst) => inst,
+        Err(e) => {
+            println!("❌ {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let checks = checks(&inst);
+    for c in &checks {
+        let mark = match c.level {
+            Level::Ok => "✅",
+            Level::Warn => "⚠️ ",
+            Level::Fail => "❌",
+        };
+        println!("{mark} {}", c.what);
+        if let Some(fix) = &c.fix {
+            println!("   → {fix}");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.level == Level::Fail).count();
+    if failed == 0 {
+        println!("\nAll checks passed.");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{failed} check(s) failed.");
+        Ok(ExitCode::FAILURE)
+    }
+}

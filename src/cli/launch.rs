@@ -1,0 +1,388 @@
+//! The launcher — the hot path: check the daemon's health, verify the sealed files, set the
+//! `ORCHESTRATOR_*` environment and `exec` Claude Code. No async runtime; it never starts a
+//! process of its own, and stdout belongs to Claude.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use crate::api::{DaemonHealth, IssueId};
+use crate::auth::{Keys, TokenSpec};
+use crate::client::{self, ClientError, Request};
+use crate::paths::{Installation, process_env};
+use crate::seal::{self, AGENTS, HOOKS, RULES, SETTINGS, Verified};
+use crate::secret::Secret;
+
+/// How long the launcher waits for the daemon before it gives up.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(3);
+/// Pause between connection attempts while the daemon is not listening.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Names tried on `PATH` when no Claude path is configured, in order.
+pub const CLAUDE_NAMES: [&str; 3] = ["claude", "claude-code", "claude-ai"];
+
+/// cco's own launcher options, taken only from the front of the arguments.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LaunchOptions {
+    pub quiet: bool,
+    pub issue: Option<String>,
+}
+
+impl LaunchOptions {
+    /// Splits leading `--quiet` / `--issue ID` off; everything else goes to Claude untouched.
+    pub fn split(args: Vec<OsString>) -> Result<(LaunchOptions, Vec<OsString>), LaunchError> {
+        let mut opts = LaunchOptions::default();
+        let mut rest = args.into_iter().peekable();
+        while let Some(arg) = rest.peek().and_then(|a| a.to_str()) {
+            if arg == "--quiet" {
+                opts.quiet = true;
+            } else if arg == "--issue" {
+                rest.next();
+                let v = rest
+                    .peek()
+                    .and_then(|a| a.to_str())
+                    .ok_or(LaunchError::IssueMissing)?;
+                opts.issue = Some(v.to_string());
+            } else if let Some(v) = arg.strip_prefix("--issue=") {
+                opts.issue = Some(v.to_string());
+            } else {
+                break;
+            }
+            rest.next();
+        }
+        Ok((opts, rest.collect()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "the cco daemon is not reachable on 127.0.0.1:{port} ({why} for {secs} s) — \
+         run `cco install` once to register it with the service manager, \
+         or `cco daemon start` where there is no service manager"
+    )]
+    DaemonDown { port: u16, why: String, secs: u64 },
+    #[error(
+        "the daemon on 127.0.0.1:{port} answered /health with {what} — see `cco logs daemon`, then `cco daemon restart`"
+    )]
+    DaemonUnhealthy { port: u16, what: String },
+    #[error(
+        "the daemon on 127.0.0.1:{port} uses runtime dir {theirs}, but this shell resolves {ours} — \
+         run cco with the same XDG_RUNTIME_DIR / CCO_RUNTIME_DIR as the service, or `cco daemon restart`"
+    )]
+    RuntimeDirMismatch {
+        port: u16,
+        theirs: String,
+        ours: String,
+    },
+    #[error(
+        "Claude Code not found: {looked} — install it with `npm install -g @anthropic-ai/claude-code`, \
+         or set CCO_CLAUDE (or claude_path in {config}) to its path"
+    )]
+    ClaudeNotFound { looked: String, config: String },
+    #[error("cannot run Claude Code at {path}: {source}")]
+    Exec {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--issue needs a value, e.g. `cco --issue issue-123 …`")]
+    IssueMissing,
+    #[error("{0} — e.g. `cco --issue issue-123`")]
+    BadIssue(crate::api::IdError),
+}
+
+/// Polls `GET /health` until it answers or [`HEALTH_DEADLINE`] passes. A socket-activated
+/// daemon accepts at once and answers when it has started.
+pub fn wait_healthy(port: u16, deadline: Duration) -> Result<DaemonHealth, LaunchError> {
+    let start = Instant::now();
+    let addr = client::local(port);
+    loop {
+        let left = deadline.saturating_sub(start.elapsed());
+        let err = match client::send(
+            addr,
+            &Request::get("/health"),
+            left.max(Duration::from_millis(100)),
+        ) {
+            Ok(r) if r.status == 200 => {
+                return r
+                    .json::<DaemonHealth>()
+                    .map_err(|e| LaunchError::DaemonUnhealthy {
+                        port,
+                        what: e.to_string(),
+                    });
+            }
+            Ok(r) => {
+                return Err(LaunchError::DaemonUnhealthy {
+                    port,
+                    what: format!("HTTP {}", r.status),
+                });
+            }
+            Err(e) => e,
+        };
+        if start.elapsed() + RETRY_PAUSE >= deadline {
+            let why = match err {
+                ClientError::Refused => "connection refused".to_string(),
+                ClientError::Timeout => "no answer".to_string(),
+                other => other.to_string(),
+            };
+            return Err(LaunchError::DaemonDown {
+                port,
+                why,
+                secs: deadline.as_secs(),
+            });
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Finds Claude Code: the configured path (a name is looked up on `PATH`), else the usual
+/// names on `PATH`.
+pub fn find_claude(
+    configured: Option<&Path>,
+    path_var: Option<&OsStr>,
+    config_file: &Path,
+) -> Result<PathBuf, LaunchError> {
+    let dirs: Vec<PathBuf> = path_var
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    let search = |name: &OsStr| dirs.iter().map(|d| d.join(name)).find(|p| is_executable(p));
+    let not_found = |looked: String| LaunchError::ClaudeNotFound {
+        looked,
+        config: config_file.display().to_string(),
+    };
+    if let Some(c) = configured {
+        if c.as_os_str().as_bytes().contains(&b'/') {
+            return if is_executable(c) {
+                Ok(c.to_owned())
+            } else {
+                Err(not_found(format!(
+                    "{} is not an executable file",
+                    c.display()
+                )))
+            };
+        }
+        return search(c.as_os_str())
+            .ok_or_else(|| not_found(format!("{} is not on PATH", c.display())));
+    }
+    CLAUDE_NAMES
+        .iter()
+        .find_map(|n| search(OsStr::new(n)))
+        .ok_or_else(|| not_found(format!("none of {} is on PATH", CLAUDE_NAMES.join(", "))))
+}
+
+/// Whether the user already passed a Claude flag (`--agents`, `--agents=…`).
+fn user_passed(args: &[OsString], flag: &str) -> bool {
+    args.iter().any(|a| {
+        let a = a.as_bytes();
+        a == flag.as_bytes() || (a.starts_with(flag.as_bytes()) && a.get(flag.len()) == Some(&b'='))
+    })
+}
+
+/// The full argv for Claude: our flags first, then the user's arguments untouched.
+pub fn claude_args(
+    verified: &Verified,
+    append_rules: bool,
+    pass_agents: bool,
+    user: Vec<OsString>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--settings".into(), verified.path(SETTINGS).into()];
+    if pass_agents && !user_passed(&user, "--agents") {
+        args.push("--agents".into());
+        args.push(OsStr::from_bytes(&verified.files.agents).to_owned());
+    }
+    if append_rules && !user_passed(&user, "--append-system-prompt") {
+        args.push("--append-system-prompt".into());
+        args.push(OsStr::from_bytes(&verified.files.rules).to_owned());
+    }
+    args.extend(user);
+    args
+}
+
+/// The `ORCHESTRATOR_*` environment for Claude and every hook it runs.
+pub fn orchestrator_env(
+    inst: &Installation,
+    verified: &Verified,
+    token: &str,
+    issue: &IssueId,
+) -> Vec<(&'static str, OsString)> {
+    let policy: serde_json::Value =
+        serde_json::from_slice(&verified.files.hooks).unwrap_or_default();
+    let flag = |v: &serde_json::Value| {
+        OsString::from(if v.as_bool().unwrap_or(false) {
+            "true"
+        } else {
+            "false"
+        })
+    };
+    vec![
+        ("ORCHESTRATOR_ENABLED", "true".into()),
+        (
+            "ORCHESTRATOR_API_URL",
+            format!("http://127.0.0.1:{}", inst.config.daemon.port).into(),
+        ),
+        (
+            "ORCHESTRATOR_SIDECAR_URL",
+            format!("http://127.0.0.1:{}", inst.config.sidecar.port).into(),
+        ),
+        ("ORCHESTRATOR_SETTINGS", verified.path(SETTINGS).into()),
+        ("ORCHESTRATOR_AGENTS", verified.path(AGENTS).into()),
+        ("ORCHESTRATOR_RULES", verified.path(RULES).into()),
+        ("ORCHESTRATOR_HOOKS", verified.path(HOOKS).into()),
+        ("ORCHESTRATOR_HOOKS_CONFIG", policy.to_string().into()),
+        ("ORCHESTRATOR_HOOKS_ENABLED", flag(&policy["enabled"])),
+        (
+            "ORCHESTRATOR_AUTO_ALLOW_READ",
+            flag(&policy["permissions"]["auto_allow_read"]),
+        ),
+        (
+            "ORCHESTRATOR_REQUIRE_CUD_CONFIRMATION",
+            flag(&policy["permissions"]["require_cud_confirmation"]),
+        ),
+        ("ORCHESTRATOR_ISSUE_ID", issue.as_str().into()),
+        ("ORCHESTRATOR_TOKEN", token.into()),
+    ]
+}
+
+/// A default issue for a session started without `--issue`: unique per launch.
+fn default_issue() -> IssueId {
+    let secs = crate::auth::now_secs();
+    IssueId::parse(&format!("session-{secs}-{}", std::process::id())).expect("valid id")
+}
+
+pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let (opts, user_args) = LaunchOptions::split(args)?;
+    let quiet = opts.quiet || process_env("CCO_QUIET").is_some_and(|v| v == "1" || v == "true");
+    let inst = Installation::from_process(None)?;
+    let port = inst.config.daemon.port;
+
+    let health = wait_healthy(port, HEALTH_DEADLINE)?;
+    if Path::new(&health.runtime_dir) != inst.paths.runtime_dir {
+        return Err(LaunchError::RuntimeDirMismatch {
+            port,
+            theirs: health.runtime_dir,
+            ours: inst.paths.runtime_dir.display().to_string(),
+        }
+        .into());
+    }
+    let secret = Secret::load(&inst.paths.secret_file())?;
+    let verified = seal::verify(&inst.paths.runtime_dir, &secret)?;
+
+    let issue = match opts
+        .issue
+        .or_else(|| process_env("ORCHESTRATOR_ISSUE_ID").filter(|s| !s.is_empty()))
+    {
+        Some(s) => IssueId::parse(&s).map_err(LaunchError::BadIssue)?,
+        None => default_issue(),
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let mut spec = TokenSpec::session(
+        format!("session-{}", std::process::id()),
+        inst.config.launcher.token_ttl,
+    );
+    spec.project = Some(cwd.display().to_string());
+    let token = Keys::new(&secret)?.mint(&spec);
+
+    let claude = find_claude(
+        inst.config.claude_path.as_deref(),
+        std::env::var_os("PATH").as_deref(),
+        &inst.paths.config_file,
+    )?;
+    let env = orchestrator_env(&inst, &verified, &token.0, &issue);
+    let argv = claude_args(
+        &verified,
+        inst.config.launcher.append_rules,
+        inst.config.launcher.pass_agents,
+        user_args,
+    );
+
+    if !quiet {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "✅ Daemon is running (127.0.0.1:{port}, settings generation {})\n\
+             ✅ Orchestrator settings found\n\
+             ✅ Orchestration environment configured (issue {issue})\n\
+             🚀 Launching Claude Code with orchestration support...\n   \
+             Working directory: {}\n   Settings: {}\n   Executable: {}\n\n",
+            verified.generation,
+            cwd.display(),
+            verified.path(SETTINGS).display(),
+            claude.display(),
+        );
+    }
+    let source = Command::new(&claude).args(&argv).envs(env).exec();
+    Err(LaunchError::Exec {
+        path: claude,
+        source,
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn splits_only_leading_cco_options() {
+        let (o, rest) =
+            LaunchOptions::split(os(&["--quiet", "--issue", "i-1", "-p", "--quiet"])).unwrap();
+        assert_eq!(
+            o,
+            LaunchOptions {
+                quiet: true,
+                issue: Some("i-1".into())
+            }
+        );
+        assert_eq!(rest, os(&["-p", "--quiet"]));
+        let (o, rest) = LaunchOptions::split(os(&["--", "status"])).unwrap();
+        assert_eq!(o, LaunchOptions::default());
+        assert_eq!(rest, os(&["--", "status"]));
+        let (o, _) = LaunchOptions::split(os(&["--issue=x"])).unwrap();
+        assert_eq!(o.issue.as_deref(), Some("x"));
+        assert!(LaunchOptions::split(os(&["--issue"])).is_err());
+    }
+
+    #[test]
+    fn claude_lookup() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("claude-code");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = Path::new("/c/daemon.toml");
+        let path = std::env::join_paths(["/nonexistent", tmp.path().to_str().unwrap()]).unwrap();
+        assert_eq!(find_claude(None, Some(&path), cfg).unwrap(), bin);
+        assert_eq!(find_claude(Some(&bin), None, cfg).unwrap(), bin);
+        let e = find_claude(None, Some(OsStr::new("/nonexistent")), cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("npm install -g @anthropic-ai/claude-code") && e.contains("CCO_CLAUDE"),
+            "{e}"
+        );
+        let e = find_claude(Some(Path::new("/no/such/claude")), None, cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such/claude"), "{e}");
+    }
+
+    #[test]
+    fn user_agents_flag_wins() {
+        assert!(user_passed(&os(&["-p", "--agents", "{}"]), "--agents"));
+        assert!(user_passed(&os(&["--agents={}"]), "--agents"));
+        assert!(!user_passed(&os(&["--agentsx"]), "--agents"));
+    }
+}

@@ -1,0 +1,78 @@
+//! The command line: one file per subcommand, one dispatch table ([`run`]). Anything that is
+//! not a cco subcommand goes to Claude Code through the launcher.
+
+pub mod daemon;
+pub mod doctor;
+pub mod health;
+pub mod launch;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// cco — Claude Code Orchestra.
+///
+/// Run `cco [claude args…]` to start Claude Code with orchestration (every argument that is not
+/// a cco subcommand goes to Claude; `cco -- status` sends the prompt "status"). The daemon
+/// (127.0.0.1:3000) and the sidecar (127.0.0.1:3001) are started by the service manager on
+/// first use; `cco install` sets that up once per machine.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cco",
+    version,
+    disable_version_flag = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Config file (default: $XDG_CONFIG_HOME/cco/daemon.toml; also CCO_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run or operate the daemon (127.0.0.1:3000).
+    Daemon(daemon::Args),
+    /// Check that the services answer; exits non-zero when one does not.
+    Health(health::HealthArgs),
+    /// Show what the services are doing.
+    Status(health::StatusArgs),
+    /// Check the whole set-up and say how to fix what is wrong.
+    Doctor(doctor::Args),
+    /// Print cco's version.
+    Version,
+}
+
+/// Names that select a cco subcommand rather than the launcher.
+pub const SUBCOMMANDS: &[&str] = &["daemon", "health", "status", "doctor", "version", "help"];
+
+/// Parses `args` (including argv[0]) and runs what they ask for.
+pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let first = args.get(1).and_then(|a| a.to_str());
+    if !first.is_some_and(|f| SUBCOMMANDS.contains(&f)) {
+        return launch::run(args.into_iter().skip(1).collect());
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Daemon(args) => daemon::run(config, args),
+        Command::Health(args) => health::run_health(config, args),
+        Command::Status(args) => health::run_status(config, args),
+        Command::Doctor(args) => doctor::run(config, args),
+        Command::Version => {
+            println!("cco {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

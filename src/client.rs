@@ -1,0 +1,262 @@
+//! A tiny blocking HTTP/1.1 client for loopback calls on the hot paths (the launcher and
+//! `cco hook` run on every launch and tool call): no async runtime, one connection per call.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Largest response body read into memory.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ClientError::Protocol(format!("bad JSON: {e}")))
+    }
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection refused")]
+    Refused,
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("bad HTTP response: {0}")]
+    Protocol(String),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused => ClientError::Refused,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ClientError::Timeout,
+            _ => ClientError::Io(e),
+        }
+    }
+}
+
+/// One request. `headers` must not contain `Host`, `Content-Length` or `Connection`.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+}
+
+impl<'a> Request<'a> {
+    pub fn get(path: &'a str) -> Self {
+        Request {
+            method: "GET",
+            path,
+            headers: &[],
+            body: None,
+        }
+    }
+}
+
+/// Loopback address of a local service; always 127.0.0.1, never a name lookup.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn connect(addr: SocketAddr, req: &Request, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        req.method, req.path, addr
+    );
+    for (k, v) in req.headers {
+        head.push_str(k);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    if let Some(body) = req.body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut buf = head.into_bytes();
+    if let Some(body) = req.body {
+        buf.extend_from_slice(body);
+    }
+    (&stream).write_all(&buf)?;
+    Ok(stream)
+}
+
+fn read_head(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), ClientError> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| ClientError::Protocol(format!("status line {:?}", line.trim_end())))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(ClientError::Protocol("connection closed in headers".into()));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            return Ok((status, headers));
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+}
+
+/// Sends `req` to `addr` and reads the whole response. `timeout` bounds the connect and
+/// each read or write.
+pub fn send(addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let mut reader = open(addr, req, timeout)?;
+    let mut body = Vec::new();
+    reader
+        .body
+        .by_ref()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)?;
+    if body.len() > MAX_BODY {
+        return Err(ClientError::Protocol("response too large".into()));
+    }
+    Ok(Response {
+        status: reader.status,
+        headers: reader.headers,
+        body,
+    })
+}
+
+/// A response whose body is read as it arrives (Server-Sent Events).
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Box<dyn BufRead + Send>,
+}
+
+/// Sends `req` and returns once the response head is in; the body streams.
+pub fn open(addr: SocketAddr, req: &Request, timeout: Duration) -> Result<Streaming, ClientError> {
+    let stream = connect(addr, req, timeout)?;
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader)?;
+    let chunked = find_header(&headers, "transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let length = find_header(&headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    let body: Box<dyn BufRead + Send> = if chunked {
+        Box::new(BufReader::new(Chunked {
+            inner: reader,
+            left: 0,
+            done: false,
+        }))
+    } else if let Some(n) = length {
+        Box::new(reader.take(n))
+    } else {
+        Box::new(reader)
+    };
+    Ok(Streaming {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Decodes `Transfer-Encoding: chunked`.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            self.inner.read_line(&mut line)?;
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n;
+        if self.left == 0 {
+            let mut crlf = String::new();
+            self.inner.read_line(&mut crlf)?;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn serve_once(reply: &'static [u8]) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(reply).unwrap();
+        });
+        addr
+    }
+
+    #[test]
+    fn content_length_and_chunked() {
+        let addr = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        let r = send(addr, &Request::get("/"), Duration::from_secs(2)).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
+
+        let addr = serve_once(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+        let r = send(addr, &Request::get("/"), Duration::from_secs(2)).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
+    }
+
+    #[test]
+    fn refused_is_named() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        assert!(matches!(
+            send(addr, &Request::get("/"), Duration::from_secs(1)),
+            Err(ClientError::Refused)
+        ));
+    }
+}

@@ -1,0 +1,438 @@
+//! The one configuration tree. `Default` is the only source of defaults; [`Config::load`]
+//! applies the file, then the `CCO_*` environment; callers apply their flags last.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The example file written on first start; every key in it is commented out, so it is
+/// exactly the defaults (a test uncomments it and compares with `Config::default()`).
+pub const EXAMPLE: &str = include_str!("../packaging/daemon.toml");
+
+/// Idle exit below this is refused: the socket stays with the manager, but each
+/// re-activation costs a process start.
+pub const MIN_IDLE_EXIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub sidecar: SidecarConfig,
+    /// Private per-user directory for the sealed runtime files.
+    pub runtime_dir: Option<PathBuf>,
+    /// Results and the event journal live under `<data_dir>/orchestration`.
+    pub data_dir: Option<PathBuf>,
+    /// Claude Code executable; searched on `PATH` when unset.
+    pub claude_path: Option<PathBuf>,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a full tracing filter.
+    pub log_level: String,
+    /// Exit after this long with no open connection (`"never"`, or `"10m"`, `"30s"`…).
+    #[serde(with = "idle")]
+    pub idle_exit_after: Option<Duration>,
+    pub hooks: HooksConfig,
+    pub launcher: LauncherConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SidecarConfig {
+    pub port: u16,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// The journal keeps at most this many events…
+    pub retention_events: u64,
+    /// …and none older than this (`"7d"`, `"24h"`…).
+    #[serde(with = "humantime_serde_compat")]
+    pub retention_age: Duration,
+    /// Size budget of one context response, in bytes.
+    pub context_budget_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Register cco's hooks in the sealed Claude Code settings.
+    pub enabled: bool,
+    /// `PreToolUse`: allow read-only tools without asking.
+    pub auto_allow_read: bool,
+    /// `PreToolUse`: answer `ask` for create/update/delete tools and commands.
+    pub require_cud_confirmation: bool,
+    /// How long one hook may wait for the sidecar before it gives up silently.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LauncherConfig {
+    /// Pass the sealed rules with `--append-system-prompt`.
+    pub append_rules: bool,
+    /// Pass the sealed roster with `--agents` (unless the user passed their own).
+    pub pass_agents: bool,
+    /// Lifetime of the session token the launcher mints.
+    #[serde(with = "humantime_serde_compat")]
+    pub token_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            daemon: DaemonConfig::default(),
+            sidecar: SidecarConfig::default(),
+            runtime_dir: None,
+            data_dir: None,
+            claude_path: None,
+            log_level: "info".into(),
+            idle_exit_after: None,
+            hooks: HooksConfig::default(),
+            launcher: LauncherConfig::default(),
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig { port: 3000 }
+    }
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            port: 3001,
+            max_body_bytes: 1024 * 1024,
+            retention_events: 100_000,
+            retention_age: Duration::from_secs(7 * 24 * 3600),
+            context_budget_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            enabled: true,
+            auto_allow_read: true,
+            require_cud_confirmation: false,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        LauncherConfig {
+            append_rules: true,
+            pass_agents: true,
+            token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} — check its permissions or set CCO_CONFIG")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "bad config file {path}: {message} — fix that key or delete the file to get the defaults back"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("bad value {value:?} in environment variable {var}: expected {expected}")]
+    Env {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("bad config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path` (a missing file means defaults) and applies the `CCO_*` variables
+    /// that `env` returns. `env` is passed in so tests never touch the process environment.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the message names the line, column and key on error.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message is multi-line with a source excerpt; keep it on one line.
+            let span = e.span().map(|s| line_col(text, s.start));
+            let what = e.message().trim().to_string();
+            match span {
+                Some((line, col)) => format!("line {line}, column {col}: {what}"),
+                None => what,
+            }
+        })
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("CCO_DAEMON_PORT") {
+            self.daemon.port = parse_port("CCO_DAEMON_PORT", &v)?;
+        }
+        if let Some(v) = env("CCO_SIDECAR_PORT") {
+            self.sidecar.port = parse_port("CCO_SIDECAR_PORT", &v)?;
+        }
+        if let Some(v) = env("CCO_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+            self.runtime_dir = Some(v.into());
+        }
+        if let Some(v) = env("CCO_DATA_DIR").filter(|v| !v.is_empty()) {
+            self.data_dir = Some(v.into());
+        }
+        if let Some(v) = env("CCO_CLAUDE").filter(|v| !v.is_empty()) {
+            self.claude_path = Some(v.into());
+        }
+        if let Some(v) = env("CCO_LOG").filter(|v| !v.is_empty()) {
+            self.log_level = v;
+        }
+        if let Some(v) = env("CCO_AUTO_ALLOW_READ") {
+            self.hooks.auto_allow_read = parse_bool("CCO_AUTO_ALLOW_READ", &v)?;
+        }
+        if let Some(v) = env("CCO_REQUIRE_CUD_CONFIRMATION") {
+            self.hooks.require_cud_confirmation = parse_bool("CCO_REQUIRE_CUD_CONFIRMATION", &v)?;
+        }
+        if let Some(v) = env("CCO_HOOKS_ENABLED") {
+            self.hooks.enabled = parse_bool("CCO_HOOKS_ENABLED", &v)?;
+        }
+        if let Some(v) = env("CCO_IDLE_EXIT_AFTER") {
+            self.idle_exit_after = idle::parse(&v).map_err(|_| ConfigError::Env {
+                var: "CCO_IDLE_EXIT_AFTER",
+                value: v,
+                expected: "\"never\" or a duration such as \"10m\"",
+            })?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.daemon.port == self.sidecar.port {
+            return Err(ConfigError::Invalid(format!(
+                "daemon.port and sidecar.port are both {}; give them different ports",
+                self.daemon.port
+            )));
+        }
+        if let Some(d) = self.idle_exit_after
+            && d < MIN_IDLE_EXIT
+        {
+            return Err(ConfigError::Invalid(format!(
+                "idle_exit_after must be at least {}s",
+                MIN_IDLE_EXIT.as_secs()
+            )));
+        }
+        if self.sidecar.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "sidecar.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn parse_port(var: &'static str, v: &str) -> Result<u16, ConfigError> {
+    match v.trim().parse::<u16>() {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConfigError::Env {
+            var,
+            value: v.into(),
+            expected: "a port number from 1 to 65535",
+        }),
+    }
+}
+
+fn parse_bool(var: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Env {
+            var,
+            value: v.into(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// `idle_exit_after`: `"never"` (or absent) or a humantime duration.
+mod idle {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn parse(s: &str) -> Result<Option<Duration>, humantime::DurationError> {
+        match s.trim() {
+            "" | "never" | "off" => Ok(None),
+            other => humantime::parse_duration(other).map(Some),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_str("never"),
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e}: expected \"never\" or a duration such as \"10m\""
+            ))
+        })
+    }
+}
+
+/// A `Duration` written as a humantime string (`"7d"`, `"90s"`).
+mod humantime_serde_compat {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{e}: expected a duration such as \"24h\""))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        // Commented out it parses to the defaults…
+        assert_eq!(Config::parse(EXAMPLE).unwrap(), Config::default());
+        // …and uncommented too, so the comments never lie about a default.
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                // Optional paths have no default value to show; their lines are examples.
+                Some(rest)
+                    if ["runtime_dir", "data_dir", "claude_path"]
+                        .iter()
+                        .any(|k| rest.starts_with(k)) =>
+                {
+                    l
+                }
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(uncommented, EXAMPLE, "the example has no commented keys");
+        assert_eq!(Config::parse(&uncommented).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        std::fs::write(&path, "[daemon]\nport = 4000\n[sidecar]\nport = 4001\n").unwrap();
+        let c = Config::load(&path, &no_env).unwrap();
+        assert_eq!((c.daemon.port, c.sidecar.port), (4000, 4001));
+
+        let env: HashMap<&str, &str> =
+            [("CCO_DAEMON_PORT", "5000"), ("CCO_AUTO_ALLOW_READ", "no")].into();
+        let c = Config::load(&path, &|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!((c.daemon.port, c.sidecar.port), (5000, 4001));
+        assert!(!c.hooks.auto_allow_read);
+    }
+
+    #[test]
+    fn missing_file_is_defaults() {
+        let c = Config::load(Path::new("/nonexistent/cco/daemon.toml"), &no_env).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn bad_file_names_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        std::fs::write(&path, "log_level = \"info\"\n[daemon]\nprot = 3000\n").unwrap();
+        let err = Config::load(&path, &no_env).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("prot"), "{err}");
+
+        std::fs::write(&path, "[daemon]\nport = \"x\"\n").unwrap();
+        let err = Config::load(&path, &no_env).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+
+        std::fs::write(&path, "idle_exit_after = \"soon\"\n").unwrap();
+        let err = Config::load(&path, &no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("idle_exit_after") || err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_env_is_named() {
+        let err = Config::load(Path::new("/nonexistent"), &|k| {
+            (k == "CCO_SIDECAR_PORT").then(|| "70000".to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("CCO_SIDECAR_PORT") && err.contains("70000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn same_ports_refused() {
+        let err = Config::load(Path::new("/nonexistent"), &|k| {
+            (k == "CCO_SIDECAR_PORT").then(|| "3000".to_string())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("different ports"));
+    }
+
+    #[test]
+    fn idle_exit_parses() {
+        let c = Config::parse("idle_exit_after = \"90s\"").unwrap();
+        assert_eq!(c.idle_exit_after, Some(Duration::from_secs(90)));
+        let c = Config::parse("idle_exit_after = \"never\"").unwrap();
+        assert_eq!(c.idle_exit_after, None);
+    }
+}

@@ -1,0 +1,118 @@
+//! The content of the sealed runtime files, rendered from the installation (pure: the
+//! daemon seals what this returns).
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::roster::{self, Roster};
+use crate::seal::RuntimeFiles;
+
+/// Hook events cco registers, with the `cco hook` sub-command each one runs.
+pub const HOOK_EVENTS: [(&str, &str); 6] = [
+    ("SessionStart", "session-start"),
+    ("SubagentStart", "subagent-start"),
+    ("SubagentStop", "subagent-stop"),
+    ("PreToolUse", "pre-tool-use"),
+    ("Stop", "stop"),
+    ("SessionEnd", "session-end"),
+];
+
+/// Quotes a path for the POSIX shell Claude Code runs command hooks with.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// `cco hook` may wait `timeout_ms` for the sidecar; Claude's own timeout (seconds) is
+/// set above that so Claude never kills a hook that is about to give up by itself.
+fn claude_hook_timeout_secs(timeout_ms: u64) -> u64 {
+    timeout_ms.div_ceil(1000) + 3
+}
+
+/// The hook policy file and `ORCHESTRATOR_HOOKS_CONFIG`.
+pub fn hooks_policy(config: &Config) -> Value {
+    json!({
+        "enabled": config.hooks.enabled,
+        "permissions": {
+            "auto_allow_read": config.hooks.auto_allow_read,
+            "require_cud_confirmation": config.hooks.require_cud_confirmation,
+        },
+        "timeouts": { "hook_ms": config.hooks.timeout_ms },
+    })
+}
+
+/// A Claude Code settings file: hooks that report to the sidecar, and the environment
+/// every tool call sees. No secret goes in here: the token travels in the environment.
+pub fn settings(config: &Config, exe: &Path) -> Value {
+    let exe = shell_quote(&exe.to_string_lossy());
+    let mut hooks = serde_json::Map::new();
+    if config.hooks.enabled {
+        let timeout = claude_hook_timeout_secs(config.hooks.timeout_ms);
+        for (event, sub) in HOOK_EVENTS {
+            let mut group = json!({
+                "hooks": [{ "type": "command", "command": format!("{exe} hook {sub}"), "timeout": timeout }]
+            });
+            if event == "PreToolUse" {
+                group["matcher"] = json!("*");
+            }
+            hooks.insert(event.into(), json!([group]));
+        }
+    }
+    json!({
+        "hooks": hooks,
+        "env": {
+            "ORCHESTRATOR_ENABLED": "true",
+            "ORCHESTRATOR_API_URL": format!("http://127.0.0.1:{}", config.daemon.port),
+            "ORCHESTRATOR_SIDECAR_URL": format!("http://127.0.0.1:{}", config.sidecar.port),
+        },
+    })
+}
+
+/// Everything the daemon seals.
+pub fn render(config: &Config, roster: &Roster, exe: &Path) -> RuntimeFiles {
+    let pretty = |v: &Value| {
+        let mut s = serde_json::to_vec_pretty(v).expect("JSON serializes");
+        s.push(b'\n');
+        s
+    };
+    RuntimeFiles {
+        settings: pretty(&settings(config, exe)),
+        agents: roster.claude_json().into_bytes(),
+        rules: roster::rules(roster).into_bytes(),
+        hooks: pretty(&hooks_policy(config)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/cco"), "/usr/bin/cco");
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn settings_shape() {
+        let s = settings(&Config::default(), Path::new("/opt/my cco/cco"));
+        assert_eq!(s["env"]["ORCHESTRATOR_API_URL"], "http://127.0.0.1:3000");
+        let cmd = s["hooks"]["SubagentStart"][0]["hooks"][0]["command"]
+            .as_str()
+            .unwrap();
+        assert_eq!(cmd, "'/opt/my cco/cco' hook subagent-start");
+        assert_eq!(s["hooks"]["PreToolUse"][0]["matcher"], "*");
+        assert!(!s.to_string().contains("TOKEN"));
+
+        let mut c = Config::default();
+        c.hooks.enabled = false;
+        assert_eq!(settings(&c, Path::new("/x"))["hooks"], json!({}));
+    }
+}

@@ -1,0 +1,34 @@
+//! cco — Claude Code Orchestra: one binary, four roles (launcher, daemon, sidecar, operator).
+//!
+//! Map of the crate:
+//! - [`cli`]: one file per subcommand; `cli::run` is the single dispatch table.
+//! - [`config`]: the one config tree and its loader (defaults < file < `CCO_*` env < flags).
+//! - [`paths`]: every on-disk location, and the checks that keep private directories private.
+//! - [`secret`]: the per-installation 32-byte secret that signs seals and tokens.
+//! - [`seal`]: the sealed runtime files the daemon writes and the launcher verifies.
+//! - [`auth`]: session and agent JWTs (HS256 under the secret), scopes and bindings.
+//! - [`listen`]: socket-activated or self-bound listeners, readiness notification.
+//! - [`client`]: a tiny blocking HTTP/1.1 client for the hot paths (launcher, hooks).
+//! - [`api`]: wire types shared by the CLI, the daemon and the sidecar.
+//! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
+//! - [`sidecar`]: the `:3001` service — context, results, events, agents.
+//! - [`server`]: what both services share: serve/shutdown/idle exit, the Host/Origin guard.
+//! - [`service`]: systemd/launchd unit rendering (pure) and operations.
+//! - [`roster`]: the built-in agent roster and orchestrator rules.
+//! - [`logging`]: tracing set-up (journald when the journal owns stderr).
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod listen;
+pub mod logging;
+pub mod paths;
+pub mod roster;
+pub mod seal;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod sidecar;

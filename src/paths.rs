@@ -1,0 +1,410 @@
+//! Every on-disk location cco uses, resolved once from the environment and the config,
+//! plus the primitives that keep private files private: owner/mode/no-symlink checks,
+//! `O_NOFOLLOW` opens and atomic, durable writes.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError};
+
+/// Where one installation keeps its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub config_file: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Paths {
+    /// Resolves the config file path alone: `--config` > `CCO_CONFIG` > XDG default.
+    pub fn config_file(
+        flag: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PathBuf, PathError> {
+        if let Some(p) = flag {
+            return Ok(p.to_owned());
+        }
+        if let Some(p) = env("CCO_CONFIG").filter(|p| !p.is_empty()) {
+            return Ok(p.into());
+        }
+        Ok(config_home(env)?.join("cco").join("daemon.toml"))
+    }
+
+    /// Resolves the rest from a loaded config.
+    pub fn resolve(
+        config_file: PathBuf,
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Paths, PathError> {
+        let runtime_dir = match &config.runtime_dir {
+            Some(p) => p.clone(),
+            None => default_runtime_dir(env),
+        };
+        let data_dir = match &config.data_dir {
+            Some(p) => p.clone(),
+            None => home(env)?.join(".cco"),
+        };
+        Ok(Paths {
+            config_file,
+            runtime_dir,
+            data_dir,
+        })
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.config_file.parent().unwrap_or(Path::new("."))
+    }
+    /// The secret lives beside the config file.
+    pub fn secret_file(&self) -> PathBuf {
+        self.config_dir().join("secret")
+    }
+    /// User agents in Claude Code's subagent format override the built-in roster.
+    pub fn user_agents_dir(&self) -> PathBuf {
+        self.config_dir().join("agents")
+    }
+    pub fn orchestration_dir(&self) -> PathBuf {
+        self.data_dir.join("orchestration")
+    }
+    pub fn results_dir(&self) -> PathBuf {
+        self.orchestration_dir().join("results")
+    }
+    pub fn state_db(&self) -> PathBuf {
+        self.orchestration_dir().join("state.db")
+    }
+    /// Logs and pid files of the detached (`cco daemon start` without a manager) mode.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+    pub fn pid_file(&self, service: &str) -> PathBuf {
+        self.runtime_dir.join(format!("{service}.pid"))
+    }
+}
+
+/// Loads the config and resolves paths in one go; what every subcommand starts with.
+#[derive(Debug, Clone)]
+pub struct Installation {
+    pub config: Config,
+    pub paths: Paths,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallationError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Path(#[from] PathError),
+}
+
+impl Installation {
+    pub fn load(
+        config_flag: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Installation, InstallationError> {
+        let config_file = Paths::config_file(config_flag, env)?;
+        let config = Config::load(&config_file, env)?;
+        let paths = Paths::resolve(config_file, &config, env)?;
+        Ok(Installation { config, paths })
+    }
+
+    /// The process environment, for production callers.
+    pub fn from_process(config_flag: Option<&Path>) -> Result<Installation, InstallationError> {
+        Installation::load(config_flag, &process_env)
+    }
+}
+
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("HOME is not set; set it (or XDG_CONFIG_HOME and CCO_DATA_DIR) and try again")]
+    NoHome,
+    #[error(
+        "{path} is a symlink; cco refuses to follow it — remove it (`rm {path}`) and run `cco daemon restart`"
+    )]
+    Symlink { path: PathBuf },
+    #[error(
+        "{path} is owned by uid {owner}, not by you (uid {me}) — remove it and run `cco daemon restart`"
+    )]
+    NotOwned { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "{path} has mode {mode:04o}; it must not be accessible to group or others — run `chmod {want:o} {path}`"
+    )]
+    TooOpen { path: PathBuf, mode: u32, want: u32 },
+    #[error("{path} is not a {want}")]
+    WrongKind { path: PathBuf, want: &'static str },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl PathError {
+    pub fn io(path: &Path, source: io::Error) -> PathError {
+        PathError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+fn home(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, PathError> {
+    env("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .ok_or(PathError::NoHome)
+}
+
+fn config_home(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf, PathError> {
+    match env("XDG_CONFIG_HOME").filter(|p| Path::new(p).is_absolute()) {
+        Some(p) => Ok(p.into()),
+        None => Ok(home(env)?.join(".config")),
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/cco`, else `$TMPDIR/cco-<uid>` (macOS's per-user TMPDIR),
+/// else `/tmp/cco-<uid>`.
+fn default_runtime_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(dir) = env("XDG_RUNTIME_DIR").filter(|p| Path::new(p).is_absolute()) {
+        return Path::new(&dir).join("cco");
+    }
+    let uid = current_uid();
+    if cfg!(target_os = "macos")
+        && let Some(tmp) = env("TMPDIR").filter(|p| Path::new(p).is_absolute())
+    {
+        return Path::new(&tmp).join(format!("cco-{uid}"));
+    }
+    PathBuf::from(format!("/tmp/cco-{uid}"))
+}
+
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Creates `dir` (and missing parents) with mode `0700`, then checks that it is a real
+/// directory, owned by this user, with no group/other access.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
+    match fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| PathError::io(dir, e))?;
+        }
+        Err(e) => return Err(PathError::io(dir, e)),
+    }
+    check_private_dir(dir)
+}
+
+/// The check of [`ensure_private_dir`] without creating anything.
+pub fn check_private_dir(dir: &Path) -> Result<(), PathError> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| PathError::io(dir, e))?;
+    if meta.file_type().is_symlink() {
+        return Err(PathError::Symlink { path: dir.into() });
+    }
+    if !meta.is_dir() {
+        return Err(PathError::WrongKind {
+            path: dir.into(),
+            want: "directory",
+        });
+    }
+    check_owner_mode(dir, &meta, 0o700)
+}
+
+fn check_owner_mode(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), PathError> {
+    let me = current_uid();
+    if meta.uid() != me {
+        return Err(PathError::NotOwned {
+            path: path.into(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PathError::TooOpen {
+            path: path.into(),
+            mode,
+            want,
+        });
+    }
+    Ok(())
+}
+
+/// Opens an existing private file for reading: no symlink is followed, and the file must be
+/// a regular file owned by this user with no group/other access.
+pub fn open_private(path: &Path) -> Result<File, PathError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => PathError::Symlink { path: path.into() },
+            _ => PathError::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| PathError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(PathError::WrongKind {
+            path: path.into(),
+            want: "regular file",
+        });
+    }
+    check_owner_mode(path, &meta, 0o600)?;
+    Ok(file)
+}
+
+pub fn read_private(path: &Path) -> Result<Vec<u8>, PathError> {
+    let mut file = open_private(path)?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)
+        .map_err(|e| PathError::io(path, e))?;
+    Ok(buf)
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably: a temp file in the same directory
+/// (mode `mode`, `O_EXCL|O_NOFOLLOW`), fsync, rename over the target, fsync the directory.
+/// A crash leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(dir: &Path, name: &OsStr, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        // The umask may have narrowed the mode; never widened it, but set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &target)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes a rename or create in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Disk full is an error users can act on; name it.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn xdg_locations() {
+        let env = env_of(&[
+            ("HOME", "/home/u"),
+            ("XDG_CONFIG_HOME", "/cfg"),
+            ("XDG_RUNTIME_DIR", "/run/user/7"),
+        ]);
+        let inst = Installation::load(None, &env).unwrap();
+        assert_eq!(inst.paths.config_file, Path::new("/cfg/cco/daemon.toml"));
+        assert_eq!(inst.paths.secret_file(), Path::new("/cfg/cco/secret"));
+        assert_eq!(inst.paths.runtime_dir, Path::new("/run/user/7/cco"));
+        assert_eq!(
+            inst.paths.state_db(),
+            Path::new("/home/u/.cco/orchestration/state.db")
+        );
+    }
+
+    #[test]
+    fn fallbacks_without_xdg() {
+        let env = env_of(&[("HOME", "/home/u")]);
+        let inst = Installation::load(None, &env).unwrap();
+        assert_eq!(
+            inst.paths.config_file,
+            Path::new("/home/u/.config/cco/daemon.toml")
+        );
+        assert_eq!(
+            inst.paths.runtime_dir,
+            PathBuf::from(format!("/tmp/cco-{}", current_uid()))
+        );
+        let env = env_of(&[
+            ("HOME", "/home/u"),
+            ("CCO_CONFIG", "/etc/x.toml"),
+            ("CCO_RUNTIME_DIR", "/r"),
+        ]);
+        let inst = Installation::load(None, &env).unwrap();
+        assert_eq!(inst.paths.config_file, Path::new("/etc/x.toml"));
+        assert_eq!(inst.paths.runtime_dir, Path::new("/r"));
+    }
+
+    #[test]
+    fn private_dir_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            check_private_dir(&dir),
+            Err(PathError::TooOpen { .. })
+        ));
+
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            ensure_private_dir(&link),
+            Err(PathError::Symlink { .. })
+        ));
+    }
+
+    #[test]
+    fn atomic_write_and_private_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_atomic(tmp.path(), OsStr::new("f"), b"one", 0o600).unwrap();
+        write_atomic(tmp.path(), OsStr::new("f"), b"two", 0o600).unwrap();
+        assert_eq!(read_private(&tmp.path().join("f")).unwrap(), b"two");
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(tmp.path().join("f"), &link).unwrap();
+        assert!(matches!(
+            open_private(&link),
+            Err(PathError::Symlink { .. })
+        ));
+
+        fs::set_permissions(tmp.path().join("f"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            open_private(&tmp.path().join("f")),
+            Err(PathError::TooOpen { .. })
+        ));
+    }
+}

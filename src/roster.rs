@@ -1,0 +1,281 @@
+//! The agent roster and the orchestrator rules. Built-in agents are the repository's
+//! `agents/*.md` files (Claude Code's subagent format plus cco's `context:` globs), embedded
+//! at build time; files in `~/.config/cco/agents/*.md` add agents or override them by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::api::AgentType;
+
+include!(concat!(env!("OUT_DIR"), "/builtin_agents.rs"));
+
+/// One agent type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agent {
+    pub name: String,
+    pub description: String,
+    pub prompt: String,
+    /// Tool names; empty means "inherit all tools".
+    pub tools: Vec<String>,
+    /// `opus`, `sonnet`, `haiku` or `inherit`.
+    pub model: Option<String>,
+    /// Globs of the files this agent type wants in its context.
+    pub context: Vec<String>,
+    /// Where it came from: `builtin:<file>` or a path.
+    pub source: String,
+}
+
+/// The shape `claude --agents` accepts: name → definition.
+#[derive(Debug, Serialize)]
+struct ClaudeAgent<'a> {
+    description: &'a str,
+    prompt: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tools: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct AgentError {
+    pub source_name: String,
+    pub message: String,
+}
+
+const MODELS: [&str; 4] = ["opus", "sonnet", "haiku", "inherit"];
+
+impl Agent {
+    /// Parses Claude Code's subagent format: `---` front matter of `key: value` lines, then
+    /// the system prompt. Known keys: name, description, tools, model, context.
+    pub fn parse(source: &str, text: &str) -> Result<Agent, AgentError> {
+        let err = |message: String| AgentError {
+            source_name: source.to_string(),
+            message,
+        };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let rest = text
+            .strip_prefix("---\n")
+            .or_else(|| text.strip_prefix("---\r\n"))
+            .ok_or_else(|| err("must start with a `---` front matter line".into()))?;
+        let end = rest
+            .find("\n---")
+            .ok_or_else(|| err("front matter is not closed with `---`".into()))?;
+        let (front, body) = (&rest[..end], &rest[end + 4..]);
+        let body = body.trim_start_matches(['\r', '\n']).trim_end();
+
+        let mut fields = BTreeMap::new();
+        for (i, line) in front.lines().enumerate() {
+            let line = line.trim_end();
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once(':').ok_or_else(|| {
+                err(format!(
+                    "front matter line {}: expected `key: value`",
+                    i + 2
+                ))
+            })?;
+            fields.insert(k.trim().to_string(), unquote(v.trim()).to_string());
+        }
+        let take = |k: &str| fields.get(k).cloned().filter(|v| !v.is_empty());
+        let name = take("name").ok_or_else(|| err("missing `name`".into()))?;
+        AgentType::parse(&name).map_err(|e| err(e.to_string()))?;
+        let description = take("description").ok_or_else(|| err("missing `description`".into()))?;
+        if body.is_empty() {
+            return Err(err(
+                "the prompt (text after the front matter) is empty".into()
+            ));
+        }
+        let model = take("model");
+        if let Some(m) = &model
+            && !MODELS.contains(&m.as_str())
+            && !m.starts_with("claude-")
+        {
+            return Err(err(format!(
+                "model {m:?} is not one of {MODELS:?} or a claude-* model id"
+            )));
+        }
+        for k in fields.keys() {
+            if !["name", "description", "tools", "model", "context", "color"].contains(&k.as_str())
+            {
+                return Err(err(format!("unknown front matter key `{k}`")));
+            }
+        }
+        Ok(Agent {
+            name,
+            description,
+            prompt: body.to_string(),
+            tools: list(take("tools").as_deref()),
+            model,
+            context: list(take("context").as_deref()),
+            source: source.to_string(),
+        })
+    }
+}
+
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+/// `a, b, "c d"` or `[a, b]` → items.
+fn list(v: Option<&str>) -> Vec<String> {
+    let Some(v) = v else { return Vec::new() };
+    let v = v.trim().trim_start_matches('[').trim_end_matches(']');
+    v.split(',')
+        .map(|s| unquote(s.trim()).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The whole roster, sorted by name.
+#[derive(Debug, Clone, Default)]
+pub struct Roster {
+    pub agents: BTreeMap<String, Agent>,
+}
+
+impl Roster {
+    /// The embedded agents. They are reviewed files; a parse failure is a build defect,
+    /// caught by the test suite.
+    pub fn builtin() -> Result<Roster, AgentError> {
+        let mut agents = BTreeMap::new();
+        for (file, text) in BUILTIN_AGENTS {
+            let a = Agent::parse(&format!("builtin:{file}"), text)?;
+            agents.insert(a.name.clone(), a);
+        }
+        Ok(Roster { agents })
+    }
+
+    /// Built-ins overlaid with the user's `*.md` files from `dir` (missing dir: none).
+    /// Returns the roster and the problems found in user files (those files are skipped).
+    pub fn load(user_dir: &Path) -> Result<(Roster, Vec<AgentError>), AgentError> {
+        let mut roster = Roster::builtin()?;
+        let mut problems = Vec::new();
+        for path in user_files(user_dir) {
+            let source = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match Agent::parse(&source, &text) {
+                    Ok(a) => {
+                        roster.agents.insert(a.name.clone(), a);
+                    }
+                    Err(e) => problems.push(e),
+                },
+                Err(e) => problems.push(AgentError {
+                    source_name: source,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        Ok((roster, problems))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Agent> {
+        self.agents.get(name)
+    }
+
+    /// The JSON `claude --agents` accepts.
+    pub fn claude_json(&self) -> String {
+        let map: BTreeMap<&str, ClaudeAgent> = self
+            .agents
+            .values()
+            .map(|a| {
+                (
+                    a.name.as_str(),
+                    ClaudeAgent {
+                        description: &a.description,
+                        prompt: &a.prompt,
+                        tools: &a.tools,
+                        model: a.model.as_deref(),
+                    },
+                )
+            })
+            .collect();
+        serde_json::to_string(&map).expect("roster serializes")
+    }
+}
+
+fn user_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The orchestrator rules appended to Claude's system prompt.
+pub fn rules(roster: &Roster) -> String {
+    let mut s = String::from(include_str!("../agents/RULES.txt"));
+    s.push_str("\n## Agent types\n\n");
+    for a in roster.agents.values() {
+        s.push_str(&format!("- `{}`: {}\n", a.name, a.description));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_roster_parses() {
+        let r = Roster::builtin().unwrap();
+        assert!(!r.agents.is_empty());
+        let json: serde_json::Value = serde_json::from_str(&r.claude_json()).unwrap();
+        for (name, def) in json.as_object().unwrap() {
+            assert!(
+                def["description"].is_string() && def["prompt"].is_string(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_errors_are_specific() {
+        let ok = "---\nname: a-b\ndescription: d\ntools: Read, Grep\ncontext: \"**/*.py\", pyproject.toml\n---\nPrompt.\n";
+        let a = Agent::parse("t", ok).unwrap();
+        assert_eq!(a.tools, ["Read", "Grep"]);
+        assert_eq!(a.context, ["**/*.py", "pyproject.toml"]);
+        for (text, want) in [
+            ("no front matter", "front matter"),
+            ("---\nname: x\n", "not closed"),
+            ("---\ndescription: d\n---\np", "missing `name`"),
+            ("---\nname: ../x\ndescription: d\n---\np", "agent_type"),
+            ("---\nname: x\ndescription: d\n---\n", "prompt"),
+            ("---\nname: x\ndescription: d\nmodel: gpt\n---\np", "model"),
+            ("---\nname: x\ndescription: d\nfoo: 1\n---\np", "unknown"),
+        ] {
+            let e = Agent::parse("t", text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?} → {e}");
+        }
+    }
+
+    #[test]
+    fn user_agents_override_and_bad_ones_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = Roster::builtin()
+            .unwrap()
+            .agents
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
+        std::fs::write(
+            tmp.path().join("mine.md"),
+            format!("---\nname: {first}\ndescription: mine\n---\nMy prompt.\n"),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("bad.md"), "nope").unwrap();
+        let (r, problems) = Roster::load(tmp.path()).unwrap();
+        assert_eq!(r.get(&first).unwrap().description, "mine");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].source_name.ends_with("bad.md"));
+    }
+}

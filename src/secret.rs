@@ -1,0 +1,147 @@
+//! The installation secret: 32 random bytes beside the config file, mode 0600, created once.
+//! It keys the seal's HMACs and signs every JWT; it never leaves the file.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use crate::paths::{self, PathError};
+
+pub const SECRET_LEN: usize = 32;
+
+/// The secret bytes; `Debug` never shows them.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "no secret at {path} — cco is not set up yet: run `cco install` (or `cco daemon start`)"
+    )]
+    Missing { path: std::path::PathBuf },
+    #[error(
+        "secret {path} is {len} bytes; at least {SECRET_LEN} are required — delete it and run `cco daemon restart`"
+    )]
+    TooShort {
+        path: std::path::PathBuf,
+        len: usize,
+    },
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("cannot create secret {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+}
+
+impl Secret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// For tests and tools that already hold key material.
+    pub fn from_bytes(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+
+    /// Reads the secret; it must exist, be private and long enough.
+    pub fn load(path: &Path) -> Result<Secret, SecretError> {
+        match paths::read_private(path) {
+            Ok(bytes) if bytes.len() < SECRET_LEN => Err(SecretError::TooShort {
+                path: path.into(),
+                len: bytes.len(),
+            }),
+            Ok(bytes) => Ok(Secret(bytes)),
+            Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(SecretError::Missing { path: path.into() })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the secret, creating it first if there is none. Two processes starting at
+    /// once (daemon and sidecar are activated together) agree on one secret: the file is
+    /// published with `link`, which fails if the other won the race.
+    pub fn load_or_create(path: &Path) -> Result<Secret, SecretError> {
+        match Secret::load(path) {
+            Err(SecretError::Missing { .. }) => {}
+            other => return other,
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        paths::ensure_private_dir(dir).or_else(|e| match e {
+            // The config dir may legitimately be shared (e.g. a managed ~/.config/cco);
+            // the secret file itself is what must be private.
+            PathError::TooOpen { .. } => Ok(()),
+            other => Err(other),
+        })?;
+        let mut bytes = vec![0u8; SECRET_LEN];
+        getrandom::fill(&mut bytes).map_err(|e| SecretError::Create {
+            path: path.into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let name = format!(".secret.new.{}", std::process::id());
+        let create = |e| SecretError::Create {
+            path: path.into(),
+            source: e,
+        };
+        paths::write_atomic(dir, name.as_ref(), &bytes, 0o600).map_err(create)?;
+        let tmp = dir.join(&name);
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                paths::sync_dir(dir).map_err(create)?;
+                Ok(Secret(bytes))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Secret::load(path),
+            Err(e) => Err(create(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_once_private_and_stable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("cfg/secret");
+        assert!(matches!(
+            Secret::load(&path),
+            Err(SecretError::Missing { .. })
+        ));
+        let a = Secret::load_or_create(&path).unwrap();
+        let b = Secret::load_or_create(&path).unwrap();
+        assert_eq!(a.bytes(), b.bytes());
+        assert_eq!(a.bytes().len(), SECRET_LEN);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(format!("{a:?}"), "Secret(..)");
+    }
+
+    #[test]
+    fn short_or_open_secret_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secret");
+        paths::write_atomic(tmp.path(), "secret".as_ref(), b"short", 0o600).unwrap();
+        assert!(matches!(
+            Secret::load(&path),
+            Err(SecretError::TooShort { .. })
+        ));
+        paths::write_atomic(tmp.path(), "secret".as_ref(), &[7; 32], 0o644).unwrap();
+        assert!(matches!(
+            Secret::load(&path),
+            Err(SecretError::Path(PathError::TooOpen { .. }))
+        ));
+    }
+}

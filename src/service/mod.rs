@@ -1,0 +1,1 @@
+//! Service-manager integration: unit rendering (pure) and systemd/launchd operations.

@@ -1,0 +1,1 @@
+//! The orchestration sidecar (`:3001`): context, results, events and the agent registry.

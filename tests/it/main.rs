@@ -1,0 +1,5 @@
+//! Integration tests: one binary, real `cco` processes on ephemeral loopback ports.
+
+mod common;
+mod daemon;
+mod launcher;
