@@ -1,1 +1,170 @@
-//! Service-manager integration: unit rendering (pure) and systemd/launchd operations.
+//! Service-manager integration: unit rendering (pure, [`render`]), the side effects behind a
+//! small [`host::Host`] trait, and what `cco install|uninstall|daemon start…` do with them
+//! on systemd ([`systemd`]), launchd ([`launchd`]) or with no manager at all ([`detached`]).
+
+pub mod detached;
+pub mod host;
+pub mod install;
+pub mod launchd;
+pub mod render;
+pub mod systemd;
+
+use std::path::{Path, PathBuf};
+
+/// The two socket-activated processes cco installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Daemon,
+    Sidecar,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Daemon, Service::Sidecar];
+
+    /// The subcommand (`cco daemon run`) and the socket's `FileDescriptorName=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Daemon => "daemon",
+            Service::Sidecar => "sidecar",
+        }
+    }
+    pub fn socket_unit(self) -> String {
+        format!("cco-{}.socket", self.name())
+    }
+    pub fn service_unit(self) -> String {
+        format!("cco-{}.service", self.name())
+    }
+    /// launchd job label (reverse-DNS, as launchd.plist(5) asks).
+    pub fn label(self) -> String {
+        format!("dev.cco.{}", self.name())
+    }
+    pub fn plist_name(self) -> String {
+        format!("{}.plist", self.label())
+    }
+    pub fn port(self, config: &crate::config::Config) -> u16 {
+        match self {
+            Service::Daemon => config.daemon.port,
+            Service::Sidecar => config.sidecar.port,
+        }
+    }
+}
+
+/// User scope (the default: the user's own manager) or system scope (shared hosts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    System,
+}
+
+/// The account a system-scope unit runs as; user units run as their owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
+/// Everything the unit text depends on. Rendering is a pure function of this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSpec {
+    pub bin: PathBuf,
+    pub daemon_port: u16,
+    pub sidecar_port: u16,
+    pub scope: Scope,
+    /// Extra environment so the service resolves the same installation as the user's shell.
+    pub env: Vec<(String, String)>,
+    /// System scope only.
+    pub run_as: Option<RunAs>,
+    /// launchd: where `StandardErrorPath` points (launchd does not expand `~`).
+    pub launchd_log_dir: PathBuf,
+}
+
+/// Where the checked-in reference units point; packages install the binary there.
+pub const REFERENCE_BIN: &str = "/usr/bin/cco";
+/// Home directory the reference plists use (launchd needs absolute log paths).
+pub const REFERENCE_HOME: &str = "/Users/you";
+
+impl UnitSpec {
+    /// The spec of the checked-in units under `systemd/` and `launchd/`.
+    pub fn reference() -> UnitSpec {
+        UnitSpec {
+            bin: PathBuf::from(REFERENCE_BIN),
+            daemon_port: 3000,
+            sidecar_port: 3001,
+            scope: Scope::User,
+            env: Vec::new(),
+            run_as: None,
+            launchd_log_dir: launchd_log_dir(Path::new(REFERENCE_HOME)),
+        }
+    }
+
+    pub fn port(&self, s: Service) -> u16 {
+        match s {
+            Service::Daemon => self.daemon_port,
+            Service::Sidecar => self.sidecar_port,
+        }
+    }
+}
+
+/// `~/Library/Logs/cco`, where macOS users look for agent logs (Console.app lists it).
+pub fn launchd_log_dir(home: &Path) -> PathBuf {
+    home.join("Library/Logs/cco")
+}
+
+/// Environment variables the installer copies into the units when the user's shell sets
+/// them: without them the service could resolve another config, data dir or port.
+pub const PASSED_ENV: &[&str] = &[
+    "CCO_CONFIG",
+    "CCO_DATA_DIR",
+    "CCO_RUNTIME_DIR",
+    "CCO_DAEMON_PORT",
+    "CCO_SIDECAR_PORT",
+    "CCO_CLAUDE",
+    "CCO_IDLE_EXIT_AFTER",
+    "CCO_LOG",
+    "RUST_LOG",
+];
+
+/// The environment a service needs to find the installation the user's shell finds.
+/// `config_file` is the resolved config path; it is passed when it is not the default the
+/// service would compute from `HOME` alone (e.g. the shell sets `XDG_CONFIG_HOME`).
+pub fn service_env(
+    env: &dyn Fn(&str) -> Option<String>,
+    config_file: &Path,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = PASSED_ENV
+        .iter()
+        .filter_map(|k| env(k).filter(|v| !v.is_empty()).map(|v| (k.to_string(), v)))
+        .collect();
+    let default = env("HOME").map(|h| Path::new(&h).join(".config/cco/daemon.toml"));
+    if !out.iter().any(|(k, _)| k == "CCO_CONFIG") && default.as_deref() != Some(config_file) {
+        out.push(("CCO_CONFIG".into(), config_file.display().to_string()));
+        out.sort();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_env_passes_only_what_differs() {
+        let env = |k: &str| match k {
+            "HOME" => Some("/home/a".to_string()),
+            "CCO_DATA_DIR" => Some("/srv/cco".to_string()),
+            "CCO_LOG" => Some(String::new()),
+            _ => None,
+        };
+        let got = service_env(&env, Path::new("/home/a/.config/cco/daemon.toml"));
+        assert_eq!(got, vec![("CCO_DATA_DIR".into(), "/srv/cco".into())]);
+        let got = service_env(&env, Path::new("/etc/xdg/cco/daemon.toml"));
+        assert_eq!(
+            got,
+            vec![
+                ("CCO_CONFIG".into(), "/etc/xdg/cco/daemon.toml".into()),
+                ("CCO_DATA_DIR".into(), "/srv/cco".into())
+            ]
+        );
+    }
+}
