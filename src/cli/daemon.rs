@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 
+use crate::cli::operate::{self, Verb};
 use crate::config::{self, Config};
 use crate::daemon::{self, DaemonState, runtime};
 use crate::listen;
@@ -15,6 +16,7 @@ use crate::roster::Roster;
 use crate::seal;
 use crate::secret::Secret;
 use crate::server::{self, Stopper, Tracker};
+use crate::service::Service;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +29,15 @@ pub enum Action {
     /// Run the daemon in the foreground (the service manager runs this; socket-activated
     /// when it hands over a listener, else it binds 127.0.0.1:<port> itself).
     Run(RunArgs),
+    /// Start the daemon: through the service manager when installed, else detached
+    /// (with the sidecar, which it forwards to).
+    Start(operate::Args),
+    /// Stop the daemon and its socket (else the next connection starts it again).
+    Stop(operate::Args),
+    /// Restart the daemon; the socket keeps accepting meanwhile.
+    Restart(operate::Args),
+    /// Show socket and service state and whether the units start this binary.
+    Status(operate::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +53,10 @@ pub struct RunArgs {
 pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
         Action::Run(run) => run_daemon(config_flag, run),
+        Action::Start(a) => operate::run(config_flag, Service::Daemon, Verb::Start, a),
+        Action::Stop(a) => operate::run(config_flag, Service::Daemon, Verb::Stop, a),
+        Action::Restart(a) => operate::run(config_flag, Service::Daemon, Verb::Restart, a),
+        Action::Status(a) => operate::run(config_flag, Service::Daemon, Verb::Status, a),
     }
 }
 

@@ -4,7 +4,11 @@
 pub mod daemon;
 pub mod doctor;
 pub mod health;
+pub mod install;
 pub mod launch;
+pub mod logs;
+pub mod operate;
+pub mod uninstall;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -43,12 +47,28 @@ pub enum Command {
     Status(health::StatusArgs),
     /// Check the whole set-up and say how to fix what is wrong.
     Doctor(doctor::Args),
+    /// Register the daemon and sidecar sockets with the service manager (once per machine).
+    Install(install::Args),
+    /// Stop and remove what `cco install` set up (`--purge` also deletes data).
+    Uninstall(uninstall::Args),
+    /// Show the services' logs (journald, or the log files without a service manager).
+    Logs(logs::Args),
     /// Print cco's version.
     Version,
 }
 
 /// Names that select a cco subcommand rather than the launcher.
-pub const SUBCOMMANDS: &[&str] = &["daemon", "health", "status", "doctor", "version", "help"];
+pub const SUBCOMMANDS: &[&str] = &[
+    "daemon",
+    "health",
+    "status",
+    "doctor",
+    "install",
+    "uninstall",
+    "logs",
+    "version",
+    "help",
+];
 
 /// Parses `args` (including argv[0]) and runs what they ask for.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -70,6 +90,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Health(args) => health::run_health(config, args),
         Command::Status(args) => health::run_status(config, args),
         Command::Doctor(args) => doctor::run(config, args),
+        Command::Install(args) => install::run(config, args),
+        Command::Uninstall(args) => uninstall::run(config, args),
+        Command::Logs(args) => logs::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -372,8 +372,10 @@ mod tests {
 
     #[test]
     fn a_foreign_listener_is_refused_with_the_fix() {
-        let mut f = Fake::default();
-        f.busy_ports = vec![3000];
+        let mut f = Fake {
+            busy_ports: vec![3000],
+            ..Fake::default()
+        };
         let err = install(&mut f, &spec("/usr/bin/cco", 3000), Path::new("/d"), None).unwrap_err();
         insta::assert_snapshot!("port_in_use", err.to_string());
         assert!(f.changes.is_empty());
