@@ -1,0 +1,242 @@
+//! `cco install|uninstall` and `cco daemon start|stop|status` as a user runs them, with a fake
+//! `systemctl` on `PATH` so the tests never touch the machine's real service manager.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::{CCO, Env, get, script};
+
+/// A `systemctl` that reports `state` for `is-system-running`, answers `show` with nothing
+/// (no units installed) and logs every other call to `calls.log` beside it.
+fn fake_systemctl(env: &mut Env, state: &str) -> PathBuf {
+    let bin = env.tmp.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = bin.join("calls.log");
+    let code = if state == "running" { 0 } else { 1 };
+    script(
+        &bin.join("systemctl"),
+        &format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *is-system-running*) echo {state}; exit {code};;\n  *' show '*) exit 0;;\nesac\necho \"$*\" >> '{}'\n",
+            log.display()
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    env.set("PATH", path);
+    log
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// Alive and not a zombie (the exited daemon's parent is init, which reaps it when it likes).
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(pid, 0) only checks existence.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => !Path::new("/proc/self").exists(),
+    }
+}
+
+fn have_sidecar() -> bool {
+    Command::new(CCO)
+        .args(["sidecar", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn install_dry_run_prints_units_and_commands_and_changes_nothing() {
+    let mut env = Env::new();
+    let calls = fake_systemctl(&mut env, "running");
+    let out = env.run(["install", "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let unit_dir = env.config_home.join("systemd/user");
+    for unit in [
+        "cco-daemon.socket",
+        "cco-daemon.service",
+        "cco-sidecar.socket",
+        "cco-sidecar.service",
+    ] {
+        let path = unit_dir.join(unit);
+        assert!(
+            stdout.contains(&format!("would write {}:", path.display())),
+            "{stdout}"
+        );
+        assert!(!path.exists(), "dry run wrote {}", path.display());
+    }
+    let exe = Path::new(CCO).canonicalize().unwrap();
+    assert!(
+        stdout.contains(&format!("ExecStart={} daemon run", exe.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("ListenStream=127.0.0.1:{}", env.daemon_port)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("ListenStream=127.0.0.1:{}", env.sidecar_port)),
+        "{stdout}"
+    );
+    // The shell's CCO_* ports travel into the units, so the service resolves the same install.
+    assert!(
+        stdout.contains(&format!(
+            "Environment=\"CCO_SIDECAR_PORT={}\"",
+            env.sidecar_port
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("would run: systemctl --user daemon-reload"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "would run: systemctl --user enable --now cco-daemon.socket cco-sidecar.socket"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("is a cargo build output"),
+        "target/debug warning: {stdout}"
+    );
+    assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
+    assert!(
+        !calls.exists(),
+        "dry run ran: {}",
+        std::fs::read_to_string(&calls).unwrap()
+    );
+}
+
+#[test]
+fn install_without_a_service_manager_points_to_detached_mode() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let out = env.run(["install"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no service manager"), "{err}");
+    assert!(err.trim_end().ends_with("`cco daemon start`"), "{err}");
+}
+
+#[test]
+fn purge_never_reads_a_non_terminal_stdin() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    std::fs::create_dir_all(env.data_dir()).unwrap();
+    let out = env.run(["uninstall", "--purge"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.trim_end().ends_with("`cco uninstall --purge --yes`"),
+        "{err}"
+    );
+    assert!(env.data_dir().exists());
+    let out = env.run(["uninstall", "--purge", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!env.data_dir().exists());
+}
+
+#[test]
+fn detached_start_status_stop_with_pid_files() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let sidecar = have_sidecar();
+
+    let out = env.run(["daemon", "start"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.success(),
+        sidecar,
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("daemon") && stdout.contains("started detached"),
+        "{stdout}"
+    );
+    let (code, body) = get(env.daemon_port, "/health");
+    assert_eq!(code, 200, "{body}");
+    if sidecar {
+        assert_eq!(get(env.sidecar_port, "/health").0, 200);
+    }
+    let pid_file = env.runtime_dir().join("daemon.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // A second start finds it running.
+    let again = text(&env.run(["daemon", "start"]).stdout);
+    assert!(
+        again.contains(&format!("already running (pid {pid}")),
+        "{again}"
+    );
+
+    let out = env.run(["daemon", "status"]);
+    let status = text(&out.stdout);
+    assert!(
+        status.contains(&format!("daemon: running detached (pid {pid}")),
+        "{status}"
+    );
+    assert_eq!(out.status.success(), sidecar, "{status}");
+
+    let out = env.run(["daemon", "stop"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(&format!("daemon: stopped (pid {pid})")));
+    assert!(!pid_file.exists());
+    assert!(!alive(pid), "pid {pid} still alive after stop");
+    let out = env.run(["daemon", "status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stdout).contains("daemon: not running"));
+}
+
+#[test]
+fn a_dead_detached_daemon_leaves_a_stale_pid_file_that_status_clears() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let out = env.run(["daemon", "start"]);
+    assert!(
+        text(&out.stdout).contains("started detached"),
+        "{}",
+        text(&out.stdout)
+    );
+    let pid_file = env.runtime_dir().join("daemon.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: SIGKILL to the detached daemon this test started (simulates a crash).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The lock goes with the process; wait for the kernel to reap it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = env.run(["daemon", "status"]);
+    let status = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{status}");
+    assert!(status.contains("removed its stale pid file"), "{status}");
+    assert!(!pid_file.exists());
+    // And it starts again.
+    let out = env.run(["daemon", "start"]);
+    assert!(
+        text(&out.stdout).contains("daemon   127.0.0.1"),
+        "{}",
+        text(&out.stdout)
+    );
+    env.run(["daemon", "stop"]);
+}
