@@ -24,6 +24,10 @@ use crate::api::{ErrorBody, ErrorDetail};
 /// How long in-flight requests get to finish after a stop was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// After a stop, how long open keep-alive connections get to send one more request (answered
+/// with `Connection: close`) before idle ones are closed under the client's feet.
+pub const DRAIN: Duration = Duration::from_secs(1);
+
 /// Open connections and requests served, shared by the listener, `/status` and idle exit.
 #[derive(Debug)]
 pub struct Tracker {
@@ -49,6 +53,12 @@ impl Tracker {
     }
     pub fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resolves once no connection is open, or after `limit`.
+    pub async fn drained(&self, limit: Duration) {
+        let mut rx = self.open.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
     }
 
     /// Resolves once no connection has been open for `idle`.
@@ -101,15 +111,27 @@ impl Stopper {
     }
 }
 
-/// A listener that counts its open connections in a [`Tracker`].
+/// A listener that counts its open connections in a [`Tracker`] and, once stopping, accepts
+/// no more: new connections wait in the (manager-owned) socket's backlog for our successor.
 pub struct CountingListener {
     inner: TcpListener,
     tracker: Arc<Tracker>,
+    stopping: Option<Stopping>,
 }
 
 impl CountingListener {
     pub fn new(inner: TcpListener, tracker: Arc<Tracker>) -> Self {
-        CountingListener { inner, tracker }
+        CountingListener {
+            inner,
+            tracker,
+            stopping: None,
+        }
+    }
+
+    /// Stops accepting when `stopping` fires.
+    pub fn stop_accepting_on(mut self, stopping: Stopping) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 }
 
@@ -119,7 +141,15 @@ impl axum::serve::Listener for CountingListener {
 
     async fn accept(&mut self) -> (Counted, SocketAddr) {
         loop {
-            match self.inner.accept().await {
+            let accepted = match &mut self.stopping {
+                Some(stopping) => tokio::select! {
+                    biased;
+                    _ = stopping.wait() => std::future::pending().await,
+                    r = self.inner.accept() => r,
+                },
+                None => self.inner.accept().await,
+            };
+            match accepted {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     self.tracker.open.send_modify(|n| *n += 1);
@@ -203,6 +233,12 @@ pub enum Exit {
 /// Serves `router` on `listener` until `shutdown` resolves or, with `idle`, until no
 /// connection has been open that long. Then `stopper` tells handlers to finish and in-flight
 /// requests get [`SHUTDOWN_GRACE`] to complete.
+///
+/// A restart must not cost clients an error. Closing an idle keep-alive connection races with
+/// the client's next request on it (which then fails with a reset), so the stop drains first:
+/// accept no more (the manager's socket queues new connections for the successor), answer
+/// every request with `Connection: close` so clients reconnect cleanly, and only after
+/// [`DRAIN`] close the connections that stayed silent.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -213,6 +249,7 @@ pub async fn serve(
 ) -> io::Result<Exit> {
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
     let watch_tracker = tracker.clone();
+    let drain_tracker = tracker.clone();
     let trigger = stopper.clone();
     let stop_signal = async move {
         let exit = tokio::select! {
@@ -225,11 +262,16 @@ pub async fn serve(
             } => Exit::Idle,
         };
         trigger.stop();
+        drain_tracker.drained(DRAIN).await;
         let _ = exit_tx.send(exit);
     };
     let mut stopping = stopper.subscribe();
-    let server = axum::serve(CountingListener::new(listener, tracker), router)
-        .with_graceful_shutdown(stop_signal);
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        stopper.subscribe(),
+        close_when_stopping,
+    ));
+    let listener = CountingListener::new(listener, tracker).stop_accepting_on(stopper.subscribe());
+    let server = axum::serve(listener, router).with_graceful_shutdown(stop_signal);
     let server = async move { server.await };
     tokio::pin!(server);
     tokio::select! {
@@ -240,6 +282,23 @@ pub async fn serve(
         } => tracing::warn!("connections still open after {}s; exiting anyway", SHUTDOWN_GRACE.as_secs()),
     }
     Ok(exit_rx.await.unwrap_or(Exit::Shutdown))
+}
+
+/// While stopping, every response tells the client to close the connection: it reconnects
+/// (to the successor, via the manager's socket) instead of reusing a connection we drop.
+async fn close_when_stopping(
+    State(stopping): State<Stopping>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if stopping.is_stopping() {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -345,6 +404,52 @@ mod tests {
             HeaderValue::from_static("http://127.0.0.1:3000"),
         );
         assert!(check_host_origin(&h, 3000).is_ok());
+    }
+
+    /// A keep-alive client that sends its next request while we stop gets an answer (with
+    /// `Connection: close`), not a reset: what keeps restarts under load error-free.
+    #[tokio::test]
+    async fn stop_answers_the_next_request_on_open_connections_then_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = Router::new().route("/x", axum::routing::get(|| async { "ok" }));
+        let tracker = Arc::new(Tracker::default());
+        let stopper = Arc::new(Stopper::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            tracker,
+            stopper.clone(),
+            None,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let req = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        c.write_all(req).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = c.read(&mut buf).await.unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+        assert!(
+            first.contains("200 ok") && !first.contains("connection: close"),
+            "{first}"
+        );
+
+        let mut stopping = stopper.subscribe();
+        tx.send(()).unwrap();
+        stopping.wait().await;
+        c.write_all(req).await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        let second = String::from_utf8_lossy(&rest).to_lowercase();
+        assert!(
+            second.contains("200 ok") && second.contains("connection: close"),
+            "{second}"
+        );
+        assert_eq!(server.await.unwrap().unwrap(), Exit::Shutdown);
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,6 +137,7 @@ fn with_systemd(
     let port = s.port(&inst.config);
     match verb {
         Verb::Start => {
+            forget_failures(host, scope, &socket, &service);
             systemd::must(host, &systemd::ctl(scope, &["start", &socket, &service]))?;
             Ok(code(probe(host, s, port)))
         }
@@ -150,6 +151,7 @@ fn with_systemd(
             Ok(ExitCode::SUCCESS)
         }
         Verb::Restart => {
+            forget_failures(host, scope, &socket, &service);
             systemd::must(host, &systemd::ctl(scope, &["start", &socket]))?;
             systemd::must(host, &systemd::ctl(scope, &["restart", &service]))?;
             Ok(code(probe(host, s, port)))
@@ -187,6 +189,21 @@ fn with_systemd(
                 ExitCode::from(NOT_RUNNING)
             })
         }
+    }
+}
+
+/// A socket whose service failed too often in a row is `failed` and stays closed; start and
+/// restart are the user saying "try again", so clear that state (and the start rate limit).
+fn forget_failures(host: &mut dyn Host, scope: Scope, socket: &str, service: &str) {
+    let cmd = systemd::ctl(scope, &["reset-failed", socket, service]);
+    if host
+        .query(&systemd::ctl(
+            scope,
+            &["is-failed", "--quiet", socket, service],
+        ))
+        .is_ok_and(|o| o.success())
+    {
+        let _ = host.change(&cmd);
     }
 }
 

@@ -153,6 +153,7 @@ pub fn install(
         }
     }
 
+    // true: rewritten over an older version (a running service must restart); false: new.
     let mut changed: HashMap<String, bool> = HashMap::new();
     let units = render::systemd_units(spec);
     for UnitFile { name, text } in &units {
