@@ -2,8 +2,8 @@
 # cco against a real systemd user manager (see README.md): install, socket activation,
 # launcher env, crash recovery, restart under load, idle exit, idempotence, uninstall,
 # the Debian package, and the cold-activation benchmark. Run as root:
-#   bash tests/systemd/cco.sh            # uses target/release/cco if newer, else target/debug
-# Env: CCO_EXE (binary to test), CCO_SKIP_DEB=1 (skip the package check).
+#   bash tests/systemd/cco.sh [BIN_DIR|BINARY]   # default: target/release/cco if newer, else target/debug
+# Env: CCO_SKIP_DEB=1 (skip the package check), CCO_BENCH_OUT (file for the bench output).
 # Prints PASS/FAIL/SKIP lines; exits 1 on any FAIL.
 set -euo pipefail
 
@@ -22,7 +22,9 @@ expect() { if [[ "$3" == "$2" ]]; then pass "$1 ($3)"; else fail "$1: want '$2',
 # check DESC CMD...: PASS when CMD succeeds.
 check() { local d=$1; shift; if "$@"; then pass "$d"; else fail "$d"; fi; }
 
-exe=${CCO_EXE:-}
+exe=${1:-}
+[[ -d "$exe" ]] && exe=$exe/cco
+[[ -z "$exe" ]] || exe=$(realpath "$exe")
 if [[ -z "$exe" ]]; then
   exe=$repo/target/debug/cco
   [[ -x $repo/target/release/cco && $repo/target/release/cco -nt $exe ]] && exe=$repo/target/release/cco
@@ -194,6 +196,8 @@ if [[ -n "$median" ]] && awk -v m="$median" 'BEGIN { exit !(m <= 50) }'; then
   pass "cold activation median ${median} ms <= 50 ms"
 else
   fail "cold activation median ${median:-?} ms > 50 ms"
+  printf '%s\n' "$bench" | tail -5
+  as journalctl --user -u cco-daemon.socket -u cco-daemon.service -n 25 --no-pager -o short-monotonic | sed 's/^/  | /'
 fi
 
 # --- idempotence ----------------------------------------------------------------------
@@ -217,6 +221,10 @@ expect "nothing listens on :3000/:3001" 0 "$listening"
 if [[ -n "${CCO_SKIP_DEB:-}" ]]; then
   skip "Debian package (CCO_SKIP_DEB)"
 else
+  # cargo-deb when it can be had (2-3 min to build once); build.sh falls back to dpkg-deb.
+  if ! cargo deb --version >/dev/null 2>&1; then
+    cargo install cargo-deb --locked >"$bindir/cargo-deb.log" 2>&1 || echo "note: cargo-deb not installable; using dpkg-deb"
+  fi
   debout=$(CCO_DEB_BIN=$exe bash "$repo/packaging/deb/build.sh" "$bindir" 2>&1) || true
   deb=$(ls "$bindir"/cco_*.deb 2>/dev/null | head -1 || true)
   if [[ -z "$deb" ]]; then
