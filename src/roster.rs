@@ -144,9 +144,11 @@ impl Agent {
     }
 }
 
+/// `"x"` → `x`; a value holding more quotes (`"a", "b"`) is a list and stays as it is.
 fn unquote(v: &str) -> &str {
     v.strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
+        .filter(|inner| !inner.contains('"'))
         .unwrap_or(v)
 }
 
@@ -286,7 +288,10 @@ mod tests {
         let r = Roster::builtin().unwrap();
         for (file, _) in BUILTIN_AGENTS {
             let stem = file.strip_suffix(".md").unwrap();
-            assert!(r.get(stem).is_some(), "{file}: `name` must match the file name");
+            assert!(
+                r.get(stem).is_some(),
+                "{file}: `name` must match the file name"
+            );
         }
         for a in r.agents.values() {
             let n = &a.name;
@@ -438,7 +443,11 @@ mod tests {
                 .map(str::to_lowercase)
                 .collect()
         };
-        let sets: Vec<_> = r.agents.values().map(|a| (&a.name, words(&a.prompt))).collect();
+        let sets: Vec<_> = r
+            .agents
+            .values()
+            .map(|a| (&a.name, words(&a.prompt)))
+            .collect();
         for (i, (a, wa)) in sets.iter().enumerate() {
             for (b, wb) in &sets[i + 1..] {
                 let common = wa.intersection(wb).count() as f64;
@@ -454,6 +463,14 @@ mod tests {
         let a = Agent::parse("t", ok).unwrap();
         assert_eq!(a.tools, ["Read", "Grep"]);
         assert_eq!(a.context, ["**/*.py", "pyproject.toml"]);
+        let both = "---\nname: a\ndescription: \"d\"\ncontext: \"a/*\", b, \"c/*\"\n---\nP.\n";
+        let a = Agent::parse("t", both).unwrap();
+        assert_eq!(a.description, "d");
+        assert_eq!(
+            a.context,
+            ["a/*", "b", "c/*"],
+            "first and last items quoted"
+        );
         for (text, want) in [
             ("no front matter", "front matter"),
             ("---\nname: x\n", "not closed"),
