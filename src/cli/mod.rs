@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, one dispatch table ([`run`]). Anything that is
 //! not a cco subcommand goes to Claude Code through the launcher.
 
+pub mod agents;
 pub mod daemon;
 pub mod doctor;
 pub mod health;
@@ -43,12 +44,16 @@ pub enum Command {
     Status(health::StatusArgs),
     /// Check the whole set-up and say how to fix what is wrong.
     Doctor(doctor::Args),
+    /// List, show and check the agent roster.
+    Agents(agents::Args),
     /// Print cco's version.
     Version,
 }
 
 /// Names that select a cco subcommand rather than the launcher.
-pub const SUBCOMMANDS: &[&str] = &["daemon", "health", "status", "doctor", "version", "help"];
+pub const SUBCOMMANDS: &[&str] = &[
+    "daemon", "health", "status", "doctor", "agents", "version", "help",
+];
 
 /// Parses `args` (including argv[0]) and runs what they ask for.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -70,6 +75,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Health(args) => health::run_health(config, args),
         Command::Status(args) => health::run_status(config, args),
         Command::Doctor(args) => doctor::run(config, args),
+        Command::Agents(args) => agents::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

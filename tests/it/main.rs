@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real `cco` processes on ephemeral loopback ports.
 
+mod agents;
 mod common;
 mod daemon;
 mod launcher;
