@@ -5,6 +5,7 @@ pub mod agents;
 pub mod daemon;
 pub mod doctor;
 pub mod health;
+pub mod hook;
 pub mod launch;
 
 use std::ffi::OsString;
@@ -46,13 +47,15 @@ pub enum Command {
     Doctor(doctor::Args),
     /// List, show and check the agent roster.
     Agents(agents::Args),
+    /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
+    Hook(hook::Args),
     /// Print cco's version.
     Version,
 }
 
 /// Names that select a cco subcommand rather than the launcher.
 pub const SUBCOMMANDS: &[&str] = &[
-    "daemon", "health", "status", "doctor", "agents", "version", "help",
+    "daemon", "health", "status", "doctor", "agents", "hook", "version", "help",
 ];
 
 /// Parses `args` (including argv[0]) and runs what they ask for.
@@ -76,6 +79,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Status(args) => health::run_status(config, args),
         Command::Doctor(args) => doctor::run(config, args),
         Command::Agents(args) => agents::run(config, args),
+        Command::Hook(args) => hook::run(args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
