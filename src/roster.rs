@@ -47,6 +47,34 @@ pub struct AgentError {
 
 const MODELS: [&str; 4] = ["opus", "sonnet", "haiku", "inherit"];
 
+/// Claude Code's built-in tool names, as `tools:` lists them. MCP tools (`mcp__server__tool`)
+/// are accepted too; see [`is_known_tool`].
+pub const KNOWN_TOOLS: &[&str] = &[
+    "Read",
+    "Grep",
+    "Glob",
+    "Edit",
+    "MultiEdit",
+    "Write",
+    "Bash",
+    "BashOutput",
+    "KillShell",
+    "WebSearch",
+    "WebFetch",
+    "TodoWrite",
+    "NotebookEdit",
+    "Task",
+    "Agent",
+    "SlashCommand",
+    "Skill",
+    "ExitPlanMode",
+];
+
+/// Whether `tool` names a Claude Code tool: a built-in one or an MCP tool.
+pub fn is_known_tool(tool: &str) -> bool {
+    KNOWN_TOOLS.contains(&tool) || tool.starts_with("mcp__")
+}
+
 impl Agent {
     /// Parses Claude Code's subagent format: `---` front matter of `key: value` lines, then
     /// the system prompt. Known keys: name, description, tools, model, context.
@@ -116,9 +144,11 @@ impl Agent {
     }
 }
 
+/// `"x"` → `x`; a value holding more quotes (`"a", "b"`) is a list and stays as it is.
 fn unquote(v: &str) -> &str {
     v.strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
+        .filter(|inner| !inner.contains('"'))
         .unwrap_or(v)
 }
 
@@ -237,12 +267,210 @@ mod tests {
         }
     }
 
+    /// Linux caps one argv string at 128 KiB (MAX_ARG_STRLEN); the roster travels as one.
+    const MAX_BUILTIN_JSON: usize = 110_000;
+    const MIN_BUILTIN_AGENTS: usize = 119;
+
+    #[test]
+    fn builtin_roster_is_large_enough_and_fits_one_argument() {
+        let r = Roster::builtin().unwrap();
+        assert!(
+            r.agents.len() >= MIN_BUILTIN_AGENTS,
+            "{} agents",
+            r.agents.len()
+        );
+        let size = r.claude_json().len();
+        assert!(size < MAX_BUILTIN_JSON, "roster JSON is {size} bytes");
+    }
+
+    #[test]
+    fn builtin_agents_are_well_formed() {
+        let r = Roster::builtin().unwrap();
+        for (file, _) in BUILTIN_AGENTS {
+            let stem = file.strip_suffix(".md").unwrap();
+            assert!(
+                r.get(stem).is_some(),
+                "{file}: `name` must match the file name"
+            );
+        }
+        for a in r.agents.values() {
+            let n = &a.name;
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !n.starts_with('-'),
+                "{n}: not kebab-case"
+            );
+            assert!(!a.tools.is_empty(), "{n}: no tools");
+            for t in &a.tools {
+                assert!(KNOWN_TOOLS.contains(&t.as_str()), "{n}: unknown tool {t}");
+            }
+            assert!(
+                matches!(a.model.as_deref(), Some("opus" | "sonnet" | "haiku")),
+                "{n}: model tier"
+            );
+            assert!(!a.context.is_empty(), "{n}: no context globs");
+            let lines = a.prompt.lines().count();
+            assert!((4..=8).contains(&lines), "{n}: prompt has {lines} lines");
+            assert!(
+                a.description.ends_with('.') && a.description.matches(". ").count() == 0,
+                "{n}: description must be one sentence"
+            );
+        }
+    }
+
+    #[test]
+    fn builtin_roster_covers_every_category() {
+        // Category → agents that belong to it; each category needs several present.
+        const CATEGORIES: &[(&str, &[&str])] = &[
+            (
+                "architecture",
+                &[
+                    "chief-architect",
+                    "backend-architect",
+                    "frontend-architect",
+                    "api-designer",
+                    "database-architect",
+                    "cloud-architect",
+                    "microservices-architect",
+                    "event-driven-architect",
+                ],
+            ),
+            (
+                "languages",
+                &[
+                    "rust-specialist",
+                    "python-specialist",
+                    "typescript-specialist",
+                    "go-specialist",
+                    "java-specialist",
+                    "cpp-specialist",
+                    "shell-scripter",
+                    "sql-specialist",
+                ],
+            ),
+            (
+                "frameworks",
+                &[
+                    "react-specialist",
+                    "vue-specialist",
+                    "django-specialist",
+                    "fastapi-specialist",
+                    "rails-specialist",
+                    "spring-boot-specialist",
+                ],
+            ),
+            (
+                "testing",
+                &[
+                    "test-engineer",
+                    "unit-test-writer",
+                    "integration-tester",
+                    "e2e-tester",
+                    "fuzz-tester",
+                    "qa-lead",
+                ],
+            ),
+            (
+                "security",
+                &[
+                    "security-auditor",
+                    "penetration-tester",
+                    "dependency-auditor",
+                    "secrets-scanner",
+                    "threat-modeler",
+                    "crypto-reviewer",
+                ],
+            ),
+            (
+                "infrastructure",
+                &[
+                    "devops-engineer",
+                    "kubernetes-specialist",
+                    "terraform-specialist",
+                    "docker-specialist",
+                    "ci-cd-engineer",
+                    "sre",
+                ],
+            ),
+            (
+                "data",
+                &[
+                    "data-engineer",
+                    "ml-engineer",
+                    "data-scientist",
+                    "database-admin",
+                    "postgres-specialist",
+                    "mlops-engineer",
+                ],
+            ),
+            (
+                "documentation",
+                &[
+                    "documentation-writer",
+                    "api-documenter",
+                    "tutorial-writer",
+                    "changelog-writer",
+                    "adr-writer",
+                    "readme-writer",
+                ],
+            ),
+            (
+                "research and review",
+                &[
+                    "code-reviewer",
+                    "architecture-reviewer",
+                    "researcher",
+                    "refactoring-specialist",
+                    "debugger",
+                    "incident-responder",
+                ],
+            ),
+        ];
+        let r = Roster::builtin().unwrap();
+        for (category, names) in CATEGORIES {
+            let missing: Vec<_> = names.iter().filter(|n| r.get(n).is_none()).collect();
+            assert!(missing.is_empty(), "{category}: missing {missing:?}");
+        }
+    }
+
+    #[test]
+    fn builtin_prompts_are_not_near_copies() {
+        let r = Roster::builtin().unwrap();
+        let words = |s: &str| -> std::collections::BTreeSet<String> {
+            s.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.len() > 3)
+                .map(str::to_lowercase)
+                .collect()
+        };
+        let sets: Vec<_> = r
+            .agents
+            .values()
+            .map(|a| (&a.name, words(&a.prompt)))
+            .collect();
+        for (i, (a, wa)) in sets.iter().enumerate() {
+            for (b, wb) in &sets[i + 1..] {
+                let common = wa.intersection(wb).count() as f64;
+                let jaccard = common / wa.union(wb).count() as f64;
+                assert!(jaccard < 0.5, "{a} and {b} prompts are {jaccard:.2} alike");
+            }
+        }
+    }
+
     #[test]
     fn parse_errors_are_specific() {
         let ok = "---\nname: a-b\ndescription: d\ntools: Read, Grep\ncontext: \"**/*.py\", pyproject.toml\n---\nPrompt.\n";
         let a = Agent::parse("t", ok).unwrap();
         assert_eq!(a.tools, ["Read", "Grep"]);
         assert_eq!(a.context, ["**/*.py", "pyproject.toml"]);
+        let both = "---\nname: a\ndescription: \"d\"\ncontext: \"a/*\", b, \"c/*\"\n---\nP.\n";
+        let a = Agent::parse("t", both).unwrap();
+        assert_eq!(a.description, "d");
+        assert_eq!(
+            a.context,
+            ["a/*", "b", "c/*"],
+            "first and last items quoted"
+        );
         for (text, want) in [
             ("no front matter", "front matter"),
             ("---\nname: x\n", "not closed"),

@@ -111,11 +111,11 @@ pub fn run_health(config: Option<&Path>, args: HealthArgs) -> anyhow::Result<Exi
                         ),
                     };
                     println!(
-                        "{:<9} {:<16} {:<10} {:>7}s  {detail}",
+                        "{:<9} {:<16} {:<10} {:>8}  {detail}",
                         p.name,
                         addr,
                         v["status"].as_str().unwrap_or("?"),
-                        v["uptime_seconds"]
+                        format!("{}s", v["uptime_seconds"])
                     );
                 }
                 Err(e) => println!("{:<9} {:<16} {:<10} {:>8}  {e}", p.name, addr, "DOWN", "-"),

@@ -1,9 +1,11 @@
 //! The command line: one file per subcommand, one dispatch table ([`run`]). Anything that is
 //! not a cco subcommand goes to Claude Code through the launcher.
 
+pub mod agents;
 pub mod daemon;
 pub mod doctor;
 pub mod health;
+pub mod hook;
 pub mod install;
 pub mod launch;
 pub mod logs;
@@ -53,6 +55,10 @@ pub enum Command {
     Uninstall(uninstall::Args),
     /// Show the services' logs (journald, or the log files without a service manager).
     Logs(logs::Args),
+    /// List, show and check the agent roster.
+    Agents(agents::Args),
+    /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
+    Hook(hook::Args),
     /// Print cco's version.
     Version,
 }
@@ -63,6 +69,8 @@ pub const SUBCOMMANDS: &[&str] = &[
     "health",
     "status",
     "doctor",
+    "agents",
+    "hook",
     "install",
     "uninstall",
     "logs",
@@ -93,6 +101,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Install(args) => install::run(config, args),
         Command::Uninstall(args) => uninstall::run(config, args),
         Command::Logs(args) => logs::run(config, args),
+        Command::Agents(args) => agents::run(config, args),
+        Command::Hook(args) => hook::run(args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,7 @@
 //! Integration tests: one binary, real `cco` processes on ephemeral loopback ports.
 
+mod agents;
+mod claude;
 mod common;
 mod daemon;
 mod launcher;

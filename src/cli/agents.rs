@@ -1,0 +1,541 @@
+//! `cco agents list|show|lint`: inspect the roster (built-ins overlaid with the user's
+//! `~/.config/cco/agents/*.md`) and check the user's agent files before the daemon loads them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::paths::Installation;
+use crate::roster::{self, Agent, Roster};
+
+/// Table width when stdout is not a terminal (or its width is unknown).
+const DEFAULT_WIDTH: usize = 80;
+/// The description column never shrinks below this, even on a narrow terminal.
+const MIN_DESCRIPTION_WIDTH: usize = 20;
+/// How many "did you mean" names an unknown agent name lists.
+const MAX_SUGGESTIONS: usize = 5;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: AgentsCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentsCommand {
+    /// List every agent type: the built-ins and the user's (~/.config/cco/agents/*.md).
+    List(ListArgs),
+    /// Print one agent's full definition, in the agent file format.
+    Show(ShowArgs),
+    /// Check agent files; prints `path: message` per problem and exits 1 if there is one.
+    Lint(LintArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print the agents as a JSON array (every field, including the prompt).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The agent's name, as `cco agents list` shows it.
+    pub name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LintArgs {
+    /// Agent files to check (default: every *.md in ~/.config/cco/agents).
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    let inst = Installation::from_process(config)?;
+    let user_dir = inst.paths.user_agents_dir();
+    match args.command {
+        AgentsCommand::List(a) => list(&user_dir, a),
+        AgentsCommand::Show(a) => show(&user_dir, a),
+        AgentsCommand::Lint(a) => lint(&user_dir, a),
+    }
+}
+
+fn load(user_dir: &Path) -> anyhow::Result<Roster> {
+    let (roster, problems) = Roster::load(user_dir)?;
+    for p in &problems {
+        eprintln!("warning: skipping {p} (check it with `cco agents lint`)");
+    }
+    Ok(roster)
+}
+
+fn list(user_dir: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let roster = load(user_dir)?;
+    let agents: Vec<&Agent> = roster.agents.values().collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &agents)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render_table(&agents, output_width()).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(user_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let roster = load(user_dir)?;
+    let Some(agent) = roster.get(&args.name) else {
+        let names = roster.agents.keys().map(String::as_str);
+        let close = close_matches(&args.name, names);
+        let hint = if close.is_empty() {
+            String::new()
+        } else {
+            format!("; did you mean {}?", close.join(", "))
+        };
+        anyhow::bail!(
+            "no agent named {:?}{hint} (`cco agents list` shows every agent)",
+            args.name
+        );
+    };
+    std::io::stdout().write_all(render_definition(agent).as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lint(user_dir: &Path, args: LintArgs) -> anyhow::Result<ExitCode> {
+    let files = if args.files.is_empty() {
+        let files =
+            md_files(user_dir).with_context(|| format!("cannot list {}", user_dir.display()))?;
+        if files.is_empty() {
+            println!(
+                "no agent files in {} (add NAME.md files there to define or override agents)",
+                user_dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        files
+    } else {
+        args.files
+    };
+    let builtin = Roster::builtin()?;
+    let report = lint_files(&files, &builtin);
+    let mut out = std::io::stdout().lock();
+    for d in &report.diagnostics {
+        writeln!(out, "{d}")?;
+    }
+    let bad = report.files_with_errors();
+    if bad > 0 {
+        writeln!(
+            out,
+            "{bad} of {} agent files have problems: fix them and run `cco agents lint` again",
+            files.len()
+        )?;
+        return Ok(ExitCode::FAILURE);
+    }
+    writeln!(out, "{} agents OK", files.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `*.md` files directly in `dir`, sorted; a missing directory has none.
+fn md_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for e in entries {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "md") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// One finding of `cco agents lint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub path: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The file is skipped by the daemon (or shadows another file).
+    Error,
+    /// Allowed, but probably not what the author meant.
+    Warning,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.severity {
+            Severity::Error => write!(f, "{}: {}", self.path, self.message),
+            Severity::Warning => write!(f, "{}: warning: {}", self.path, self.message),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LintReport {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LintReport {
+    pub fn files_with_errors(&self) -> usize {
+        let mut paths: Vec<&str> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.path.as_str())
+            .collect();
+        paths.dedup();
+        paths.len()
+    }
+}
+
+/// Checks each file as the daemon would load it, plus what the daemon would silently accept:
+/// overriding a built-in, unknown tools, and two files defining the same name.
+pub fn lint_files(files: &[PathBuf], builtin: &Roster) -> LintReport {
+    let mut report = LintReport::default();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for file in files {
+        let path = file.display().to_string();
+        let mut push = |severity, message: String| {
+            report.diagnostics.push(Diagnostic {
+                path: path.clone(),
+                severity,
+                message,
+            })
+        };
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                push(Severity::Error, format!("cannot read the file: {e}"));
+                continue;
+            }
+        };
+        let agent = match Agent::parse(&path, &text) {
+            Ok(a) => a,
+            Err(e) => {
+                push(Severity::Error, e.message);
+                continue;
+            }
+        };
+        if let Some(first) = seen.get(&agent.name) {
+            push(
+                Severity::Error,
+                format!(
+                    "agent `{}` is already defined in {first}; only one of the two is used: rename or remove one",
+                    agent.name
+                ),
+            );
+        } else {
+            seen.insert(agent.name.clone(), path.clone());
+        }
+        if builtin.get(&agent.name).is_some() {
+            push(
+                Severity::Warning,
+                format!(
+                    "overrides the built-in agent `{}` (allowed; remove this file to use the built-in again)",
+                    agent.name
+                ),
+            );
+        }
+        for tool in agent.tools.iter().filter(|t| !roster::is_known_tool(t)) {
+            push(
+                Severity::Warning,
+                format!(
+                    "`{tool}` is not a known Claude Code tool (known: {}, or mcp__SERVER__TOOL)",
+                    roster::KNOWN_TOOLS.join(", ")
+                ),
+            );
+        }
+    }
+    report
+}
+
+/// Where an agent came from, for the SOURCE column.
+fn source_label(agent: &Agent) -> &str {
+    if agent.source.starts_with("builtin:") {
+        "builtin"
+    } else {
+        &agent.source
+    }
+}
+
+/// The `list` table: NAME, MODEL, SOURCE, DESCRIPTION, the description cut to fit `width`.
+pub fn render_table(agents: &[&Agent], width: usize) -> String {
+    let rows: Vec<[&str; 4]> = agents
+        .iter()
+        .map(|a| {
+            [
+                a.name.as_str(),
+                a.model.as_deref().unwrap_or("-"),
+                source_label(a),
+                a.description.as_str(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "MODEL", "SOURCE", "DESCRIPTION"];
+    let col = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (col(0), col(1), col(2));
+    let used = w0 + w1 + w2 + 6;
+    let desc_width = width.saturating_sub(used).max(MIN_DESCRIPTION_WIDTH);
+    let mut out = String::new();
+    for r in std::iter::once(header).chain(rows) {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            truncate(r[3], desc_width)
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `s` cut to at most `max` characters, ending in `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+/// The agent in its file format (so `cco agents show x > ~/.config/cco/agents/x.md` starts an
+/// override), with its source as a front matter comment.
+pub fn render_definition(a: &Agent) -> String {
+    let mut s = format!("---\n# source: {}\n", a.source);
+    s.push_str(&format!("name: {}\n", a.name));
+    s.push_str(&format!("description: {}\n", a.description));
+    if !a.tools.is_empty() {
+        s.push_str(&format!("tools: {}\n", a.tools.join(", ")));
+    }
+    if let Some(m) = &a.model {
+        s.push_str(&format!("model: {m}\n"));
+    }
+    if !a.context.is_empty() {
+        let globs: Vec<String> = a
+            .context
+            .iter()
+            .map(|g| {
+                if g.contains(['*', ' ', '?', '[']) {
+                    format!("{g:?}")
+                } else {
+                    g.clone()
+                }
+            })
+            .collect();
+        s.push_str(&format!("context: {}\n", globs.join(", ")));
+    }
+    s.push_str("---\n");
+    s.push_str(&a.prompt);
+    s.push('\n');
+    s
+}
+
+/// Names close to `wanted`: sharing a prefix or containing it, or within a small edit
+/// distance; nearest first.
+pub fn close_matches<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let wanted = wanted.to_lowercase();
+    let limit = (wanted.chars().count() / 4).max(2);
+    let mut scored: Vec<(usize, &str)> = names
+        .filter_map(|n| {
+            let d = edit_distance(&wanted, n);
+            let related = !wanted.is_empty() && (n.starts_with(&wanted) || n.contains(&wanted));
+            (related || d <= limit).then_some((if related { 0 } else { d }, n))
+        })
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(MAX_SUGGESTIONS)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// Levenshtein distance over characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The terminal's width when stdout is one, else `$COLUMNS`, else [`DEFAULT_WIDTH`].
+fn output_width() -> usize {
+    let stdout = std::io::stdout();
+    if stdout.is_terminal() {
+        // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we own.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+        if ok && ws.ws_col > 0 {
+            return usize::from(ws.ws_col);
+        }
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(DEFAULT_WIDTH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str, source: &str, description: &str) -> Agent {
+        Agent {
+            name: name.into(),
+            description: description.into(),
+            prompt: "Do the thing.\nReport it.".into(),
+            tools: vec!["Read".into(), "Grep".into()],
+            model: Some("sonnet".into()),
+            context: vec!["**/*.rs".into(), "Cargo.toml".into()],
+            source: source.into(),
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("rust-specialist", "rust-specialist"), 0);
+        assert_eq!(edit_distance("sre", "sr"), 1);
+    }
+
+    #[test]
+    fn close_matches_prefer_prefixes_and_typos() {
+        let names = [
+            "rust-specialist",
+            "ruby-specialist",
+            "react-specialist",
+            "sre",
+            "security-auditor",
+        ];
+        let m = close_matches("rust", names.iter().copied());
+        assert_eq!(m, ["rust-specialist"]);
+        let m = close_matches("rust-specalist", names.iter().copied());
+        assert_eq!(m[0], "rust-specialist");
+        assert!(m.contains(&"ruby-specialist"), "{m:?}");
+        assert_eq!(close_matches("SRE", names.iter().copied()), ["sre"]);
+        assert!(close_matches("zzzzzzzzzz", names.iter().copied()).is_empty());
+        let many = ["a-x", "a-y", "a-z", "a-w", "a-v", "a-u"];
+        assert_eq!(
+            close_matches("a-", many.iter().copied()).len(),
+            MAX_SUGGESTIONS
+        );
+    }
+
+    #[test]
+    fn truncate_marks_cuts() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("exactly10!", 10), "exactly10!");
+        assert_eq!(truncate("much longer text", 8), "much lo…");
+        assert_eq!(truncate("ééééé", 3), "éé…");
+    }
+
+    #[test]
+    fn table_aligns_columns_and_fits_the_width() {
+        let a = agent("a", "builtin:a.md", &"word ".repeat(40));
+        let b = agent("longer-name", "/home/u/.config/cco/agents/x.md", "short");
+        let table = render_table(&[&a, &b], 100);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("NAME         MODEL   SOURCE"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("a            sonnet  builtin "),
+            "{table}"
+        );
+        assert!(lines[2].contains("/home/u/.config/cco/agents/x.md  short"));
+        assert!(lines.iter().all(|l| l.chars().count() <= 100), "{table}");
+        assert!(lines[1].ends_with('…'));
+        // Too narrow for the fixed columns: the description keeps its minimum.
+        let narrow = render_table(&[&a], 10);
+        assert!(narrow.lines().nth(1).unwrap().ends_with('…'));
+        assert!(narrow.contains(&truncate(&a.description, MIN_DESCRIPTION_WIDTH)));
+    }
+
+    #[test]
+    fn definition_round_trips_through_the_parser() {
+        for a in Roster::builtin().unwrap().agents.values() {
+            let text = render_definition(a);
+            assert!(text.contains(&a.prompt));
+            let back = Agent::parse(&a.source, &text).unwrap();
+            assert_eq!(&back, a);
+        }
+    }
+
+    #[test]
+    fn lint_reports_errors_overrides_unknown_tools_and_duplicates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let good = write(
+            "good.md",
+            "---\nname: mine\ndescription: d\ntools: Read, mcp__gh__issues\n---\nP.\n",
+        );
+        let bad = write("bad.md", "---\nname: x\n---\nP.\n");
+        let over = write(
+            "over.md",
+            "---\nname: rust-specialist\ndescription: d\ntools: Read, Frobnicate\n---\nP.\n",
+        );
+        let dup = write("dup.md", "---\nname: mine\ndescription: e\n---\nQ.\n");
+        let missing = tmp.path().join("missing.md");
+        let builtin = Roster::builtin().unwrap();
+
+        let clean = lint_files(std::slice::from_ref(&good), &builtin);
+        assert!(clean.diagnostics.is_empty(), "{:?}", clean.diagnostics);
+
+        let r = lint_files(&[good, bad.clone(), over.clone(), dup, missing], &builtin);
+        let shown: Vec<String> = r.diagnostics.iter().map(ToString::to_string).collect();
+        let has = |path: &Path, text: &str| {
+            shown
+                .iter()
+                .any(|s| s.starts_with(&format!("{}: ", path.display())) && s.contains(text))
+        };
+        assert!(has(&bad, "missing `description`"), "{shown:#?}");
+        assert!(has(
+            &over,
+            "warning: overrides the built-in agent `rust-specialist`"
+        ));
+        assert!(has(
+            &over,
+            "warning: `Frobnicate` is not a known Claude Code tool"
+        ));
+        assert!(shown.iter().any(|s| s.contains("already defined in")));
+        assert!(shown.iter().any(|s| s.contains("missing.md: cannot read")));
+        assert_eq!(r.files_with_errors(), 3, "{shown:#?}");
+    }
+}

@@ -1,0 +1,663 @@
+//! `cco hook <event>`: Claude Code's command hooks. Each reads the event JSON on stdin, makes
+//! at most a couple of loopback calls to the sidecar and prints Claude's answer. A hook must
+//! never break Claude: any failure is logged and the hook exits 0 with no decision.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde_json::{Value, json};
+
+use crate::api::{AgentId, AgentType, IssueId};
+use crate::client::{self, Request};
+
+/// Largest event accepted on stdin (tool inputs can be large; transcripts are not sent).
+const MAX_STDIN: u64 = 4 * 1024 * 1024;
+/// Size budget of the context injected into a sub-agent, in bytes of text.
+pub const CONTEXT_BUDGET: usize = 24 * 1024;
+/// Used when `ORCHESTRATOR_HOOKS_CONFIG` does not say.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
+/// The hook log is cut back to nothing when it grows past this.
+const MAX_LOG: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Event {
+    SessionStart,
+    SubagentStart,
+    SubagentStop,
+    PreToolUse,
+    Stop,
+    SessionEnd,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The Claude Code hook event this invocation handles.
+    #[arg(value_enum)]
+    pub event: Event,
+}
+
+/// cco's hook policy, from `ORCHESTRATOR_HOOKS_CONFIG` (the sealed hooks file's content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub enabled: bool,
+    pub auto_allow_read: bool,
+    pub require_cud_confirmation: bool,
+    pub timeout: Duration,
+}
+
+impl Policy {
+    pub fn from_json(v: &Value) -> Policy {
+        Policy {
+            enabled: v["enabled"].as_bool().unwrap_or(true),
+            auto_allow_read: v["permissions"]["auto_allow_read"]
+                .as_bool()
+                .unwrap_or(true),
+            require_cud_confirmation: v["permissions"]["require_cud_confirmation"]
+                .as_bool()
+                .unwrap_or(false),
+            timeout: v["timeouts"]["hook_ms"]
+                .as_u64()
+                .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+        }
+    }
+}
+
+/// Claude Code's answer to a `PreToolUse` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(&'static str),
+    Ask(&'static str),
+    /// Leave it to Claude's own permission rules.
+    NoOpinion,
+}
+
+/// Tools that only read the project.
+const READ_TOOLS: [&str; 5] = ["Read", "Grep", "Glob", "LS", "NotebookRead"];
+/// Tools that create, update or delete files.
+const CUD_TOOLS: [&str; 4] = ["Write", "Edit", "MultiEdit", "NotebookEdit"];
+/// Programs that only read, when run as one simple command.
+const READ_COMMANDS: [&str; 19] = [
+    "ls", "cat", "head", "tail", "grep", "rg", "wc", "pwd", "stat", "file", "which", "du", "df",
+    "tree", "less", "diff", "cmp", "sort", "uniq",
+];
+/// Read-only git sub-commands.
+const GIT_READ: [&str; 7] = [
+    "status",
+    "log",
+    "diff",
+    "show",
+    "blame",
+    "rev-parse",
+    "ls-files",
+];
+/// Programs and git sub-commands that create, update or delete.
+const CUD_COMMANDS: [&str; 17] = [
+    "rm", "rmdir", "mv", "cp", "mkdir", "touch", "chmod", "chown", "ln", "dd", "truncate", "tee",
+    "install", "unlink", "shred", "patch", "rsync",
+];
+const GIT_CUD: [&str; 12] = [
+    "commit", "push", "reset", "checkout", "rebase", "merge", "rm", "mv", "clean", "add", "stash",
+    "restore",
+];
+/// Shell syntax that makes a command more than one simple command.
+const SHELL_META: &[char] = &[
+    ';', '&', '|', '`', '$', '(', ')', '<', '>', '\n', '\\', '*', '?', '{', '}',
+];
+
+fn is_read_command(cmd: &str) -> bool {
+    if cmd.contains(SHELL_META) {
+        return false;
+    }
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    match words.as_slice() {
+        ["git", sub, ..] => GIT_READ.contains(sub),
+        [prog, ..] => READ_COMMANDS.contains(prog),
+        [] => false,
+    }
+}
+
+fn is_cud_command(cmd: &str) -> bool {
+    if cmd.contains('>') {
+        return true; // redirection writes a file
+    }
+    let words: Vec<&str> = cmd
+        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '`'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().enumerate().any(|(i, w)| {
+        let w = w.rsplit('/').next().unwrap_or(w);
+        CUD_COMMANDS.contains(&w)
+            || (w == "sed" && words.get(i + 1).is_some_and(|a| a.starts_with("-i")))
+            || (w == "git" && words.get(i + 1).is_some_and(|a| GIT_CUD.contains(a)))
+            || (matches!(w, "npm" | "pip" | "pip3" | "cargo" | "apt" | "apt-get")
+                && words
+                    .get(i + 1)
+                    .is_some_and(|a| matches!(*a, "install" | "uninstall" | "remove")))
+    })
+}
+
+/// The `PreToolUse` decision for one tool call.
+pub fn decide(policy: &Policy, tool: &str, input: &Value) -> Decision {
+    let command = input["command"].as_str().unwrap_or("");
+    let reading = READ_TOOLS.contains(&tool) || (tool == "Bash" && is_read_command(command));
+    let cud = CUD_TOOLS.contains(&tool) || (tool == "Bash" && is_cud_command(command));
+    if policy.require_cud_confirmation && cud {
+        Decision::Ask(
+            "cco policy: create/update/delete needs confirmation (hooks.require_cud_confirmation)",
+        )
+    } else if policy.auto_allow_read && reading {
+        Decision::Allow("cco policy: read-only (hooks.auto_allow_read)")
+    } else {
+        Decision::NoOpinion
+    }
+}
+
+/// What a hook needs from the environment Claude passes on (set by the launcher).
+struct HookEnv {
+    sidecar_port: Option<u16>,
+    token: Option<String>,
+    issue: Option<IssueId>,
+    policy: Policy,
+    log: Option<PathBuf>,
+}
+
+impl HookEnv {
+    fn from_process() -> HookEnv {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let policy = var("ORCHESTRATOR_HOOKS_CONFIG")
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .map_or_else(
+                || Policy::from_json(&Value::Null),
+                |v| Policy::from_json(&v),
+            );
+        HookEnv {
+            sidecar_port: var("ORCHESTRATOR_SIDECAR_URL").and_then(|u| {
+                u.rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse().ok())
+            }),
+            token: var("ORCHESTRATOR_TOKEN"),
+            issue: var("ORCHESTRATOR_ISSUE_ID").and_then(|s| IssueId::parse(&s).ok()),
+            policy,
+            // The log lives beside the sealed settings: the private runtime directory.
+            log: var("ORCHESTRATOR_SETTINGS")
+                .and_then(|s| Path::new(&s).parent().map(|d| d.join("hooks.log"))),
+        }
+    }
+}
+
+/// Appends one line to the hook log; never fails the hook.
+fn log_line(env: &HookEnv, event: Event, msg: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = &env.log else { return };
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_LOG) {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        let _ = writeln!(f, "{} {:?} {msg}", crate::auth::now_secs(), event);
+    }
+}
+
+/// One authenticated JSON call to the sidecar.
+fn call(env: &HookEnv, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    let (Some(port), Some(token)) = (env.sidecar_port, &env.token) else {
+        return Err(
+            "not launched by cco (no ORCHESTRATOR_SIDECAR_URL / ORCHESTRATOR_TOKEN)".into(),
+        );
+    };
+    let auth = format!("Bearer {token}");
+    let body = body.map(|b| b.to_string());
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let req = Request {
+        method,
+        path,
+        headers: &headers,
+        body: body.as_deref().map(str::as_bytes),
+    };
+    let resp = client::send(client::local(port), &req, env.policy.timeout)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    if !(200..300).contains(&resp.status) {
+        return Err(format!(
+            "{method} {path}: HTTP {} {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+    }
+    resp.json::<Value>().map_err(|e| e.to_string())
+}
+
+/// Issue for this event: the launcher's, else one per Claude session.
+fn issue_of(env: &HookEnv, input: &Value) -> IssueId {
+    env.issue.clone().unwrap_or_else(|| {
+        let session = input["session_id"].as_str().unwrap_or("unknown");
+        let clean: String = session
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(100)
+            .collect();
+        IssueId::parse(&format!("session-{clean}"))
+            .unwrap_or_else(|_| IssueId::parse("session").expect("valid"))
+    })
+}
+
+fn agent_type_of(input: &Value) -> AgentType {
+    input["agent_type"]
+        .as_str()
+        .or_else(|| input["subagent_type"].as_str())
+        .and_then(|t| AgentType::parse(t).ok())
+        .unwrap_or_else(|| AgentType::parse("general-purpose").expect("valid"))
+}
+
+fn agent_id_of(input: &Value, agent_type: &AgentType) -> AgentId {
+    input["agent_id"]
+        .as_str()
+        .and_then(|a| AgentId::parse(a).ok())
+        .unwrap_or_else(|| {
+            let session: String = input["session_id"]
+                .as_str()
+                .unwrap_or("s")
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(12)
+                .collect();
+            AgentId::parse(&format!("{agent_type}-{session}")).expect("valid")
+        })
+}
+
+/// Renders the sidecar's context JSON as text for the sub-agent, within `budget` bytes.
+pub fn render_context(
+    ctx: &Value,
+    issue: &IssueId,
+    agent_type: &AgentType,
+    budget: usize,
+) -> String {
+    let mut s = format!(
+        "# cco context for `{agent_type}` on issue `{issue}`\n\
+         Store nothing yourself: your final message is saved as your result. \
+         The sidecar API is at $ORCHESTRATOR_API_URL (token in $ORCHESTRATOR_TOKEN).\n"
+    );
+    let git = &ctx["git"];
+    if git.is_object() {
+        s.push_str(&format!(
+            "\n## Git\nbranch {} at {}",
+            git["branch"].as_str().unwrap_or("?"),
+            git["head"].as_str().unwrap_or("?")
+        ));
+        if let Some(dirty) = git["dirty_files"].as_array().filter(|d| !d.is_empty()) {
+            let names: Vec<&str> = dirty.iter().filter_map(|d| d.as_str()).take(30).collect();
+            s.push_str(&format!("; uncommitted changes: {}", names.join(", ")));
+        }
+        s.push('\n');
+        for c in git["recent_commits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(10)
+        {
+            match c.as_str() {
+                Some(line) => s.push_str(&format!("- {line}\n")),
+                None => s.push_str(&format!(
+                    "- {} {}\n",
+                    c["hash"].as_str().or(c["id"].as_str()).unwrap_or(""),
+                    c["subject"]
+                        .as_str()
+                        .or(c["message"].as_str())
+                        .unwrap_or("")
+                )),
+            }
+        }
+    }
+    if let Some(results) = ctx["previous_results"].as_array().filter(|r| !r.is_empty()) {
+        s.push_str("\n## Earlier agents' results on this issue\n");
+        for r in results {
+            let text = r["result"].to_string();
+            s.push_str(&format!(
+                "- `{}`: {}\n",
+                r["agent_type"].as_str().unwrap_or("?"),
+                text.chars().take(2000).collect::<String>()
+            ));
+        }
+    }
+    if let Some(files) = ctx["relevant_files"].as_array().filter(|f| !f.is_empty()) {
+        s.push_str("\n## Files relevant to your role\n");
+        for f in files {
+            let path = f["path"].as_str().or(f.as_str()).unwrap_or("?");
+            match f["content"].as_str() {
+                Some(content) => {
+                    s.push_str(&format!("\n### {path}\n```\n{}\n```\n", content.trim_end()))
+                }
+                None => s.push_str(&format!("- {path}\n")),
+            }
+            if s.len() > budget {
+                break;
+            }
+        }
+    }
+    let structure = &ctx["structure"];
+    let entries = structure["files"].as_array().or(structure.as_array());
+    if let Some(entries) = entries.filter(|e| !e.is_empty()) {
+        s.push_str("\n## Project files\n");
+        for e in entries {
+            let line = e.as_str().or(e["path"].as_str()).unwrap_or("");
+            if s.len() + line.len() + 1 > budget {
+                break;
+            }
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    if s.len() > budget {
+        let mut cut = budget;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("\n[context truncated]\n");
+    }
+    s
+}
+
+/// Handles one event; `Ok(Some(json))` is printed for Claude.
+fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, String> {
+    let session = input["session_id"].as_str().unwrap_or("unknown");
+    let issue = issue_of(env, input);
+    let publisher = format!("session-{}", session.chars().take(64).collect::<String>());
+    let publish = |event_type: &str, topic: &str, data: Value| {
+        call(
+            env,
+            "POST",
+            &format!("/api/events/{event_type}"),
+            Some(&json!({"publisher": publisher, "topic": topic, "data": data})),
+        )
+    };
+    match event {
+        Event::PreToolUse => {
+            let tool = input["tool_name"].as_str().unwrap_or("");
+            let (decision, reason) = match decide(&env.policy, tool, &input["tool_input"]) {
+                Decision::Allow(r) => ("allow", r),
+                Decision::Ask(r) => ("ask", r),
+                Decision::NoOpinion => return Ok(None),
+            };
+            Ok(Some(json!({"hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": decision,
+                "permissionDecisionReason": reason,
+            }})))
+        }
+        Event::SessionStart => {
+            publish(
+                "session_started",
+                "session",
+                json!({"session_id": session, "issue_id": issue, "cwd": input["cwd"], "source": input["source"]}),
+            )?;
+            Ok(None)
+        }
+        Event::SubagentStart => {
+            let agent_type = agent_type_of(input);
+            let agent_id = agent_id_of(input, &agent_type);
+            let register = call(
+                env,
+                "POST",
+                &format!("/api/agents/{agent_id}/status"),
+                Some(
+                    &json!({"status": "started", "agent_type": agent_type, "issue_id": issue, "session_id": session}),
+                ),
+            );
+            let ctx = call(
+                env,
+                "GET",
+                &format!("/api/context/{issue}/{agent_type}"),
+                None,
+            )?;
+            register?;
+            let text = render_context(&ctx, &issue, &agent_type, CONTEXT_BUDGET);
+            Ok(Some(json!({"hookSpecificOutput": {
+                "hookEventName": "SubagentStart",
+                "additionalContext": text,
+            }})))
+        }
+        Event::SubagentStop => {
+            let agent_type = agent_type_of(input);
+            let agent_id = agent_id_of(input, &agent_type);
+            let message = final_message(input);
+            let status = if message.is_some() {
+                "success"
+            } else {
+                "failed"
+            };
+            let result = json!({
+                "agent_id": agent_id,
+                "agent_type": agent_type,
+                "issue_id": issue,
+                "result": {"status": status, "summary": message.unwrap_or_default(), "session_id": session},
+            });
+            let stored = call(env, "POST", "/api/results", Some(&result));
+            let lifecycle = if stored.is_ok() && status == "success" {
+                "completed"
+            } else {
+                "failed"
+            };
+            call(
+                env,
+                "POST",
+                &format!("/api/agents/{agent_id}/status"),
+                Some(&json!({"status": lifecycle, "agent_type": agent_type, "issue_id": issue})),
+            )?;
+            stored.map(|_| None)
+        }
+        Event::Stop => {
+            publish(
+                "session_stopped",
+                "session",
+                json!({"session_id": session, "issue_id": issue}),
+            )?;
+            Ok(None)
+        }
+        Event::SessionEnd => {
+            publish(
+                "session_ended",
+                "session",
+                json!({"session_id": session, "issue_id": issue, "reason": input["reason"]}),
+            )?;
+            Ok(None)
+        }
+    }
+}
+
+/// The sub-agent's final message: given inline by newer Claude Code versions, else the last
+/// assistant text in its transcript (JSON lines).
+fn final_message(input: &Value) -> Option<String> {
+    for key in ["last_assistant_message", "final_message", "result"] {
+        if let Some(s) = input[key].as_str().filter(|s| !s.trim().is_empty()) {
+            return Some(s.to_string());
+        }
+    }
+    let path = input["agent_transcript_path"]
+        .as_str()
+        .or(input["transcript_path"].as_str())?;
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        if v["type"] != "assistant" {
+            return None;
+        }
+        let parts: Vec<&str> = v["message"]["content"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["type"] == "text")
+            .filter_map(|c| c["text"].as_str())
+            .collect();
+        let joined = parts.join("\n");
+        (!joined.trim().is_empty()).then_some(joined)
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env = HookEnv::from_process();
+    if !env.policy.enabled {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut raw = String::new();
+    let _ = std::io::stdin().take(MAX_STDIN).read_to_string(&mut raw);
+    let input: Value = match serde_json::from_str(&raw) {
+        Ok(v) => v,
+        Err(e) => {
+            log_line(&env, args.event, &format!("unreadable event on stdin: {e}"));
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    match handle(&env, args.event, &input) {
+        Ok(Some(out)) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{out}");
+        }
+        Ok(None) => {}
+        Err(e) => log_line(&env, args.event, &e),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(read: bool, cud: bool) -> Policy {
+        Policy {
+            enabled: true,
+            auto_allow_read: read,
+            require_cud_confirmation: cud,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    fn bash(cmd: &str) -> Value {
+        json!({ "command": cmd })
+    }
+
+    #[test]
+    fn reads_are_allowed_only_when_simple() {
+        let p = policy(true, false);
+        assert!(matches!(decide(&p, "Read", &json!({})), Decision::Allow(_)));
+        assert!(matches!(
+            decide(&p, "Bash", &bash("git status")),
+            Decision::Allow(_)
+        ));
+        assert!(matches!(
+            decide(&p, "Bash", &bash("ls -la src")),
+            Decision::Allow(_)
+        ));
+        for risky in [
+            "ls; rm -rf /",
+            "cat x | sh",
+            "ls $(rm x)",
+            "git push",
+            "cat > f",
+            "echo hi",
+        ] {
+            assert_eq!(
+                decide(&p, "Bash", &bash(risky)),
+                Decision::NoOpinion,
+                "{risky}"
+            );
+        }
+        assert_eq!(
+            decide(&policy(false, false), "Read", &json!({})),
+            Decision::NoOpinion
+        );
+    }
+
+    #[test]
+    fn cud_asks_when_required() {
+        let p = policy(true, true);
+        for t in ["Write", "Edit", "MultiEdit", "NotebookEdit"] {
+            assert!(matches!(decide(&p, t, &json!({})), Decision::Ask(_)), "{t}");
+        }
+        for cmd in [
+            "rm -rf build",
+            "echo x > f",
+            "sed -i s/a/b/ f",
+            "git commit -m x",
+            "ls && /bin/mv a b",
+            "npm install left-pad",
+        ] {
+            assert!(
+                matches!(decide(&p, "Bash", &bash(cmd)), Decision::Ask(_)),
+                "{cmd}"
+            );
+        }
+        assert!(matches!(
+            decide(&p, "Bash", &bash("git log")),
+            Decision::Allow(_)
+        ));
+        assert_eq!(
+            decide(&policy(true, false), "Write", &json!({})),
+            Decision::NoOpinion
+        );
+        assert_eq!(decide(&p, "WebFetch", &json!({})), Decision::NoOpinion);
+    }
+
+    #[test]
+    fn context_is_rendered_within_budget() {
+        let ctx = json!({
+            "git": {"branch": "main", "head": "abc123", "dirty_files": ["src/x.rs"], "recent_commits": [{"hash": "abc123", "subject": "init"}]},
+            "previous_results": [{"agent_type": "chief-architect", "result": {"status": "success", "summary": "use REST"}}],
+            "relevant_files": [{"path": "src/lib.rs", "content": "pub fn f() {}"}],
+            "structure": {"files": ["src/lib.rs", "Cargo.toml"]},
+        });
+        let issue = IssueId::parse("i-1").unwrap();
+        let at = AgentType::parse("rust-specialist").unwrap();
+        let text = render_context(&ctx, &issue, &at, CONTEXT_BUDGET);
+        for want in [
+            "rust-specialist",
+            "branch main",
+            "src/x.rs",
+            "use REST",
+            "pub fn f()",
+            "Cargo.toml",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        let small = render_context(&ctx, &issue, &at, 120);
+        assert!(
+            small.len() < 160 && small.ends_with("[context truncated]\n"),
+            "{small}"
+        );
+    }
+
+    #[test]
+    fn final_message_from_input_or_transcript() {
+        assert_eq!(
+            final_message(&json!({"last_assistant_message": "done"})).as_deref(),
+            Some("done")
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().join("t.jsonl");
+        std::fs::write(
+            &t,
+            "{\"type\":\"assistant\",\"message\":{\"content\":[{\"type\":\"text\",\"text\":\"first\"}]}}\n\
+             {\"type\":\"assistant\",\"message\":{\"content\":[{\"type\":\"text\",\"text\":\"final answer\"}]}}\n\
+             {\"type\":\"user\",\"message\":{\"content\":\"x\"}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            final_message(&json!({"agent_transcript_path": t})).as_deref(),
+            Some("final answer")
+        );
+        assert_eq!(final_message(&json!({})), None);
+    }
+}

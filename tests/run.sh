@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests (cargo test), the real Claude Code CLI
+# tests, and the real-systemd tests in a systemd-nspawn container. Installs what it needs
+# (Debian packages when run as root, the pinned Claude Code from npm into a cache dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The Claude Code version the integration tests pin (bump deliberately, then run this).
+CLAUDE_CODE_VERSION=2.1.331
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cco-ci"
+
+log() { printf '\n=== %s\n' "$*"; }
+
+need_pkgs=()
+for pair in curl:curl jq:jq wrk:wrk systemd-nspawn:systemd-container debootstrap:debootstrap; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair##*:}")
+done
+if ((${#need_pkgs[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "missing: ${need_pkgs[*]} (install them, or run as root on Debian to have this script do it)" >&2
+  fi
+fi
+
+claude="$CACHE/claude-$CLAUDE_CODE_VERSION/node_modules/.bin/claude"
+if [ ! -x "$claude" ] && command -v npm >/dev/null; then
+  log "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+  npm install --silent --no-audit --no-fund --prefix "$CACHE/claude-$CLAUDE_CODE_VERSION" \
+    "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
+fi
+if [ -x "$claude" ]; then
+  export CCO_TEST_CLAUDE="$claude"
+  # In CI the real-CLI tests must run, not skip.
+  [ "${CI:-}" = true ] && export CCO_REQUIRE_REAL_CLAUDE=1
+fi
+
+log "cargo test"
+cargo test --locked --all-targets
+
+if [ -x tests/systemd/cco.sh ] || [ -f tests/systemd/cco.sh ]; then
+  if [ "$(id -u)" = 0 ] && command -v systemd-nspawn >/dev/null; then
+    log "real systemd tests (systemd-nspawn)"
+    cargo build --locked --release
+    bash tests/systemd/cco.sh target/release
+  elif [ "${CI:-}" = true ]; then
+    echo "CI needs root and systemd-nspawn for the systemd tests" >&2
+    exit 1
+  else
+    echo "skipping the systemd tests: they need root and systemd-nspawn" >&2
+  fi
+fi
+log "all tests passed"
