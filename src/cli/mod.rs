@@ -5,6 +5,8 @@ pub mod daemon;
 pub mod doctor;
 pub mod health;
 pub mod launch;
+pub mod sidecar;
+pub mod token;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ pub struct Cli {
 pub enum Command {
     /// Run or operate the daemon (127.0.0.1:3000).
     Daemon(daemon::Args),
+    /// Run the orchestration sidecar (127.0.0.1:3001).
+    Sidecar(sidecar::Args),
+    /// Mint a scoped token for the sidecar's API (printed on stdout).
+    Token(token::Args),
     /// Check that the services answer; exits non-zero when one does not.
     Health(health::HealthArgs),
     /// Show what the services are doing.
@@ -48,7 +54,9 @@ pub enum Command {
 }
 
 /// Names that select a cco subcommand rather than the launcher.
-pub const SUBCOMMANDS: &[&str] = &["daemon", "health", "status", "doctor", "version", "help"];
+pub const SUBCOMMANDS: &[&str] = &[
+    "daemon", "sidecar", "token", "health", "status", "doctor", "version", "help",
+];
 
 /// Parses `args` (including argv[0]) and runs what they ask for.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -67,6 +75,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Daemon(args) => daemon::run(config, args),
+        Command::Sidecar(args) => sidecar::run(config, args),
+        Command::Token(args) => token::run(config, args),
         Command::Health(args) => health::run_health(config, args),
         Command::Status(args) => health::run_status(config, args),
         Command::Doctor(args) => doctor::run(config, args),
