@@ -72,7 +72,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-pub async fn not_found() -> ApiError {
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    // `/api/results/` or `/api/context//x`: an empty ID, not an unknown route.
+    let path = uri.path();
+    if path.starts_with("/api/") && (path.contains("//") || path.ends_with('/')) {
+        return ApiError::InvalidPath("IDs must not be empty".into());
+    }
     ApiError::NotFound("no such route; see DESIGN.md for the sidecar's routes".into())
 }
 
