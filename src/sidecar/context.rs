@@ -168,7 +168,9 @@ impl ContextBroker {
         {
             return Ok(b.clone());
         }
+        let started = std::time::Instant::now();
         let built = Arc::new(self.build(root, agent_type)?);
+        tracing::debug!(root = %root.display(), %agent_type, ms = started.elapsed().as_millis() as u64, "context built");
         *entry = Some(built.clone());
         Ok(built)
     }

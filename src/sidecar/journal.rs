@@ -128,6 +128,31 @@ struct Shared {
     subscribers: AtomicU64,
     writer_alive: AtomicBool,
     agents: RwLock<HashMap<AgentId, AgentRecord>>,
+    /// Per (event type, topic filter) wake-ups, so a publish wakes only its own waiters
+    /// instead of every parked long poll.
+    waiters: Mutex<HashMap<WaitKey, watch::Sender<u64>>>,
+}
+
+type WaitKey = (String, Option<String>);
+
+/// A waiter's wake-up channel; unregisters its key when the last waiter on it leaves.
+struct Wakeup {
+    rx: Option<watch::Receiver<u64>>,
+    key: WaitKey,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Wakeup {
+    fn drop(&mut self) {
+        self.rx.take();
+        let mut waiters = self.shared.waiters.lock().expect("waiters lock");
+        if waiters
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            waiters.remove(&self.key);
+        }
+    }
 }
 
 pub struct Journal {
@@ -240,6 +265,7 @@ impl Journal {
             subscribers: AtomicU64::new(0),
             writer_alive: AtomicBool::new(true),
             agents: RwLock::new(agents),
+            waiters: Mutex::new(HashMap::new()),
         });
         let reader = open_conn(path)?;
         let (tx, rx) = mpsc::channel();
@@ -410,8 +436,29 @@ impl Journal {
         timeout: Duration,
         mut stopping: Stopping,
     ) -> Result<(Vec<Arc<JournalEvent>>, u64), JournalError> {
-        let mut rx = self.shared.head.subscribe();
-        rx.borrow_and_update();
+        // Waiters on one event type park on their own key; only those without a type (none
+        // today, but cheap to allow) share the global head.
+        let mut wake = match &filter.event_type {
+            Some(t) => {
+                let key = (t.clone(), filter.topic.clone());
+                let rx = self
+                    .shared
+                    .waiters
+                    .lock()
+                    .expect("waiters lock")
+                    .entry(key.clone())
+                    .or_insert_with(|| watch::Sender::new(0))
+                    .subscribe();
+                Some(Wakeup {
+                    rx: Some(rx),
+                    key,
+                    shared: self.shared.clone(),
+                })
+            }
+            None => None,
+        };
+        let mut global = self.shared.head.subscribe();
+        global.borrow_and_update();
         let mut since = since.unwrap_or_else(|| self.head());
         let deadline = tokio::time::Instant::now() + timeout;
         let _sub = Subscription::new(self);
@@ -424,8 +471,14 @@ impl Journal {
             if stopping.is_stopping() {
                 return Ok((events, since));
             }
+            let changed = async {
+                match wake.as_mut().and_then(|w| w.rx.as_mut()) {
+                    Some(rx) => rx.changed().await,
+                    None => global.changed().await,
+                }
+            };
             tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return Ok((Vec::new(), since)) },
+                changed = changed => if changed.is_err() { return Ok((Vec::new(), since)) },
                 _ = tokio::time::sleep_until(deadline) => return Ok((Vec::new(), since)),
                 _ = stopping.wait() => return Ok((Vec::new(), since)),
             }
@@ -704,6 +757,20 @@ fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Command>) {
                 }
             }
             shared.head.send_replace(new_head);
+            {
+                let waiters = shared.waiters.lock().expect("waiters lock");
+                if !waiters.is_empty() {
+                    for r in &replies {
+                        if let Reply::Event(_, e) = r {
+                            for topic in [Some(e.topic.clone()), None] {
+                                if let Some(tx) = waiters.get(&(e.event_type.clone(), topic)) {
+                                    tx.send_replace(e.seq);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             for r in replies {
                 match r {
                     Reply::Event(tx, e) => {
