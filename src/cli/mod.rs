@@ -10,6 +10,8 @@ pub mod install;
 pub mod launch;
 pub mod logs;
 pub mod operate;
+pub mod sidecar;
+pub mod token;
 pub mod uninstall;
 
 use std::ffi::OsString;
@@ -43,6 +45,10 @@ pub struct Cli {
 pub enum Command {
     /// Run or operate the daemon (127.0.0.1:3000).
     Daemon(daemon::Args),
+    /// Run the orchestration sidecar (127.0.0.1:3001).
+    Sidecar(sidecar::Args),
+    /// Mint a scoped token for the sidecar's API (printed on stdout).
+    Token(token::Args),
     /// Check that the services answer; exits non-zero when one does not.
     Health(health::HealthArgs),
     /// Show what the services are doing.
@@ -75,6 +81,8 @@ pub const SUBCOMMANDS: &[&str] = &[
     "uninstall",
     "logs",
     "version",
+    "sidecar",
+    "token",
     "help",
 ];
 
@@ -95,6 +103,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Daemon(args) => daemon::run(config, args),
+        Command::Sidecar(args) => sidecar::run(config, args),
+        Command::Token(args) => token::run(config, args),
         Command::Health(args) => health::run_health(config, args),
         Command::Status(args) => health::run_status(config, args),
         Command::Doctor(args) => doctor::run(config, args),

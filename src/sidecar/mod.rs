@@ -1,1 +1,198 @@
-//! The orchestration sidecar (`:3001`): context, results, events and the agent registry.
+//! The orchestration sidecar (`:3001`): context, results, events and the agent registry for
+//! many agents working without a person. `router()` lists every route; `SidecarState` owns
+//! the journal, the results store, the context broker and the metrics.
+
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod journal;
+pub mod metrics;
+pub mod results;
+mod routes;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::auth::Keys;
+use crate::config::SidecarConfig;
+use crate::paths::Paths;
+use crate::roster::Roster;
+use crate::server::{GuardPort, Stopping, Tracker, guard};
+
+pub use error::ApiError;
+
+pub const SERVICE: &str = "orchestration-sidecar";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How often the health probes (disk, journal, memory) run.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Results(#[from] results::StoreError),
+}
+
+/// Everything the handlers share; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SidecarState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: SidecarConfig,
+    orchestration_dir: PathBuf,
+    state_db: PathBuf,
+    keys: Keys,
+    journal: journal::Journal,
+    results: results::ResultsStore,
+    context: context::ContextBroker,
+    metrics: metrics::Metrics,
+    probes: RwLock<metrics::Probes>,
+    db_bytes: std::sync::atomic::AtomicU64,
+    started: Instant,
+    tracker: Arc<Tracker>,
+    stopping: Stopping,
+}
+
+impl SidecarState {
+    /// Opens the journal and the results store under `paths`' data dir.
+    pub fn open(
+        config: SidecarConfig,
+        paths: &Paths,
+        keys: Keys,
+        roster: Roster,
+        tracker: Arc<Tracker>,
+        stopping: Stopping,
+    ) -> Result<SidecarState, OpenError> {
+        let retention = journal::Retention {
+            max_events: config.retention_events,
+            max_age: config.retention_age,
+        };
+        let journal = journal::Journal::open(&paths.state_db(), retention)?;
+        let results = results::ResultsStore::open(paths.results_dir())?;
+        let context = context::ContextBroker::new(roster, config.context_budget_bytes);
+        let state = SidecarState {
+            inner: Arc::new(Inner {
+                config,
+                orchestration_dir: paths.orchestration_dir(),
+                state_db: paths.state_db(),
+                keys,
+                journal,
+                results,
+                context,
+                metrics: metrics::Metrics::default(),
+                probes: RwLock::new(metrics::Probes::default()),
+                db_bytes: Default::default(),
+                started: Instant::now(),
+                tracker,
+                stopping,
+            }),
+        };
+        state.refresh_probes();
+        Ok(state)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+    pub fn body_limit(&self) -> usize {
+        self.inner.config.max_body_bytes
+    }
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+    pub fn journal(&self) -> &journal::Journal {
+        &self.inner.journal
+    }
+    pub fn tracker(&self) -> Arc<Tracker> {
+        self.inner.tracker.clone()
+    }
+
+    /// Runs the health probes (blocking): write and remove a probe file, query the journal,
+    /// read the RSS.
+    pub fn refresh_probes(&self) {
+        let probe = self.inner.orchestration_dir.join(".health-probe");
+        let storage =
+            match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+                Ok(()) => "healthy",
+                Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
+                Err(_) => "unwritable",
+            };
+        let j = &self.inner.journal;
+        let event_bus = if j.writer_alive() && j.ping() {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        let db = &self.inner.state_db;
+        let wal = db.with_extension("db-wal");
+        let db_bytes = [db.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        self.inner
+            .db_bytes
+            .store(db_bytes, std::sync::atomic::Ordering::Relaxed);
+        *self.inner.probes.write().expect("probes lock") = metrics::Probes {
+            storage,
+            event_bus,
+            memory_mb: (crate::api::rss_mb() * 10.0).round() / 10.0,
+        };
+    }
+
+    /// Refreshes the probes every [`PROBE_INTERVAL`] until the server stops.
+    pub async fn probe_loop(self) {
+        let mut stopping = self.inner.stopping.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = stopping.wait() => return,
+            }
+            let s = self.clone();
+            let _ = tokio::task::spawn_blocking(move || s.refresh_probes()).await;
+        }
+    }
+
+    /// Commits what is queued and stops the journal writer.
+    pub fn close(&self) {
+        self.inner.journal.close();
+    }
+}
+
+/// Every route of the sidecar.
+pub fn router(state: SidecarState, port: u16) -> Router {
+    let guard_state = (GuardPort(port), state.tracker());
+    let limit = state.body_limit();
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/status", get(routes::status))
+        .route(
+            "/api/context/{issue_id}/{agent_type}",
+            get(routes::get_context),
+        )
+        .route("/api/results", post(routes::store_result))
+        .route("/api/results/{issue_id}", get(routes::list_results))
+        .route("/api/events/stream", get(routes::stream_events))
+        .route("/api/events/wait/{event_type}", get(routes::wait_events))
+        .route("/api/events/{event_type}", post(routes::publish_event))
+        .route("/api/agents", get(routes::list_agents))
+        .route("/api/agents/{agent_id}/status", post(routes::agent_status))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_requests,
+        ))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
+}

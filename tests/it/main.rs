@@ -6,3 +6,4 @@ mod common;
 mod daemon;
 mod launcher;
 mod service;
+mod sidecar;

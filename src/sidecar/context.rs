@@ -1,0 +1,553 @@
+//! The context broker: what one agent type needs to know about a project — its structure
+//! (.gitignore respected, secrets never), the files its roster globs select, git state and
+//! metadata — within a byte budget, cached until the tree or HEAD changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use ignore::overrides::OverrideBuilder;
+
+use crate::api::AgentType;
+use crate::api::sidecar::{Commit, FileContent, GitState, ProjectContext, ProjectMetadata};
+use crate::roster::Roster;
+
+/// Globs for agent types the roster does not know: the files that describe any project.
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    "README*",
+    "ARCHITECTURE*",
+    "DESIGN*",
+    "CONTRIBUTING*",
+    "Cargo.toml",
+    "package.json",
+    "pyproject.toml",
+    "go.mod",
+    "Makefile",
+    "docs/*.md",
+];
+/// Walks stop here; bigger trees are listed partially (`truncated`).
+const MAX_FILES: usize = 20_000;
+/// No single file takes more than this share of the budget.
+const MAX_FILE_SHARE: usize = 4;
+/// The project part gets this share (in quarters) of the budget; results get the rest.
+const PROJECT_QUARTERS: usize = 3;
+const RECENT_COMMITS: usize = 10;
+const MAX_CACHE_ENTRIES: usize = 256;
+/// Bytes read to decide whether a file is text.
+const SNIFF: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("project directory {0} does not exist or is not a directory")]
+    NoProject(PathBuf),
+}
+
+/// Files and directories that are never listed nor read: keys, credentials, env files.
+pub fn is_secret(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower == ".env"
+        || lower.starts_with(".env.")
+        || lower.ends_with(".env")
+        || lower.starts_with("id_rsa")
+        || lower.starts_with("id_dsa")
+        || lower.starts_with("id_ecdsa")
+        || lower.starts_with("id_ed25519")
+        || [
+            ".pem",
+            ".key",
+            ".p12",
+            ".pfx",
+            ".jks",
+            ".keystore",
+            ".kdbx",
+            ".gpg",
+            ".asc",
+        ]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+        || lower.starts_with("credentials")
+        || lower.starts_with("secrets.")
+        || matches!(
+            lower.as_str(),
+            ".netrc"
+                | ".npmrc"
+                | ".pypirc"
+                | ".git-credentials"
+                | ".htpasswd"
+                | ".ssh"
+                | ".aws"
+                | ".gnupg"
+                | ".docker"
+                | "secret"
+                | "secrets"
+                | ".git"
+        )
+}
+
+/// What a cached entry depended on; any change means rebuild.
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint(Vec<(PathBuf, Option<(SystemTime, u64)>)>);
+
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+}
+
+impl Fingerprint {
+    fn of(paths: Vec<PathBuf>) -> Fingerprint {
+        Fingerprint(paths.into_iter().map(|p| (p.clone(), stamp(&p))).collect())
+    }
+    fn still_valid(&self) -> bool {
+        self.0.iter().all(|(p, s)| stamp(p) == *s)
+    }
+}
+
+/// A built project context, serialized once.
+#[derive(Debug)]
+pub struct Built {
+    pub json: String,
+    /// The project part was cut to fit the budget.
+    pub truncated: bool,
+    fingerprint: Fingerprint,
+}
+
+type Slot = Arc<Mutex<Option<Arc<Built>>>>;
+
+#[derive(Debug)]
+pub struct ContextBroker {
+    roster: Roster,
+    budget: usize,
+    cache: Mutex<HashMap<(PathBuf, AgentType), Slot>>,
+}
+
+impl ContextBroker {
+    pub fn new(roster: Roster, budget: usize) -> ContextBroker {
+        ContextBroker {
+            roster,
+            budget,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    pub fn cache_entries(&self) -> usize {
+        self.cache.lock().expect("cache lock").len()
+    }
+
+    pub fn patterns(&self, agent_type: &AgentType) -> Vec<String> {
+        match self.roster.get(agent_type.as_str()) {
+            Some(a) if !a.context.is_empty() => a.context.clone(),
+            _ => DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The project part of the context for `agent_type` in `root` (blocking). Concurrent
+    /// callers for the same key wait for one build.
+    pub fn project(&self, root: &Path, agent_type: &AgentType) -> Result<Arc<Built>, ContextError> {
+        let slot = {
+            let mut cache = self.cache.lock().expect("cache lock");
+            let key = (root.to_owned(), agent_type.clone());
+            if !cache.contains_key(&key) && cache.len() >= MAX_CACHE_ENTRIES {
+                // Bounded memory: drop an arbitrary entry; a miss only costs a rebuild.
+                if let Some(k) = cache.keys().next().cloned() {
+                    cache.remove(&k);
+                }
+            }
+            cache.entry(key).or_default().clone()
+        };
+        let mut entry = slot.lock().expect("slot lock");
+        if let Some(b) = entry.as_ref()
+            && b.fingerprint.still_valid()
+        {
+            return Ok(b.clone());
+        }
+        let started = std::time::Instant::now();
+        let built = Arc::new(self.build(root, agent_type)?);
+        tracing::debug!(root = %root.display(), %agent_type, ms = started.elapsed().as_millis() as u64, "context built");
+        *entry = Some(built.clone());
+        Ok(built)
+    }
+
+    fn build(&self, root: &Path, agent_type: &AgentType) -> Result<Built, ContextError> {
+        if !root.is_dir() {
+            return Err(ContextError::NoProject(root.to_owned()));
+        }
+        let patterns = self.patterns(agent_type);
+        let budget = self.budget * PROJECT_QUARTERS / 4;
+        let mut probes = Vec::new();
+        let mut truncated = false;
+
+        // Walk: .gitignore respected, secrets and .git pruned.
+        let mut files: Vec<(String, u64)> = Vec::new();
+        let mut meta = ProjectMetadata::default();
+        let walker = ignore::WalkBuilder::new(root)
+            .hidden(false)
+            .require_git(false)
+            .follow_links(false)
+            .filter_entry(|e| e.file_name().to_str().is_none_or(|n| !is_secret(n)))
+            .build();
+        for entry in walker.flatten() {
+            let Some(ft) = entry.file_type() else {
+                continue;
+            };
+            if ft.is_dir() {
+                meta.dir_count += 1;
+                probes.push(entry.path().to_owned());
+                continue;
+            }
+            if !ft.is_file() {
+                continue;
+            }
+            if files.len() >= MAX_FILES {
+                truncated = true;
+                break;
+            }
+            let Ok(rel) = entry.path().strip_prefix(root) else {
+                continue;
+            };
+            let Some(rel) = rel.to_str() else { continue };
+            let size = entry.metadata().map_or(0, |m| m.len());
+            meta.file_count += 1;
+            meta.total_bytes += size;
+            if let Some(lang) = language(rel) {
+                *meta.languages.entry(lang.to_string()).or_default() += 1;
+            }
+            files.push((rel.to_string(), size));
+        }
+        meta.dir_count = meta.dir_count.saturating_sub(1); // the root itself
+        files.sort();
+
+        // Git state, and the files whose change means a new HEAD or index.
+        let git_dir = git_dir(root);
+        let git = git_dir.as_ref().map(|gd| {
+            for f in ["HEAD", "index", "packed-refs"] {
+                probes.push(gd.join(f));
+            }
+            let state = git_state(root);
+            if let Some(b) = &state.branch {
+                probes.push(gd.join("refs/heads").join(b));
+            }
+            state
+        });
+
+        // Structure: at most a quarter of the project budget.
+        let mut structure = Vec::new();
+        let mut used = 0;
+        for (path, _) in &files {
+            if used + path.len() + 3 > budget / 4 {
+                truncated = true;
+                break;
+            }
+            used += path.len() + 3;
+            structure.push(path.clone());
+        }
+
+        // Relevant files, shallowest first, until the budget is spent.
+        let mut ob = OverrideBuilder::new(root);
+        for p in &patterns {
+            if let Err(e) = ob.add(p) {
+                tracing::warn!(pattern = %p, error = %e, "bad context glob in the roster");
+            }
+        }
+        let overrides = ob
+            .build()
+            .unwrap_or_else(|_| ignore::overrides::Override::empty());
+        let mut relevant: Vec<&(String, u64)> = files
+            .iter()
+            .filter(|(p, _)| overrides.matched(p, false).is_whitelist())
+            .collect();
+        relevant.sort_by_key(|(p, size)| (p.matches('/').count(), *size, p.clone()));
+        let fixed = serde_json::to_string(&git).map_or(0, |s| s.len()) + 512;
+        let mut remaining = budget.saturating_sub(used + fixed);
+        let per_file = self.budget / MAX_FILE_SHARE;
+        let mut relevant_files = Vec::new();
+        for (path, size) in relevant {
+            if remaining < 256 {
+                truncated = true;
+                break;
+            }
+            let full = root.join(path);
+            let Some(text) = read_text(&full, per_file.min(remaining)) else {
+                continue;
+            };
+            let cut = (text.len() as u64) < *size;
+            let fc = FileContent {
+                path: path.clone(),
+                size: *size,
+                content: text,
+                truncated: cut,
+            };
+            let cost = serde_json::to_string(&fc).map_or(0, |s| s.len()) + 1;
+            if cost > remaining {
+                truncated = true;
+                continue;
+            }
+            remaining -= cost;
+            truncated |= cut;
+            probes.push(full);
+            relevant_files.push(fc);
+        }
+
+        let project = ProjectContext {
+            root: root.display().to_string(),
+            name: root
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            patterns,
+            structure,
+            relevant_files,
+            git,
+            metadata: meta,
+            truncated,
+        };
+        Ok(Built {
+            json: serde_json::to_string(&project).expect("context serializes"),
+            truncated,
+            fingerprint: Fingerprint::of(probes),
+        })
+    }
+}
+
+/// Up to `max` bytes of a text file; `None` for binaries and unreadable files.
+fn read_text(path: &Path, max: usize) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut buf = Vec::with_capacity(max.min(64 * 1024));
+    f.take(max as u64).read_to_end(&mut buf).ok()?;
+    if buf[..buf.len().min(SNIFF)].contains(&0) {
+        return None;
+    }
+    // Cut at a character boundary, not mid-UTF-8.
+    let s = match String::from_utf8(buf) {
+        Ok(s) => s,
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let mut b = e.into_bytes();
+            b.truncate(valid);
+            String::from_utf8(b).ok()?
+        }
+    };
+    Some(s)
+}
+
+/// The repository's git dir (`.git`, or where a worktree's `.git` file points).
+fn git_dir(root: &Path) -> Option<PathBuf> {
+    let dot = root.join(".git");
+    let meta = std::fs::symlink_metadata(&dot).ok()?;
+    if meta.is_dir() {
+        return Some(dot);
+    }
+    let text = std::fs::read_to_string(&dot).ok()?;
+    let p = PathBuf::from(text.trim().strip_prefix("gitdir:")?.trim());
+    Some(if p.is_absolute() { p } else { root.join(p) })
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        // `git status` would otherwise refresh the index, invalidating our own cache.
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn git_state(root: &Path) -> GitState {
+    let branch = git(root, &["symbolic-ref", "--quiet", "--short", "HEAD"])
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let head = git(root, &["rev-parse", "--verify", "--quiet", "HEAD"])
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let recent_commits = git(
+        root,
+        &[
+            "log",
+            &format!("-n{RECENT_COMMITS}"),
+            "--format=%H%x1f%an%x1f%aI%x1f%s",
+        ],
+    )
+    .map(|log| {
+        log.lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, '\u{1f}');
+                Some(Commit {
+                    hash: f.next()?.to_string(),
+                    author: f.next()?.to_string(),
+                    date: f.next()?.to_string(),
+                    subject: f.next().unwrap_or("").to_string(),
+                })
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    let dirty_files = git(root, &["status", "--porcelain=v1", "-z"])
+        .map(|s| parse_porcelain(&s))
+        .unwrap_or_default();
+    GitState {
+        branch,
+        head,
+        recent_commits,
+        dirty_files,
+    }
+}
+
+/// `XY path\0` entries; renames carry their old path as an extra entry, skipped.
+fn parse_porcelain(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut parts = s.split('\0');
+    while let Some(entry) = parts.next() {
+        if entry.len() < 4 {
+            continue;
+        }
+        let (xy, path) = entry.split_at(3);
+        if xy.starts_with('R') || xy.starts_with('C') {
+            parts.next();
+        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if !is_secret(name) {
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
+fn language(path: &str) -> Option<&'static str> {
+    let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
+    let lang: BTreeMap<&str, &str> = [
+        ("rs", "rust"),
+        ("py", "python"),
+        ("go", "go"),
+        ("ts", "typescript"),
+        ("tsx", "typescript"),
+        ("js", "javascript"),
+        ("jsx", "javascript"),
+        ("java", "java"),
+        ("kt", "kotlin"),
+        ("c", "c"),
+        ("h", "c"),
+        ("cc", "cpp"),
+        ("cpp", "cpp"),
+        ("hpp", "cpp"),
+        ("rb", "ruby"),
+        ("sh", "shell"),
+        ("md", "markdown"),
+        ("toml", "toml"),
+        ("yml", "yaml"),
+        ("yaml", "yaml"),
+        ("json", "json"),
+        ("swift", "swift"),
+        ("cs", "csharp"),
+        ("php", "php"),
+        ("sql", "sql"),
+        ("html", "html"),
+        ("css", "css"),
+    ]
+    .into_iter()
+    .collect();
+    lang.get(ext.as_str()).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roster() -> Roster {
+        Roster::builtin().unwrap()
+    }
+
+    fn project() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("src")).unwrap();
+        std::fs::create_dir_all(p.join("target")).unwrap();
+        std::fs::write(p.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+        std::fs::write(p.join("src/main.rs"), "fn main() {}\n").unwrap();
+        std::fs::write(p.join("target/junk.rs"), "ignored").unwrap();
+        std::fs::write(p.join(".gitignore"), "target/\n").unwrap();
+        std::fs::write(p.join(".env"), "API_KEY=hunter2").unwrap();
+        std::fs::write(p.join(".env.local"), "API_KEY=hunter2").unwrap();
+        std::fs::write(p.join("server.pem"), "-----BEGIN PRIVATE KEY-----").unwrap();
+        std::fs::write(p.join("id_rsa"), "-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+        std::fs::write(p.join("credentials.json"), "{\"secret\":\"hunter2\"}").unwrap();
+        d
+    }
+
+    #[test]
+    fn respects_gitignore_and_never_reads_secrets() {
+        let d = project();
+        let b = ContextBroker::new(roster(), 64 * 1024);
+        let t = AgentType::parse("rust-specialist").unwrap();
+        let built = b.project(d.path(), &t).unwrap();
+        assert!(!built.json.contains("hunter2"), "{}", built.json);
+        assert!(!built.json.contains("PRIVATE KEY"));
+        let p: ProjectContext = serde_json::from_str(&built.json).unwrap();
+        assert!(p.structure.contains(&"src/main.rs".to_string()));
+        assert!(!p.structure.iter().any(|f| f.starts_with("target/")));
+        assert!(
+            !p.structure
+                .iter()
+                .any(|f| f.contains(".env") || f.ends_with(".pem") || f == "id_rsa")
+        );
+        let rel: Vec<_> = p.relevant_files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(rel, vec!["Cargo.toml", "src/main.rs"]);
+        assert_eq!(p.metadata.languages.get("rust"), Some(&1));
+    }
+
+    #[test]
+    fn cache_hits_until_the_tree_changes() {
+        let d = project();
+        let b = ContextBroker::new(roster(), 64 * 1024);
+        let t = AgentType::parse("rust-specialist").unwrap();
+        let a1 = b.project(d.path(), &t).unwrap();
+        let a2 = b.project(d.path(), &t).unwrap();
+        assert!(Arc::ptr_eq(&a1, &a2), "warm request rebuilt");
+        std::fs::write(d.path().join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+        let a3 = b.project(d.path(), &t).unwrap();
+        assert!(!Arc::ptr_eq(&a1, &a3), "new file not noticed");
+        assert!(a3.json.contains("src/lib.rs"));
+        // A content change to a relevant file is noticed too (size differs).
+        std::fs::write(d.path().join("src/main.rs"), "fn main() { println!(); }\n").unwrap();
+        let a4 = b.project(d.path(), &t).unwrap();
+        assert!(a4.json.contains("println"));
+        assert_eq!(b.cache_entries(), 1);
+    }
+
+    #[test]
+    fn budget_cuts_and_says_so() {
+        let d = project();
+        let big = "x".repeat(50_000);
+        std::fs::write(d.path().join("src/big.rs"), &big).unwrap();
+        let b = ContextBroker::new(roster(), 8 * 1024);
+        let t = AgentType::parse("rust-specialist").unwrap();
+        let built = b.project(d.path(), &t).unwrap();
+        assert!(built.json.len() <= 8 * 1024, "{}", built.json.len());
+        let p: ProjectContext = serde_json::from_str(&built.json).unwrap();
+        assert!(p.truncated);
+    }
+
+    #[test]
+    fn unknown_types_get_default_patterns() {
+        let b = ContextBroker::new(roster(), 1024);
+        let t = AgentType::parse("no-such-agent").unwrap();
+        assert!(b.patterns(&t).contains(&"README*".to_string()));
+    }
+
+    #[test]
+    fn porcelain_parsing() {
+        let s = " M src/a.rs\0?? .env\0R  new.rs\0old.rs\0";
+        assert_eq!(parse_porcelain(s), vec!["src/a.rs", "new.rs"]);
+    }
+}

@@ -1,0 +1,152 @@
+//! The sidecar's one error type: every handler returns `Result<_, ApiError>`, and this file
+//! alone decides statuses and codes. Internal causes are logged here and never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::IdError;
+use crate::auth::AuthError;
+use crate::server::error_response;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    #[error("{0}")]
+    InvalidPath(String),
+    #[error(transparent)]
+    Auth(AuthError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(
+        "cursor {since} is older than the journal's retention (oldest kept: {oldest}); restart from `since={floor}` or without `since`"
+    )]
+    CursorGone { since: u64, oldest: u64, floor: u64 },
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("POST bodies must be `Content-Type: application/json`")]
+    NotJson,
+    #[error(
+        "the disk holding the orchestration data is full; nothing was stored — free space and retry"
+    )]
+    DiskFull,
+    #[error("the sidecar is shutting down; retry in a moment")]
+    Unavailable,
+    /// The cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(cause.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidId(_) | ApiError::InvalidPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Auth(AuthError::MissingScope(_) | AuthError::OutOfScope(_)) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::CursorGone { .. } => StatusCode::GONE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidId(_) | ApiError::InvalidPath(_) => "invalid_id",
+            ApiError::Auth(AuthError::MissingScope(_)) => "missing_scope",
+            ApiError::Auth(AuthError::OutOfScope(_)) => "out_of_scope",
+            ApiError::Auth(AuthError::Expired) => "token_expired",
+            ApiError::Auth(AuthError::Missing) => "missing_token",
+            ApiError::Auth(_) => "invalid_token",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::CursorGone { .. } => "cursor_expired",
+            ApiError::TooLarge { .. } => "payload_too_large",
+            ApiError::NotJson => "unsupported_media_type",
+            ApiError::DiskFull => "disk_full",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Auth(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::DiskFull => tracing::error!("disk full: request refused"),
+            e if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
+                tracing::debug!(error = %e, "request refused")
+            }
+            _ => {}
+        }
+        let mut resp = error_response(status, self.code(), self.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scope;
+
+    #[test]
+    fn statuses_and_codes() {
+        let cases = [
+            (ApiError::BadRequest("x".into()), 400, "bad_request"),
+            (ApiError::Auth(AuthError::Missing), 401, "missing_token"),
+            (ApiError::Auth(AuthError::Expired), 401, "token_expired"),
+            (
+                ApiError::Auth(AuthError::MissingScope(Scope::ContextRead)),
+                403,
+                "missing_scope",
+            ),
+            (
+                ApiError::CursorGone {
+                    since: 1,
+                    oldest: 5,
+                    floor: 4,
+                },
+                410,
+                "cursor_expired",
+            ),
+            (ApiError::TooLarge { limit: 10 }, 413, "payload_too_large"),
+            (ApiError::NotJson, 415, "unsupported_media_type"),
+            (ApiError::DiskFull, 507, "disk_full"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(e.code(), code);
+        }
+    }
+
+    #[test]
+    fn internal_causes_are_not_sent() {
+        let e = ApiError::internal("sqlite: /secret/path is locked");
+        assert_eq!(e.to_string(), "internal error");
+    }
+}
