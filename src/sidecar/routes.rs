@@ -22,8 +22,9 @@ use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent, Subscrip
 use super::results::StoreError;
 use super::{SERVICE, SidecarState, VERSION};
 use crate::api::sidecar::{
-    AgentList, AgentStatusUpdate, EventStats, HealthChecks, Performance, PublishRequest,
-    ResultStored, ResultSubmission, SidecarHealth, SidecarStatus, StorageStats, StoredResult,
+    AgentList, AgentState, AgentStatusUpdate, EventStats, HealthChecks, Performance,
+    PublishRequest, ResultStored, ResultSubmission, SidecarHealth, SidecarStatus, StorageStats,
+    StoredResult,
 };
 use crate::api::{AgentId, AgentType, EventType, IssueId};
 use crate::auth::{AuthError, Claims, Scope};
@@ -35,6 +36,9 @@ pub const MAX_WAIT_MS: u64 = 300_000;
 const MAX_LABEL: usize = 256;
 /// The event a stored result publishes.
 pub const AGENT_COMPLETED: &str = "agent_completed";
+/// The events an agent status update publishes.
+pub const AGENT_STARTED: &str = "agent_started";
+pub const AGENT_FAILED: &str = "agent_failed";
 
 impl From<JournalError> for ApiError {
     fn from(e: JournalError) -> Self {
@@ -514,7 +518,33 @@ pub async fn agent_status(
             "`message` must be at most 4096 bytes".into(),
         ));
     }
-    let record = s.journal().set_agent(agent_id, update).await?;
+    // Lifecycle edges other agents may wait for; `agent_completed` comes from the stored
+    // result, which carries what the agent produced.
+    let lifecycle = match update.status {
+        AgentState::Started => Some(AGENT_STARTED),
+        AgentState::Failed => Some(AGENT_FAILED),
+        AgentState::Running | AgentState::Completed => None,
+    };
+    let data = json!({
+        "agent_id": agent_id,
+        "agent_type": update.agent_type,
+        "issue_id": update.issue_id,
+        "status": update.status.as_str(),
+        "message": update.message,
+    });
+    let topic = update.issue_id.to_string();
+    let record = s.journal().set_agent(agent_id.clone(), update).await?;
+    if let Some(event_type) = lifecycle {
+        s.journal()
+            .publish(NewEvent {
+                event_type: EventType::parse(event_type).expect("valid event type"),
+                publisher: agent_id.to_string(),
+                topic,
+                data,
+                correlation_id: None,
+            })
+            .await?;
+    }
     Ok(Json(record).into_response())
 }
 

@@ -380,7 +380,7 @@ fn results_context_events_and_agents_contract() {
     // Agents: lifecycle updates feed the registry and /status.
     for (id, ty, st) in [
         ("arch-1", "chief-architect", "completed"),
-        ("py-1", "python-specialist", "running"),
+        ("py-1", "python-specialist", "started"),
         ("qa-1", "test-engineer", "failed"),
     ] {
         let (status, rec) = api(
@@ -412,7 +412,26 @@ fn results_context_events_and_agents_contract() {
     );
     assert_eq!(s["storage"]["results_stored"], 1);
     assert!(s["storage"]["context_cache_entries"].as_u64().unwrap() >= 2);
-    assert_eq!(s["events"]["total_published"], seq);
+    // `started` and `failed` publish lifecycle events (`completed` comes with the result).
+    assert_eq!(s["events"]["total_published"], seq + 2);
+    let (status, started) = api(
+        port,
+        "GET",
+        &format!("/api/events/wait/agent_started?since={seq}&timeout=0"),
+        t,
+        None,
+    );
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["events"][0]["data"]["agent_id"], "py-1");
+    assert_eq!(started["events"][0]["topic"], "issue-123");
+    let (_, failed) = api(
+        port,
+        "GET",
+        &format!("/api/events/wait/agent_failed?since={seq}&timeout=0"),
+        t,
+        None,
+    );
+    assert_eq!(failed["events"][0]["data"]["agent_type"], "test-engineer");
     let (_, body) = get(port, "/health");
     let h: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(h["checks"]["active_agents"], 1);
