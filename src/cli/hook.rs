@@ -415,7 +415,7 @@ fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, S
                 "POST",
                 &format!("/api/agents/{agent_id}/status"),
                 Some(
-                    &json!({"status": "started", "agent_type": agent_type, "issue_id": issue, "session_id": session}),
+                    &json!({"status": "started", "agent_type": agent_type, "issue_id": issue, "message": format!("session {session}")}),
                 ),
             );
             let ctx = call(

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod daemon;
 pub mod doctor;
+pub mod events;
 pub mod health;
 pub mod hook;
 pub mod install;
@@ -63,6 +64,8 @@ pub enum Command {
     Logs(logs::Args),
     /// List, show and check the agent roster.
     Agents(agents::Args),
+    /// Print the event journal (what agents publish), optionally as it happens.
+    Events(events::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
     Hook(hook::Args),
     /// Print cco's version.
@@ -77,6 +80,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "doctor",
     "agents",
     "hook",
+    "events",
     "install",
     "uninstall",
     "logs",
@@ -113,6 +117,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => logs::run(config, args),
         Command::Agents(args) => agents::run(config, args),
         Command::Hook(args) => hook::run(args),
+        Command::Events(args) => events::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

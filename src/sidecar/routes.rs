@@ -407,6 +407,8 @@ pub struct StreamQuery {
     since: Option<u64>,
     event_type: Option<EventType>,
     filter: Option<String>,
+    /// `false`: end the stream once the journal's current events are sent.
+    follow: Option<bool>,
 }
 
 struct StreamState {
@@ -415,6 +417,7 @@ struct StreamState {
     filter: EventFilter,
     buf: VecDeque<Arc<JournalEvent>>,
     rx: tokio::sync::watch::Receiver<u64>,
+    follow: bool,
     done: bool,
     _sub: Subscription,
 }
@@ -449,6 +452,7 @@ pub async fn stream_events(
         filter,
         buf: VecDeque::new(),
         rx,
+        follow: q.follow.unwrap_or(true),
         done: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -478,6 +482,9 @@ pub async fn stream_events(
                     if !events.is_empty() {
                         st.buf.extend(events);
                         continue;
+                    }
+                    if !st.follow {
+                        return None;
                     }
                 }
                 Err(e) => {

@@ -4,6 +4,7 @@ mod agents;
 mod claude;
 mod common;
 mod daemon;
+mod hooks;
 mod launcher;
 mod service;
 mod sidecar;

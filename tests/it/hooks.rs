@@ -1,0 +1,232 @@
+//! `cco hook` and `cco events` against a real daemon and sidecar, fed the JSON Claude Code
+//! sends: the session and sub-agent lifecycle lands in the journal, sub-agents get context,
+//! results are stored, and a down sidecar never breaks the hook.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Env, Service};
+
+struct Installation {
+    env: Env,
+    token: String,
+    _daemon: Service,
+    sidecar: Service,
+}
+
+fn installation(cud: bool) -> Installation {
+    let mut env = Env::new();
+    env.set("CCO_REQUIRE_CUD_CONFIRMATION", cud.to_string());
+    let daemon = env.start("daemon");
+    let sidecar = env.start("sidecar");
+    let out = env.run(["token", "--ttl", "10m"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    Installation {
+        env,
+        token,
+        _daemon: daemon,
+        sidecar,
+    }
+}
+
+impl Installation {
+    /// `cco hook EVENT` with `input` on stdin and the environment the launcher gives Claude.
+    fn hook(&self, event: &str, input: &Value) -> Output {
+        let rt = self.env.runtime_dir();
+        let hooks = std::fs::read_to_string(rt.join("hooks-sealed.json")).unwrap();
+        let mut child = self
+            .env
+            .cmd(["hook", event])
+            .env(
+                "ORCHESTRATOR_SIDECAR_URL",
+                format!("http://127.0.0.1:{}", self.env.sidecar_port),
+            )
+            .env("ORCHESTRATOR_TOKEN", &self.token)
+            .env("ORCHESTRATOR_ISSUE_ID", "issue-7")
+            .env("ORCHESTRATOR_HOOKS_CONFIG", hooks)
+            .env(
+                "ORCHESTRATOR_SETTINGS",
+                rt.join("orchestrator-settings.json"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "hook {event} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn events(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["events", "--json"];
+        all.extend_from_slice(args);
+        let out = self.env.run(all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn session_and_subagent_lifecycle_reach_the_journal_and_results() {
+    let inst = installation(false);
+    let session = json!({"session_id": "sess-1", "cwd": "/p", "hook_event_name": "SessionStart", "source": "startup"});
+    let out = inst.hook("session-start", &session);
+    assert!(out.stdout.is_empty());
+
+    let start = json!({"session_id": "sess-1", "hook_event_name": "SubagentStart", "agent_id": "a1b2", "agent_type": "rust-specialist"});
+    let out = inst.hook("subagent-start", &start);
+    let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log")).unwrap_or_default();
+    assert!(!out.stdout.is_empty(), "no answer; hooks.log:\n{log}");
+    let answer = stdout_json(&out);
+    assert_eq!(
+        answer["hookSpecificOutput"]["hookEventName"],
+        "SubagentStart"
+    );
+    let context = answer["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap();
+    assert!(
+        context.contains("rust-specialist") && context.contains("issue-7"),
+        "{context}"
+    );
+
+    let stop = json!({"session_id": "sess-1", "hook_event_name": "SubagentStop", "agent_id": "a1b2",
+        "agent_type": "rust-specialist", "last_assistant_message": "Implemented the parser; 12 tests pass."});
+    inst.hook("subagent-stop", &stop);
+    let result: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            inst.env
+                .data_dir()
+                .join("orchestration/results/issue-7/rust-specialist.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        result["result"]["summary"],
+        "Implemented the parser; 12 tests pass."
+    );
+    assert_eq!(result["result"]["status"], "success");
+
+    inst.hook(
+        "stop",
+        &json!({"session_id": "sess-1", "hook_event_name": "Stop"}),
+    );
+    inst.hook(
+        "session-end",
+        &json!({"session_id": "sess-1", "hook_event_name": "SessionEnd", "reason": "exit"}),
+    );
+
+    let types: Vec<String> = inst
+        .events(&[])
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "session_started",
+            "agent_started",
+            "agent_completed",
+            "session_stopped",
+            "session_ended"
+        ],
+        "journal order"
+    );
+    let completed = inst.events(&["--type", "agent_completed"]);
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["topic"], "issue-7");
+
+    let out = inst.env.run(["events"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("   SEQ") && table.contains("agent_started"),
+        "{table}"
+    );
+}
+
+#[test]
+fn pre_tool_use_follows_the_policy() {
+    let inst = installation(true);
+    let ask = |tool: &str, input: Value| {
+        let out = inst.hook("pre-tool-use", &json!({"session_id": "s", "hook_event_name": "PreToolUse", "tool_name": tool, "tool_input": input}));
+        if out.stdout.is_empty() {
+            return "none".to_string();
+        }
+        stdout_json(&out)["hookSpecificOutput"]["permissionDecision"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ask("Read", json!({"file_path": "/p/x"})), "allow");
+    assert_eq!(ask("Bash", json!({"command": "git status"})), "allow");
+    assert_eq!(
+        ask("Write", json!({"file_path": "/p/x", "content": ""})),
+        "ask"
+    );
+    assert_eq!(ask("Bash", json!({"command": "rm -rf target"})), "ask");
+    assert_eq!(ask("WebFetch", json!({"url": "x"})), "none");
+}
+
+#[test]
+fn a_down_sidecar_never_breaks_claude() {
+    let mut inst = installation(false);
+    inst.sidecar.terminate();
+    let start = Instant::now();
+    let out = inst.hook(
+        "subagent-start",
+        &json!({"session_id": "s", "hook_event_name": "SubagentStart", "agent_id": "x", "agent_type": "test-engineer"}),
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no decision when the sidecar is down"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log")).unwrap();
+    assert!(log.contains("connection refused"), "{log}");
+    // Garbage on stdin is logged, not fatal.
+    let mut child = inst
+        .env
+        .cmd(["hook", "session-start"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"not json").unwrap();
+    assert!(child.wait().unwrap().success());
+}
