@@ -771,7 +771,8 @@ fn agents_119_at_once_lose_nothing() {
     assert_eq!(s["storage"]["results_stored"], AGENTS as u64);
     assert_eq!(
         s["events"]["total_published"].as_u64().unwrap(),
-        cursor + 2 * AGENTS as u64
+        cursor + 3 * AGENTS as u64,
+        "agent_started, work_done and agent_completed per agent"
     );
     assert!(
         !sc.svc.log_text().contains("ERROR"),
