@@ -46,7 +46,7 @@ pub struct Cli {
 pub enum Command {
     /// Run or operate the daemon (127.0.0.1:3000).
     Daemon(daemon::Args),
-    /// Run the orchestration sidecar (127.0.0.1:3001).
+    /// Run or operate the orchestration sidecar (127.0.0.1:3001).
     Sidecar(sidecar::Args),
     /// Mint a scoped token for the sidecar's API (printed on stdout).
     Token(token::Args),
