@@ -1,4 +1,5 @@
-//! `cco daemon run`: the daemon process itself (what the service manager starts).
+//! `cco daemon run`: the daemon process itself (what the service manager starts); the
+//! run/start/stop/restart/status command shape shared with `cco sidecar`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use crate::secret::Secret;
 use crate::server::{self, Stopper, Tracker};
 use crate::service::Service;
 
+/// `cco daemon …` and `cco sidecar …`: run the service, or operate it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -26,15 +28,15 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Action {
-    /// Run the daemon in the foreground (the service manager runs this; socket-activated
-    /// when it hands over a listener, else it binds 127.0.0.1:<port> itself).
+    /// Run it in the foreground (the service manager runs this; socket-activated when it
+    /// hands over a listener, else it binds 127.0.0.1:<port> itself).
     Run(RunArgs),
-    /// Start the daemon: through the service manager when installed, else detached
-    /// (with the sidecar, which it forwards to).
+    /// Start it: through the service manager when installed, else detached (`cco daemon
+    /// start` also starts the sidecar, which the daemon forwards to).
     Start(operate::Args),
-    /// Stop the daemon and its socket (else the next connection starts it again).
+    /// Stop it and its socket (else the next connection starts it again).
     Stop(operate::Args),
-    /// Restart the daemon; the socket keeps accepting meanwhile.
+    /// Restart it; the socket keeps accepting meanwhile.
     Restart(operate::Args),
     /// Show socket and service state and whether the units start this binary.
     Status(operate::Args),
@@ -42,7 +44,7 @@ pub enum Action {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Port to bind when not socket-activated (default: daemon.port, 3000).
+    /// Port to bind when not socket-activated (default: daemon.port 3000 / sidecar.port 3001).
     #[arg(long)]
     pub port: Option<u16>,
     /// Exit after this long with no open connection ("never", "10m", "30s").
@@ -50,14 +52,28 @@ pub struct RunArgs {
     pub idle_exit_after: Option<String>,
 }
 
-pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
-    match args.action {
-        Action::Run(run) => run_daemon(config_flag, run),
-        Action::Start(a) => operate::run(config_flag, Service::Daemon, Verb::Start, a),
-        Action::Stop(a) => operate::run(config_flag, Service::Daemon, Verb::Stop, a),
-        Action::Restart(a) => operate::run(config_flag, Service::Daemon, Verb::Restart, a),
-        Action::Status(a) => operate::run(config_flag, Service::Daemon, Verb::Status, a),
+impl Action {
+    /// Runs `service` in the foreground with `run`, or hands the verb to the service manager.
+    pub fn dispatch(
+        self,
+        config_flag: Option<&Path>,
+        service: Service,
+        run: fn(Option<&Path>, RunArgs) -> anyhow::Result<ExitCode>,
+    ) -> anyhow::Result<ExitCode> {
+        let (verb, args) = match self {
+            Action::Run(a) => return run(config_flag, a),
+            Action::Start(a) => (Verb::Start, a),
+            Action::Stop(a) => (Verb::Stop, a),
+            Action::Restart(a) => (Verb::Restart, a),
+            Action::Status(a) => (Verb::Status, a),
+        };
+        operate::run(config_flag, service, verb, args)
     }
+}
+
+pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    args.action
+        .dispatch(config_flag, Service::Daemon, run_daemon)
 }
 
 /// Loads the installation and applies flags (they win over all): `set_flags` for the

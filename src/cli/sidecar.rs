@@ -6,11 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Subcommand;
 
-use super::daemon::{load_with_flags, runtime, write_default_config};
+use super::daemon::{RunArgs, load_with_flags, runtime, write_default_config};
 use crate::auth::Keys;
-use crate::cli::operate::{self, Verb};
 use crate::listen;
 use crate::paths::Installation;
 use crate::roster::Roster;
@@ -19,45 +17,11 @@ use crate::server::{self, Stopper, Tracker};
 use crate::service::Service;
 use crate::sidecar::{self, SidecarState};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    pub action: Action,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Action {
-    /// Run the sidecar in the foreground (the service manager runs this; socket-activated
-    /// when it hands over a listener, else it binds 127.0.0.1:<port> itself).
-    Run(RunArgs),
-    /// Start the sidecar: through the service manager when installed, else detached.
-    Start(operate::Args),
-    /// Stop the sidecar and its socket (else the next connection starts it again).
-    Stop(operate::Args),
-    /// Restart the sidecar; the socket keeps accepting meanwhile.
-    Restart(operate::Args),
-    /// Show socket and service state and whether the units start this binary.
-    Status(operate::Args),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Port to bind when not socket-activated (default: sidecar.port, 3001).
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Exit after this long with no open connection ("never", "10m", "30s").
-    #[arg(long, value_name = "DURATION")]
-    pub idle_exit_after: Option<String>,
-}
+pub use super::daemon::Args;
 
 pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
-    match args.action {
-        Action::Run(run) => run_sidecar(config_flag, run),
-        Action::Start(a) => operate::run(config_flag, Service::Sidecar, Verb::Start, a),
-        Action::Stop(a) => operate::run(config_flag, Service::Sidecar, Verb::Stop, a),
-        Action::Restart(a) => operate::run(config_flag, Service::Sidecar, Verb::Restart, a),
-        Action::Status(a) => operate::run(config_flag, Service::Sidecar, Verb::Status, a),
-    }
+    args.action
+        .dispatch(config_flag, Service::Sidecar, run_sidecar)
 }
 
 fn run_sidecar(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
