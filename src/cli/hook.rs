@@ -74,8 +74,19 @@ pub enum Decision {
     NoOpinion,
 }
 
-/// Tools that only read the project.
-const READ_TOOLS: [&str; 5] = ["Read", "Grep", "Glob", "LS", "NotebookRead"];
+/// Tools that only read the project, and the orchestration tools that touch no file
+/// themselves (starting a sub-agent, a sub-agent handing its report back, the todo list).
+const READ_TOOLS: [&str; 9] = [
+    "Read",
+    "Grep",
+    "Glob",
+    "LS",
+    "NotebookRead",
+    "Agent",
+    "Task",
+    "SubagentHandback",
+    "TodoWrite",
+];
 /// Tools that create, update or delete files.
 const CUD_TOOLS: [&str; 4] = ["Write", "Edit", "MultiEdit", "NotebookEdit"];
 /// Programs that only read, when run as one simple command.
@@ -479,30 +490,37 @@ fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, S
     }
 }
 
-/// The sub-agent's final message: given inline by newer Claude Code versions, else the last
-/// assistant text in its transcript (JSON lines).
+/// The sub-agent's final message: given inline (`last_assistant_message`), else read from its
+/// transcript (JSON lines): the last assistant text, or the `message` of the `SubagentHandback`
+/// tool call sub-agents report with in auto permission mode.
 fn final_message(input: &Value) -> Option<String> {
-    for key in ["last_assistant_message", "final_message", "result"] {
-        if let Some(s) = input[key].as_str().filter(|s| !s.trim().is_empty()) {
-            return Some(s.to_string());
-        }
-    }
-    let path = input["agent_transcript_path"]
+    if let Some(s) = input["last_assistant_message"]
         .as_str()
-        .or(input["transcript_path"].as_str())?;
+        .filter(|s| !s.trim().is_empty())
+    {
+        return Some(s.to_string());
+    }
+    let path = input["agent_transcript_path"].as_str()?;
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().rev().find_map(|line| {
         let v: Value = serde_json::from_str(line).ok()?;
         if v["type"] != "assistant" {
             return None;
         }
-        let parts: Vec<&str> = v["message"]["content"]
-            .as_array()?
+        let content = v["message"]["content"].as_array()?;
+        let handback = content
             .iter()
-            .filter(|c| c["type"] == "text")
-            .filter_map(|c| c["text"].as_str())
-            .collect();
-        let joined = parts.join("\n");
+            .find(|c| c["type"] == "tool_use" && c["name"] == "SubagentHandback")
+            .and_then(|c| c["input"]["message"].as_str());
+        let joined = match handback {
+            Some(m) => m.to_string(),
+            None => content
+                .iter()
+                .filter(|c| c["type"] == "text")
+                .filter_map(|c| c["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
         (!joined.trim().is_empty()).then_some(joined)
     })
 }
@@ -659,5 +677,16 @@ mod tests {
             Some("final answer")
         );
         assert_eq!(final_message(&json!({})), None);
+
+        // Auto permission mode: the report is the input of a SubagentHandback call.
+        std::fs::write(
+            &t,
+            "{\"type\":\"assistant\",\"message\":{\"content\":[{\"type\":\"tool_use\",\"name\":\"SubagentHandback\",\"input\":{\"message\":\"handed back\"}}]}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            final_message(&json!({"agent_transcript_path": t})).as_deref(),
+            Some("handed back")
+        );
     }
 }

@@ -6,12 +6,15 @@
 //! hand-rolled server lets us speak exactly the wire format Claude Code expects (SSE over
 //! chunked HTTP/1.1 on keep-alive connections), with nothing between it and the bytes.
 //!
-//! Facts about the pinned CLI (2.1.331) that shape this file are in the notes
-//! (claude-code.md): it sends `POST /v1/messages?beta=true` with `stream: true`, a main turn and a
-//! sub-agent turn look alike except for their system prompt (the sub-agent's billing block says
-//! `cc_is_subagent=true` and its system prompt starts with the agent's `prompt`), the agent
-//! roster and hook `additionalContext` arrive as `role: "system"` entries inside `messages`, and a
-//! `HEAD /api/hello` preconnect comes first unless `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`.
+//! Facts about the pinned CLI (2.1.331) that shape this file: it sends
+//! `POST /v1/messages?beta=true` with `stream: true`; a main turn and a sub-agent turn look alike
+//! except for their system prompt (the sub-agent's billing block says `cc_is_subagent=true` and
+//! its system prompt starts with the agent's `prompt`); the agent roster and hook
+//! `additionalContext` arrive as `role: "system"` entries inside `messages`; sub-agents run in
+//! the background unless the Agent call says `"run_in_background": false`, and then `-p` takes
+//! one more main turn for the `<task-notification>` (a script needs a rule for it, or it loops);
+//! a `HEAD /api/hello` preconnect comes first unless `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`;
+//! the only non-streaming call is interactive auto mode's permission classifier.
 
 // A toolkit for several tests: each uses only some of its accessors.
 #![allow(dead_code)]
@@ -106,6 +109,18 @@ impl Call {
     /// system block (`x-anthropic-billing-header: … cc_is_subagent=true;`).
     pub fn is_subagent(&self) -> bool {
         self.system_text().contains("cc_is_subagent=true")
+    }
+
+    /// Interactive auto mode's permission check (e.g. of a sub-agent's `SubagentHandback`): a
+    /// non-streaming call that expects `Reply::text("<severity>0")` to let the action through.
+    pub fn is_permission_classifier(&self) -> bool {
+        self.system_text()
+            .contains("You are a security monitor for autonomous AI coding agents")
+    }
+
+    /// Whether this main turn delivers a background sub-agent's completion.
+    pub fn is_task_notification(&self) -> bool {
+        self.user_text().contains("<task-notification>")
     }
 
     /// The text of the `tool_result` blocks of the last user message: non-empty when this turn

@@ -4,6 +4,8 @@ mod agents;
 mod claude;
 mod common;
 mod daemon;
+mod e2e;
+mod fake_anthropic;
 mod hooks;
 mod launcher;
 mod service;
