@@ -290,27 +290,47 @@ fn agent_id_of(input: &Value, agent_type: &AgentType) -> AgentId {
         })
 }
 
-/// Renders the sidecar's context JSON as text for the sub-agent, within `budget` bytes.
+/// Renders the sidecar's context answer (`{issue_id, agent_type, project: {git, metadata,
+/// relevant_files, structure, …}, previous_results, truncated}`) as text for the sub-agent,
+/// within `budget` bytes: the most specific parts first.
 pub fn render_context(
     ctx: &Value,
     issue: &IssueId,
     agent_type: &AgentType,
     budget: usize,
 ) -> String {
+    let project = &ctx["project"];
     let mut s = format!(
         "# cco context for `{agent_type}` on issue `{issue}`\n\
-         Store nothing yourself: your final message is saved as your result. \
-         The sidecar API is at $ORCHESTRATOR_API_URL (token in $ORCHESTRATOR_TOKEN).\n"
+         Your final message is stored as your result for this issue; other agents will read it.\n"
     );
-    let git = &ctx["git"];
+    if let Some(root) = project["root"].as_str() {
+        s.push_str(&format!("Project: {root}"));
+        if let Some(langs) = project["metadata"]["languages"].as_object() {
+            let mut langs: Vec<_> = langs.iter().collect();
+            langs.sort_by_key(|(_, n)| std::cmp::Reverse(n.as_u64().unwrap_or(0)));
+            let names: Vec<String> = langs
+                .iter()
+                .take(5)
+                .map(|(l, n)| format!("{l} ({n})"))
+                .collect();
+            s.push_str(&format!(" — files by language: {}", names.join(", ")));
+        }
+        s.push('\n');
+    }
+    let git = &project["git"];
     if git.is_object() {
         s.push_str(&format!(
             "\n## Git\nbranch {} at {}",
             git["branch"].as_str().unwrap_or("?"),
-            git["head"].as_str().unwrap_or("?")
+            git["head"].as_str().map_or("?", |h| &h[..h.len().min(12)])
         ));
         if let Some(dirty) = git["dirty_files"].as_array().filter(|d| !d.is_empty()) {
-            let names: Vec<&str> = dirty.iter().filter_map(|d| d.as_str()).take(30).collect();
+            let names: Vec<&str> = dirty
+                .iter()
+                .filter_map(|d| d.as_str().or(d["path"].as_str()))
+                .take(30)
+                .collect();
             s.push_str(&format!("; uncommitted changes: {}", names.join(", ")));
         }
         s.push('\n');
@@ -320,23 +340,21 @@ pub fn render_context(
             .flatten()
             .take(10)
         {
-            match c.as_str() {
-                Some(line) => s.push_str(&format!("- {line}\n")),
-                None => s.push_str(&format!(
-                    "- {} {}\n",
-                    c["hash"].as_str().or(c["id"].as_str()).unwrap_or(""),
-                    c["subject"]
-                        .as_str()
-                        .or(c["message"].as_str())
-                        .unwrap_or("")
-                )),
-            }
+            let hash = c["hash"].as_str().unwrap_or("");
+            s.push_str(&format!(
+                "- {} {}\n",
+                &hash[..hash.len().min(10)],
+                c["subject"].as_str().unwrap_or("")
+            ));
         }
     }
     if let Some(results) = ctx["previous_results"].as_array().filter(|r| !r.is_empty()) {
         s.push_str("\n## Earlier agents' results on this issue\n");
         for r in results {
-            let text = r["result"].to_string();
+            let text = match r["result"]["summary"].as_str() {
+                Some(summary) => summary.to_string(),
+                None => r["result"].to_string(),
+            };
             s.push_str(&format!(
                 "- `{}`: {}\n",
                 r["agent_type"].as_str().unwrap_or("?"),
@@ -344,27 +362,28 @@ pub fn render_context(
             ));
         }
     }
-    if let Some(files) = ctx["relevant_files"].as_array().filter(|f| !f.is_empty()) {
+    if let Some(files) = project["relevant_files"]
+        .as_array()
+        .filter(|f| !f.is_empty())
+    {
         s.push_str("\n## Files relevant to your role\n");
         for f in files {
-            let path = f["path"].as_str().or(f.as_str()).unwrap_or("?");
+            if s.len() > budget {
+                break;
+            }
+            let path = f["path"].as_str().unwrap_or("?");
             match f["content"].as_str() {
                 Some(content) => {
                     s.push_str(&format!("\n### {path}\n```\n{}\n```\n", content.trim_end()))
                 }
                 None => s.push_str(&format!("- {path}\n")),
             }
-            if s.len() > budget {
-                break;
-            }
         }
     }
-    let structure = &ctx["structure"];
-    let entries = structure["files"].as_array().or(structure.as_array());
-    if let Some(entries) = entries.filter(|e| !e.is_empty()) {
+    if let Some(entries) = project["structure"].as_array().filter(|e| !e.is_empty()) {
         s.push_str("\n## Project files\n");
         for e in entries {
-            let line = e.as_str().or(e["path"].as_str()).unwrap_or("");
+            let line = e.as_str().unwrap_or("");
             if s.len() + line.len() + 1 > budget {
                 break;
             }
@@ -372,13 +391,13 @@ pub fn render_context(
             s.push('\n');
         }
     }
-    if s.len() > budget {
-        let mut cut = budget;
+    if s.len() > budget || ctx["truncated"] == true {
+        let mut cut = budget.min(s.len());
         while !s.is_char_boundary(cut) {
             cut -= 1;
         }
         s.truncate(cut);
-        s.push_str("\n[context truncated]\n");
+        s.push_str("\n[context truncated: ask the sidecar for more with GET $ORCHESTRATOR_API_URL/api/context/{issue}/{type}]\n");
     }
     s
 }
@@ -632,10 +651,14 @@ mod tests {
     #[test]
     fn context_is_rendered_within_budget() {
         let ctx = json!({
-            "git": {"branch": "main", "head": "abc123", "dirty_files": ["src/x.rs"], "recent_commits": [{"hash": "abc123", "subject": "init"}]},
+            "issue_id": "i-1", "agent_type": "rust-specialist", "truncated": false,
+            "project": {
+                "root": "/p", "metadata": {"languages": {"rust": 3}},
+                "git": {"branch": "main", "head": "abc123", "dirty_files": ["src/x.rs"], "recent_commits": [{"hash": "abc123", "subject": "init"}]},
+                "relevant_files": [{"path": "src/lib.rs", "content": "pub fn f() {}"}],
+                "structure": ["src/lib.rs", "Cargo.toml"],
+            },
             "previous_results": [{"agent_type": "chief-architect", "result": {"status": "success", "summary": "use REST"}}],
-            "relevant_files": [{"path": "src/lib.rs", "content": "pub fn f() {}"}],
-            "structure": {"files": ["src/lib.rs", "Cargo.toml"]},
         });
         let issue = IssueId::parse("i-1").unwrap();
         let at = AgentType::parse("rust-specialist").unwrap();
@@ -647,14 +670,17 @@ mod tests {
             "use REST",
             "pub fn f()",
             "Cargo.toml",
+            "init",
+            "rust (3)",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
         let small = render_context(&ctx, &issue, &at, 120);
         assert!(
-            small.len() < 160 && small.ends_with("[context truncated]\n"),
+            small.len() < 260 && small.contains("[context truncated"),
             "{small}"
         );
+        assert!(!small.contains("pub fn f()"), "{small}");
     }
 
     #[test]

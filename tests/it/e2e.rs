@@ -41,11 +41,48 @@ fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
     env
 }
 
-/// `cco ARGS…`, bounded: a wrong script could make Claude loop.
-fn run_bounded(env: &Env, args: &[&str], fake: &FakeAnthropic) -> Output {
+/// A small git project (a Rust crate with one commit) to run Claude in.
+fn project(env: &Env) -> std::path::PathBuf {
+    let dir = env.tmp.path().join("project");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"demo\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        "pub fn parse() {} // PARSER-MARKER\n",
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "COMMIT-MARKER initial"]);
+    dir
+}
+
+/// `cco ARGS…` in `cwd`, bounded: a wrong script could make Claude loop.
+fn run_bounded(env: &Env, cwd: &std::path::Path, args: &[&str], fake: &FakeAnthropic) -> Output {
     let started = Instant::now();
     let mut child = env
         .cmd(args)
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -72,8 +109,10 @@ fn a_real_claude_session_reports_its_subagent_to_the_sidecar() {
     let _daemon = env.start("daemon");
     let _sidecar = env.start("sidecar");
 
+    let project = project(&env);
     let out = run_bounded(
         &env,
+        &project,
         &["--issue", "e2e-1", "-p", "implement the parser"],
         &fake,
     );
@@ -147,6 +186,19 @@ fn a_real_claude_session_reports_its_subagent_to_the_sidecar() {
         injected.contains(&format!("cco context for `{AGENT_TYPE}` on issue `e2e-1`")),
         "no context injected:\n{injected}"
     );
+    // …built from the project Claude runs in: its git state and the files the type wants.
+    for want in [
+        "## Git",
+        "branch main",
+        "COMMIT-MARKER",
+        "### src/lib.rs",
+        "PARSER-MARKER",
+    ] {
+        assert!(
+            injected.contains(want),
+            "{want} missing from the injected context:\n{injected}"
+        );
+    }
     assert!(sub.user_text().contains("TASK-9d1e"));
 }
 
@@ -158,7 +210,7 @@ fn with_the_sidecar_down_the_session_still_completes() {
     let _daemon = env.start("daemon");
     // No sidecar: every hook's call is refused; they must degrade silently.
     let started = Instant::now();
-    let out = run_bounded(&env, &["-p", "implement the parser"], &fake);
+    let out = run_bounded(&env, env.tmp.path(), &["-p", "implement the parser"], &fake);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
