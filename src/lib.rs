@@ -14,6 +14,7 @@
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents.
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the Host/Origin guard.
 //! - [`service`]: systemd/launchd unit rendering (pure) and operations.
+//! - [`policy`]: the `PreToolUse` permission policy of `cco hook`.
 //! - [`roster`]: the built-in agent roster and orchestrator rules.
 //! - [`logging`]: tracing set-up (journald when the journal owns stderr).
 
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod listen;
 pub mod logging;
 pub mod paths;
+pub mod policy;
 pub mod roster;
 pub mod seal;
 pub mod secret;

@@ -5,20 +5,18 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use crate::api::{AgentId, AgentType, IssueId};
 use crate::client::{self, Request};
+use crate::policy::{Decision, Policy, decide};
 
 /// Largest event accepted on stdin (tool inputs can be large; transcripts are not sent).
 const MAX_STDIN: u64 = 4 * 1024 * 1024;
 /// Size budget of the context injected into a sub-agent, in bytes of text.
 pub const CONTEXT_BUDGET: usize = 24 * 1024;
-/// Used when `ORCHESTRATOR_HOOKS_CONFIG` does not say.
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
 /// The hook log is cut back to nothing when it grows past this.
 const MAX_LOG: u64 = 1024 * 1024;
 
@@ -37,133 +35,6 @@ pub struct Args {
     /// The Claude Code hook event this invocation handles.
     #[arg(value_enum)]
     pub event: Event,
-}
-
-/// cco's hook policy, from `ORCHESTRATOR_HOOKS_CONFIG` (the sealed hooks file's content).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub enabled: bool,
-    pub auto_allow_read: bool,
-    pub require_cud_confirmation: bool,
-    pub timeout: Duration,
-}
-
-impl Policy {
-    pub fn from_json(v: &Value) -> Policy {
-        Policy {
-            enabled: v["enabled"].as_bool().unwrap_or(true),
-            auto_allow_read: v["permissions"]["auto_allow_read"]
-                .as_bool()
-                .unwrap_or(true),
-            require_cud_confirmation: v["permissions"]["require_cud_confirmation"]
-                .as_bool()
-                .unwrap_or(false),
-            timeout: v["timeouts"]["hook_ms"]
-                .as_u64()
-                .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
-        }
-    }
-}
-
-/// Claude Code's answer to a `PreToolUse` event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Allow(&'static str),
-    Ask(&'static str),
-    /// Leave it to Claude's own permission rules.
-    NoOpinion,
-}
-
-/// Tools that only read the project, and the orchestration tools that touch no file
-/// themselves (starting a sub-agent, a sub-agent handing its report back, the todo list).
-const READ_TOOLS: [&str; 9] = [
-    "Read",
-    "Grep",
-    "Glob",
-    "LS",
-    "NotebookRead",
-    "Agent",
-    "Task",
-    "SubagentHandback",
-    "TodoWrite",
-];
-/// Tools that create, update or delete files.
-const CUD_TOOLS: [&str; 4] = ["Write", "Edit", "MultiEdit", "NotebookEdit"];
-/// Programs that only read, when run as one simple command.
-const READ_COMMANDS: [&str; 19] = [
-    "ls", "cat", "head", "tail", "grep", "rg", "wc", "pwd", "stat", "file", "which", "du", "df",
-    "tree", "less", "diff", "cmp", "sort", "uniq",
-];
-/// Read-only git sub-commands.
-const GIT_READ: [&str; 7] = [
-    "status",
-    "log",
-    "diff",
-    "show",
-    "blame",
-    "rev-parse",
-    "ls-files",
-];
-/// Programs and git sub-commands that create, update or delete.
-const CUD_COMMANDS: [&str; 17] = [
-    "rm", "rmdir", "mv", "cp", "mkdir", "touch", "chmod", "chown", "ln", "dd", "truncate", "tee",
-    "install", "unlink", "shred", "patch", "rsync",
-];
-const GIT_CUD: [&str; 12] = [
-    "commit", "push", "reset", "checkout", "rebase", "merge", "rm", "mv", "clean", "add", "stash",
-    "restore",
-];
-/// Shell syntax that makes a command more than one simple command.
-const SHELL_META: &[char] = &[
-    ';', '&', '|', '`', '$', '(', ')', '<', '>', '\n', '\\', '*', '?', '{', '}',
-];
-
-fn is_read_command(cmd: &str) -> bool {
-    if cmd.contains(SHELL_META) {
-        return false;
-    }
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    match words.as_slice() {
-        ["git", sub, ..] => GIT_READ.contains(sub),
-        [prog, ..] => READ_COMMANDS.contains(prog),
-        [] => false,
-    }
-}
-
-fn is_cud_command(cmd: &str) -> bool {
-    if cmd.contains('>') {
-        return true; // redirection writes a file
-    }
-    let words: Vec<&str> = cmd
-        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '`'))
-        .filter(|w| !w.is_empty())
-        .collect();
-    words.iter().enumerate().any(|(i, w)| {
-        let w = w.rsplit('/').next().unwrap_or(w);
-        CUD_COMMANDS.contains(&w)
-            || (w == "sed" && words.get(i + 1).is_some_and(|a| a.starts_with("-i")))
-            || (w == "git" && words.get(i + 1).is_some_and(|a| GIT_CUD.contains(a)))
-            || (matches!(w, "npm" | "pip" | "pip3" | "cargo" | "apt" | "apt-get")
-                && words
-                    .get(i + 1)
-                    .is_some_and(|a| matches!(*a, "install" | "uninstall" | "remove")))
-    })
-}
-
-/// The `PreToolUse` decision for one tool call.
-pub fn decide(policy: &Policy, tool: &str, input: &Value) -> Decision {
-    let command = input["command"].as_str().unwrap_or("");
-    let reading = READ_TOOLS.contains(&tool) || (tool == "Bash" && is_read_command(command));
-    let cud = CUD_TOOLS.contains(&tool) || (tool == "Bash" && is_cud_command(command));
-    if policy.require_cud_confirmation && cud {
-        Decision::Ask(
-            "cco policy: create/update/delete needs confirmation (hooks.require_cud_confirmation)",
-        )
-    } else if policy.auto_allow_read && reading {
-        Decision::Allow("cco policy: read-only (hooks.auto_allow_read)")
-    } else {
-        Decision::NoOpinion
-    }
 }
 
 /// What a hook needs from the environment Claude passes on (set by the launcher).
@@ -418,7 +289,12 @@ fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, S
     match event {
         Event::PreToolUse => {
             let tool = input["tool_name"].as_str().unwrap_or("");
-            let (decision, reason) = match decide(&env.policy, tool, &input["tool_input"]) {
+            let cwd = input["cwd"]
+                .as_str()
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::current_dir().ok())
+                .unwrap_or_default();
+            let (decision, reason) = match decide(&env.policy, tool, &input["tool_input"], &cwd) {
                 Decision::Allow(r) => ("allow", r),
                 Decision::Ask(r) => ("ask", r),
                 Decision::NoOpinion => return Ok(None),
@@ -572,81 +448,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(read: bool, cud: bool) -> Policy {
-        Policy {
-            enabled: true,
-            auto_allow_read: read,
-            require_cud_confirmation: cud,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-
-    fn bash(cmd: &str) -> Value {
-        json!({ "command": cmd })
-    }
-
-    #[test]
-    fn reads_are_allowed_only_when_simple() {
-        let p = policy(true, false);
-        assert!(matches!(decide(&p, "Read", &json!({})), Decision::Allow(_)));
-        assert!(matches!(
-            decide(&p, "Bash", &bash("git status")),
-            Decision::Allow(_)
-        ));
-        assert!(matches!(
-            decide(&p, "Bash", &bash("ls -la src")),
-            Decision::Allow(_)
-        ));
-        for risky in [
-            "ls; rm -rf /",
-            "cat x | sh",
-            "ls $(rm x)",
-            "git push",
-            "cat > f",
-            "echo hi",
-        ] {
-            assert_eq!(
-                decide(&p, "Bash", &bash(risky)),
-                Decision::NoOpinion,
-                "{risky}"
-            );
-        }
-        assert_eq!(
-            decide(&policy(false, false), "Read", &json!({})),
-            Decision::NoOpinion
-        );
-    }
-
-    #[test]
-    fn cud_asks_when_required() {
-        let p = policy(true, true);
-        for t in ["Write", "Edit", "MultiEdit", "NotebookEdit"] {
-            assert!(matches!(decide(&p, t, &json!({})), Decision::Ask(_)), "{t}");
-        }
-        for cmd in [
-            "rm -rf build",
-            "echo x > f",
-            "sed -i s/a/b/ f",
-            "git commit -m x",
-            "ls && /bin/mv a b",
-            "npm install left-pad",
-        ] {
-            assert!(
-                matches!(decide(&p, "Bash", &bash(cmd)), Decision::Ask(_)),
-                "{cmd}"
-            );
-        }
-        assert!(matches!(
-            decide(&p, "Bash", &bash("git log")),
-            Decision::Allow(_)
-        ));
-        assert_eq!(
-            decide(&policy(true, false), "Write", &json!({})),
-            Decision::NoOpinion
-        );
-        assert_eq!(decide(&p, "WebFetch", &json!({})), Decision::NoOpinion);
-    }
 
     #[test]
     fn context_is_rendered_within_budget() {

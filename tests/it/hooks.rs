@@ -180,8 +180,14 @@ fn session_and_subagent_lifecycle_reach_the_journal_and_results() {
 #[test]
 fn pre_tool_use_follows_the_policy() {
     let inst = installation(true);
+    let project = inst.env.tmp.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("notes.md"), "x").unwrap();
     let ask = |tool: &str, input: Value| {
-        let out = inst.hook("pre-tool-use", &json!({"session_id": "s", "hook_event_name": "PreToolUse", "tool_name": tool, "tool_input": input}));
+        let out = inst.hook(
+            "pre-tool-use",
+            &json!({"session_id": "s", "hook_event_name": "PreToolUse", "cwd": project, "tool_name": tool, "tool_input": input}),
+        );
         if out.stdout.is_empty() {
             return "none".to_string();
         }
@@ -190,8 +196,18 @@ fn pre_tool_use_follows_the_policy() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(ask("Read", json!({"file_path": "/p/x"})), "allow");
-    assert_eq!(ask("Bash", json!({"command": "git status"})), "allow");
+    assert_eq!(
+        ask("Read", json!({"file_path": project.join("notes.md")})),
+        "allow"
+    );
+    assert_eq!(ask("Bash", json!({"command": "cat notes.md"})), "allow");
+    assert_eq!(
+        ask("Agent", json!({"subagent_type": "x", "prompt": "p"})),
+        "allow"
+    );
+    // Outside the project, or a command that can run repository-configured code: Claude decides.
+    assert_eq!(ask("Read", json!({"file_path": "/etc/passwd"})), "none");
+    assert_eq!(ask("Bash", json!({"command": "git status"})), "none");
     assert_eq!(
         ask("Write", json!({"file_path": "/p/x", "content": ""})),
         "ask"
