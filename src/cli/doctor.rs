@@ -151,7 +151,7 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
                 Err(_) => fail(
                     format!(
                         "127.0.0.1:{} is taken, but not by a healthy cco {} ({e})",
-                        probe.name, probe.port
+                        probe.port, probe.name
                     ),
                     format!(
                         "see who owns it with `ss -ltnp 'sport = :{}'`; free it or change the port in {}",
@@ -163,12 +163,35 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
         });
     }
 
+    // The launcher refuses to start when the daemon's runtime dir is not the one this shell
+    // resolves, or when its seal differs from the files here: check what it checks.
+    let daemon = probes
+        .iter()
+        .find(|p| p.name == "daemon")
+        .and_then(|p| p.result.as_ref().ok());
+    if let Some(theirs) = daemon.and_then(|h| h["runtime_dir"].as_str())
+        && std::path::Path::new(theirs) != p.runtime_dir
+    {
+        out.push(fail(
+            format!(
+                "the daemon uses runtime dir {theirs}, but this shell resolves {}",
+                p.runtime_dir.display()
+            ),
+            "run cco with the service's XDG_RUNTIME_DIR / CCO_RUNTIME_DIR (`systemctl --user show-environment`), or `cco daemon restart`",
+        ));
+    }
     if let Ok(secret) = &secret {
         out.push(match seal::verify(&p.runtime_dir, secret) {
-            Ok(v) => ok(format!(
-                "sealed runtime files verify (generation {})",
-                v.generation
-            )),
+            Ok(v) => match daemon.and_then(|h| h["settings_generation"].as_u64()) {
+                Some(g) if g != v.generation => warn(
+                    format!(
+                        "sealed runtime files verify (generation {}), but the daemon reports generation {g}",
+                        v.generation
+                    ),
+                    "`cco daemon restart` so both agree",
+                ),
+                _ => ok(format!("sealed runtime files verify (generation {})", v.generation)),
+            },
             Err(e) => fail(e.to_string(), "`cco daemon restart` rewrites them"),
         });
     }

@@ -30,10 +30,12 @@ pub const CLAUDE_NAMES: [&str; 3] = ["claude", "claude-code", "claude-ai"];
 pub struct LaunchOptions {
     pub quiet: bool,
     pub issue: Option<String>,
+    pub config: Option<PathBuf>,
 }
 
 impl LaunchOptions {
-    /// Splits leading `--quiet` / `--issue ID` off; everything else goes to Claude untouched.
+    /// Splits leading `--quiet` / `--issue ID` / `--config FILE` off; everything else goes to
+    /// Claude untouched.
     pub fn split(args: Vec<OsString>) -> Result<(LaunchOptions, Vec<OsString>), LaunchError> {
         let mut opts = LaunchOptions::default();
         let mut rest = args.into_iter().peekable();
@@ -49,6 +51,12 @@ impl LaunchOptions {
                 opts.issue = Some(v.to_string());
             } else if let Some(v) = arg.strip_prefix("--issue=") {
                 opts.issue = Some(v.to_string());
+            } else if arg == "--config" {
+                rest.next();
+                let v = rest.peek().ok_or(LaunchError::ConfigMissing)?;
+                opts.config = Some(PathBuf::from(v));
+            } else if let Some(v) = arg.strip_prefix("--config=") {
+                opts.config = Some(PathBuf::from(v));
             } else {
                 break;
             }
@@ -91,6 +99,8 @@ pub enum LaunchError {
     },
     #[error("--issue needs a value, e.g. `cco --issue issue-123 …`")]
     IssueMissing,
+    #[error("--config needs a file, e.g. `cco --config ~/.config/cco/daemon.toml …`")]
+    ConfigMissing,
     #[error("{0} — e.g. `cco --issue issue-123`")]
     BadIssue(crate::api::IdError),
 }
@@ -261,7 +271,7 @@ fn default_issue() -> IssueId {
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let (opts, user_args) = LaunchOptions::split(args)?;
     let quiet = opts.quiet || process_env("CCO_QUIET").is_some_and(|v| v == "1" || v == "true");
-    let inst = Installation::from_process(None)?;
+    let inst = Installation::from_process(opts.config.as_deref())?;
     let port = inst.config.daemon.port;
 
     let health = wait_healthy(port, HEALTH_DEADLINE)?;
@@ -352,6 +362,9 @@ mod tests {
         assert_eq!(rest, os(&["--", "status"]));
         let (o, _) = LaunchOptions::split(os(&["--issue=x"])).unwrap();
         assert_eq!(o.issue.as_deref(), Some("x"));
+        let (o, rest) = LaunchOptions::split(os(&["--config", "/c.toml", "-p", "x"])).unwrap();
+        assert_eq!(o.config.as_deref(), Some(Path::new("/c.toml")));
+        assert_eq!(rest, os(&["-p", "x"]));
         assert!(LaunchOptions::split(os(&["--issue"])).is_err());
     }
 

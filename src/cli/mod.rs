@@ -92,7 +92,13 @@ pub const SUBCOMMANDS: &[&str] = &[
 
 /// Parses `args` (including argv[0]) and runs what they ask for.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let first = args.get(1).and_then(|a| a.to_str());
+    // `--config FILE` may come before a subcommand; the launcher takes it too.
+    let skip = match args.get(1).and_then(|a| a.to_str()) {
+        Some("--config") => 3,
+        Some(a) if a.starts_with("--config=") => 2,
+        _ => 1,
+    };
+    let first = args.get(skip).and_then(|a| a.to_str());
     if !first.is_some_and(|f| SUBCOMMANDS.contains(&f)) {
         return launch::run(args.into_iter().skip(1).collect());
     }

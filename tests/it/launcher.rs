@@ -262,6 +262,15 @@ fn cco_help_is_ccos_own() {
             && text.contains("doctor"),
         "{text}"
     );
+    // A leading --config still selects cco's subcommand.
+    let cfg = env.tmp.path().join("other.toml");
+    let out = env.run(["--config".as_ref(), cfg.as_os_str(), "version".as_ref()]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("cco {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = env.run([format!("--config={}", cfg.display()).as_str(), "version"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("cco "));
 }
 
 #[test]
@@ -285,4 +294,40 @@ fn health_status_and_doctor_report_a_down_installation() {
     let out = env.run(["health", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["daemon"]["status"], "healthy");
+}
+
+#[test]
+fn doctor_names_a_foreign_port_owner_and_a_runtime_dir_mismatch() {
+    let env = Env::new();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", env.daemon_port)).unwrap();
+    // Answer nothing: accept and drop, so the probe fails fast.
+    std::thread::spawn(move || {
+        for s in squatter.incoming() {
+            drop(s);
+        }
+    });
+    let out = env.run(["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "127.0.0.1:{} is taken, but not by a healthy cco daemon",
+            env.daemon_port
+        )),
+        "{text}"
+    );
+
+    let env = Env::new();
+    let _d = env.start("daemon");
+    let elsewhere = env.tmp.path().join("other-runtime");
+    let out = env
+        .cmd(["doctor"])
+        .env("CCO_RUNTIME_DIR", &elsewhere)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("the daemon uses runtime dir") && text.contains("other-runtime"),
+        "{text}"
+    );
 }
