@@ -353,7 +353,8 @@ mod tests {
             o,
             LaunchOptions {
                 quiet: true,
-                issue: Some("i-1".into())
+                issue: Some("i-1".into()),
+                config: None,
             }
         );
         assert_eq!(rest, os(&["-p", "--quiet"]));
