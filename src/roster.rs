@@ -47,6 +47,10 @@ pub struct AgentError {
 
 const MODELS: [&str; 4] = ["opus", "sonnet", "haiku", "inherit"];
 
+/// The roster and the rules each travel to Claude as one command-line argument, and Linux
+/// refuses an argument over 128 KiB (`MAX_ARG_STRLEN`): stay well under it.
+pub const MAX_ARG_BYTES: usize = 120 * 1024;
+
 /// Claude Code's built-in tool names, as `tools:` lists them. MCP tools (`mcp__server__tool`)
 /// are accepted too; see [`is_known_tool`].
 pub const KNOWN_TOOLS: &[&str] = &[

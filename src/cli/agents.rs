@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::paths::Installation;
+use crate::roster::MAX_ARG_BYTES;
 use crate::roster::{self, Agent, Roster};
 
 /// Table width when stdout is not a terminal (or its width is unknown).
@@ -132,6 +133,18 @@ fn lint(user_dir: &Path, args: LintArgs) -> anyhow::Result<ExitCode> {
             out,
             "{bad} of {} agent files have problems: fix them and run `cco agents lint` again",
             files.len()
+        )?;
+        return Ok(ExitCode::FAILURE);
+    }
+    // The whole roster travels to Claude as one argument: check what the launcher will pass.
+    let (roster, _) = Roster::load(user_dir)?;
+    let size = roster.claude_json().len();
+    if size > MAX_ARG_BYTES {
+        writeln!(
+            out,
+            "the roster (built-ins and your agents) is {} KiB as JSON; Claude can be passed at most {} KiB — shorten your agents' prompts and run `cco agents lint` again",
+            size / 1024,
+            MAX_ARG_BYTES / 1024
         )?;
         return Ok(ExitCode::FAILURE);
     }

@@ -14,6 +14,7 @@ use crate::api::{DaemonHealth, IssueId};
 use crate::auth::{Keys, TokenSpec};
 use crate::client::{self, ClientError, Request};
 use crate::paths::{Installation, process_env};
+use crate::roster::MAX_ARG_BYTES;
 use crate::seal::{self, AGENTS, HOOKS, RULES, SETTINGS, Verified};
 use crate::secret::Secret;
 
@@ -197,24 +198,48 @@ fn user_passed(args: &[OsString], flag: &str) -> bool {
     })
 }
 
-/// The full argv for Claude: our flags first, then the user's arguments untouched.
+/// The full argv for Claude: our flags first, then the user's arguments untouched. A roster
+/// or rules text too large for one argument is left out (the kernel would refuse the exec);
+/// the returned warnings say so.
 pub fn claude_args(
     verified: &Verified,
     append_rules: bool,
     pass_agents: bool,
     user: Vec<OsString>,
-) -> Vec<OsString> {
+) -> (Vec<OsString>, Vec<String>) {
     let mut args: Vec<OsString> = vec!["--settings".into(), verified.path(SETTINGS).into()];
-    if pass_agents && !user_passed(&user, "--agents") {
-        args.push("--agents".into());
-        args.push(OsStr::from_bytes(&verified.files.agents).to_owned());
-    }
-    if append_rules && !user_passed(&user, "--append-system-prompt") {
-        args.push("--append-system-prompt".into());
-        args.push(OsStr::from_bytes(&verified.files.rules).to_owned());
+    let mut warnings = Vec::new();
+    for (wanted, flag, content, what) in [
+        (
+            pass_agents,
+            "--agents",
+            &verified.files.agents,
+            "the agent roster",
+        ),
+        (
+            append_rules,
+            "--append-system-prompt",
+            &verified.files.rules,
+            "the orchestrator rules",
+        ),
+    ] {
+        if !wanted || user_passed(&user, flag) {
+            continue;
+        }
+        if content.len() > MAX_ARG_BYTES {
+            warnings.push(format!(
+                "{what} is {} KiB, over the {} KiB one argument may hold, so it is not passed to Claude — \
+                 shorten your agents in ~/.config/cco/agents (`cco agents lint` checks the size), then `cco daemon restart`",
+                content.len() / 1024,
+                MAX_ARG_BYTES / 1024
+            ));
+            continue;
+        }
+        args.push(flag.into());
+        args.push(OsStr::from_bytes(content).to_owned());
     }
     args.extend(user);
-    args
+    (args, warnings)
 }
 
 /// The `ORCHESTRATOR_*` environment for Claude and every hook it runs.
@@ -307,13 +332,16 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         &inst.paths.config_file,
     )?;
     let env = orchestrator_env(&inst, &verified, &token.0, &issue);
-    let argv = claude_args(
+    let (argv, warnings) = claude_args(
         &verified,
         inst.config.launcher.append_rules,
         inst.config.launcher.pass_agents,
         user_args,
     );
 
+    for w in &warnings {
+        eprintln!("⚠️  {w}");
+    }
     if !quiet {
         let mut err = std::io::stderr().lock();
         let _ = write!(

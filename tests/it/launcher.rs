@@ -331,3 +331,43 @@ fn doctor_names_a_foreign_port_owner_and_a_runtime_dir_mismatch() {
         "{text}"
     );
 }
+
+#[test]
+fn a_roster_too_large_for_one_argument_is_left_out_with_a_warning() {
+    let env = with_claude(Env::new());
+    let agents = env.config_dir().join("agents");
+    std::fs::create_dir_all(&agents).unwrap();
+    let prompt = "Be thorough. ".repeat(5000); // ~65 KB on top of the built-ins
+    std::fs::write(
+        agents.join("huge.md"),
+        format!("---\nname: huge-agent\ndescription: Does everything.\n---\n{prompt}\n"),
+    )
+    .unwrap();
+    let lint = env.run(["agents", "lint"]);
+    assert!(!lint.status.success());
+    assert!(
+        String::from_utf8_lossy(&lint.stdout).contains("KiB"),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
+    let _d = env.start("daemon");
+    let out = env.run(["-p", "x"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the agent roster is") && err.contains("cco agents lint"),
+        "{err}"
+    );
+    let (argv, _) = recorded(&env);
+    assert!(!argv.iter().any(|a| a == "--agents"));
+    assert!(
+        argv.iter().any(|a| a == "--append-system-prompt"),
+        "the rules still go"
+    );
+}
