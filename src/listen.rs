@@ -75,14 +75,12 @@ pub fn acquire(
 
 /// systemd passes fds from 3 on; `LISTEN_FDNAMES` (from `FileDescriptorName=`) says which is ours.
 fn from_systemd(name: &str) -> Result<Option<TcpListener>, ListenError> {
-    let index = std::env::var("LISTEN_FDNAMES")
-        .ok()
-        .and_then(|names| names.split(':').position(|n| n == name))
-        .unwrap_or(0);
     let mut fds = listenfd::ListenFd::from_env();
     if fds.len() == 0 {
         return Ok(None);
     }
+    let names = std::env::var("LISTEN_FDNAMES").ok();
+    let index = pick_fd(name, names.as_deref(), fds.len())?;
     let listener = fds
         .take_tcp_listener(index)
         .map_err(|e| ListenError::Inherited(e.to_string()))?
@@ -100,6 +98,22 @@ fn from_systemd(name: &str) -> Result<Option<TcpListener>, ListenError> {
         std::env::remove_var("LISTEN_FDNAMES");
     }
     Ok(Some(listener))
+}
+
+/// Which inherited fd is ours: the one `FileDescriptorName=` named `name`; with no names, the
+/// only one. Serving another service's socket would answer every request with a Host error.
+fn pick_fd(name: &str, names: Option<&str>, count: usize) -> Result<usize, ListenError> {
+    match names {
+        Some(names) => names.split(':').position(|n| n == name).ok_or_else(|| {
+            ListenError::Inherited(format!(
+                "no socket named {name:?} among {names:?} — the unit's FileDescriptorName= must be {name:?}; run `cco install` to rewrite the units"
+            ))
+        }),
+        None if count == 1 => Ok(0),
+        None => Err(ListenError::Inherited(format!(
+            "{count} sockets and no LISTEN_FDNAMES to tell which is {name:?} — run `cco install` to rewrite the units"
+        ))),
+    }
 }
 
 /// Sends a state string (`READY=1`, `STOPPING=1`) to systemd when it asked for one.
@@ -200,6 +214,15 @@ mod tests {
             msg.contains(&port.to_string()) && msg.contains("daemon.port"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_named_fd_is_chosen_or_refused() {
+        assert_eq!(pick_fd("sidecar", Some("daemon:sidecar"), 2).unwrap(), 1);
+        assert_eq!(pick_fd("daemon", None, 1).unwrap(), 0);
+        let e = pick_fd("daemon", Some("web"), 1).unwrap_err().to_string();
+        assert!(e.contains("\"daemon\"") && e.contains("cco install"), "{e}");
+        assert!(pick_fd("daemon", None, 2).is_err());
     }
 
     #[test]
