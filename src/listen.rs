@@ -35,8 +35,8 @@ pub enum ListenError {
         key: &'static str,
         config: String,
     },
-    #[error("cannot listen on 127.0.0.1:{port}: {source}")]
-    Bind { port: u16, source: io::Error },
+    #[error("cannot listen on 127.0.0.1:{port}: {cause}")]
+    Bind { port: u16, cause: io::Error },
     #[error("the service manager handed over a socket cco cannot use: {0}")]
     Inherited(String),
 }
@@ -65,11 +65,14 @@ pub fn acquire(
             key,
             config: config.to_string(),
         },
-        _ => ListenError::Bind { port, source },
+        _ => ListenError::Bind {
+            port,
+            cause: source,
+        },
     })?;
     listener
         .set_nonblocking(true)
-        .map_err(|source| ListenError::Bind { port, source })?;
+        .map_err(|cause| ListenError::Bind { port, cause })?;
     Ok((listener, Origin::Bound))
 }
 

@@ -94,8 +94,8 @@ pub enum SealError {
     BadSeal { path: PathBuf, reason: String },
     #[error(transparent)]
     Insecure(#[from] PathError),
-    #[error("cannot write runtime file {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot write runtime file {path}: {cause}")]
+    Write { path: PathBuf, cause: io::Error },
 }
 
 fn mac(secret: &Secret, name: &str, content: &[u8]) -> Hmac<Sha256> {
@@ -200,7 +200,7 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
     let lock = open_lock(dir)?;
     lock.lock().map_err(|e| SealError::Write {
         path: dir.join(LOCK),
-        source: e,
+        cause: e,
     })?;
 
     let previous = read_seal(dir).ok();
@@ -225,10 +225,10 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
     }
 
     for (name, content) in files.entries() {
-        paths::write_atomic(dir, name.as_ref(), content, 0o600).map_err(|source| {
+        paths::write_atomic(dir, name.as_ref(), content, 0o600).map_err(|cause| {
             SealError::Write {
                 path: dir.join(name),
-                source,
+                cause,
             }
         })?;
     }
@@ -239,9 +239,9 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
         files: tags,
     };
     let bytes = serde_json::to_vec_pretty(&doc).expect("seal serializes");
-    paths::write_atomic(dir, SEAL.as_ref(), &bytes, 0o600).map_err(|source| SealError::Write {
+    paths::write_atomic(dir, SEAL.as_ref(), &bytes, 0o600).map_err(|cause| SealError::Write {
         path: dir.join(SEAL),
-        source,
+        cause,
     })?;
     Ok(SealOutcome {
         generation,

@@ -93,10 +93,13 @@ pub enum LaunchError {
          or set CCO_CLAUDE (or claude_path in {config}) to its path"
     )]
     ClaudeNotFound { looked: String, config: String },
-    #[error("cannot run Claude Code at {path}: {source}")]
+    // `cause`, not `source`: the message already says it, and `{:#}` would repeat it.
+    #[error(
+        "cannot run Claude Code at {path}: {cause} — check it runs on its own (`{path} --version`)"
+    )]
     Exec {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("--issue needs a value, e.g. `cco --issue issue-123 …`")]
     IssueMissing,
@@ -357,10 +360,10 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             claude.display(),
         );
     }
-    let source = Command::new(&claude).args(&argv).envs(env).exec();
+    let cause = Command::new(&claude).args(&argv).envs(env).exec();
     Err(LaunchError::Exec {
         path: claude,
-        source,
+        cause,
     }
     .into())
 }
