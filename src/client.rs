@@ -75,6 +75,41 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The uid owning the socket that listens on 127.0.0.1:`port` (or on all addresses), from
+/// `/proc/net/tcp`; `None` where that cannot be told (no such listener, not Linux).
+pub fn listener_uid(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    listener_uid_in(&table, port)
+}
+
+fn listener_uid_in(table: &str, port: u16) -> Option<u32> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (addr, p) = f.get(1)?.split_once(':')?;
+        // The kernel prints the address as the raw in-memory u32, in host byte order.
+        let ip = u32::from_str_radix(addr, 16).ok()?.to_ne_bytes();
+        let listening = f.get(3) == Some(&"0A");
+        let ours =
+            u16::from_str_radix(p, 16).ok()? == port && matches!(ip, [127, 0, 0, 1] | [0, 0, 0, 0]);
+        (listening && ours)
+            .then(|| f.get(7)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Refuses to talk (and send a token) to a port another local user listens on: on a shared
+/// machine someone else could take 127.0.0.1:3001 first and collect every hook's token.
+/// Root's sockets are trusted (`cco install --system`).
+pub fn check_listener_owner(port: u16) -> Result<(), String> {
+    match listener_uid(port) {
+        Some(uid) if uid != crate::paths::current_uid() && uid != 0 => Err(format!(
+            "127.0.0.1:{port} is held by another user (uid {uid}), not by your cco — \
+             see `ss -ltnp 'sport = :{port}'`; change the port in your config if it is legitimately theirs"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Loopback address of a local service; always 127.0.0.1, never a name lookup.
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -247,6 +282,31 @@ mod tests {
         let addr = serve_once(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
         let r = send(addr, &Request::get("/"), Duration::from_secs(2)).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
+    }
+
+    #[test]
+    fn listener_owner_from_proc_net_tcp() {
+        let lo = u32::from_ne_bytes([127, 0, 0, 1]);
+        let table = format!(
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             0: {lo:08X}:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1\n\
+             1: {lo:08X}:0BB9 {lo:08X}:D431 01 00000000:00000000 00:00000000 00000000  2000        0 2 1\n\
+             2: 00000000:0BB9 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 3 1\n"
+        );
+        assert_eq!(listener_uid_in(&table, 3000), Some(1000));
+        assert_eq!(
+            listener_uid_in(&table, 3001),
+            Some(1001),
+            "an established socket is not the listener"
+        );
+        assert_eq!(listener_uid_in(&table, 3002), None);
+        // A real listener of ours is ours.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if std::path::Path::new("/proc/net/tcp").exists() {
+            assert_eq!(listener_uid(port), Some(crate::paths::current_uid()));
+        }
+        assert!(check_listener_owner(port).is_ok());
     }
 
     #[test]

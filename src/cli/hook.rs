@@ -96,6 +96,8 @@ fn call(env: &HookEnv, method: &str, path: &str, body: Option<&Value>) -> Result
             "not launched by cco (no ORCHESTRATOR_SIDECAR_URL / ORCHESTRATOR_TOKEN)".into(),
         );
     };
+    // Never hand the token to a listener another user owns.
+    client::check_listener_owner(port)?;
     let auth = format!("Bearer {token}");
     let body = body.map(|b| b.to_string());
     let mut headers = vec![("Authorization", auth.as_str())];

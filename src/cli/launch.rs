@@ -101,6 +101,8 @@ pub enum LaunchError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("{0}")]
+    ForeignListener(String),
     #[error("--issue needs a value, e.g. `cco --issue issue-123 …`")]
     IssueMissing,
     #[error("--config needs a file, e.g. `cco --config ~/.config/cco/daemon.toml …`")]
@@ -311,6 +313,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         }
         .into());
     }
+    // Claude and its agents will send the session token to this port.
+    client::check_listener_owner(port).map_err(LaunchError::ForeignListener)?;
     let secret = Secret::load(&inst.paths.secret_file())?;
     let verified = seal::verify(&inst.paths.runtime_dir, &secret)?;
 

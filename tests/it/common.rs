@@ -16,6 +16,11 @@ pub const CCO: &str = env!("CARGO_BIN_EXE_cco");
 /// How long a service may take to say READY=1 before the test fails.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// A free loopback port. Another process could take it before we use it; tests that bind
 /// it themselves (socket activation) avoid even that.
 pub fn free_port() -> u16 {

@@ -246,3 +246,78 @@ fn a_down_sidecar_never_breaks_claude() {
     child.stdin.take().unwrap().write_all(b"not json").unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// A listener another user owns on the sidecar's port never receives the token.
+#[test]
+fn a_port_held_by_another_user_gets_no_token() {
+    let python = std::path::Path::new("/usr/bin/python3");
+    if crate::common::current_uid() != 0 || !python.exists() {
+        eprintln!("note: needs root and /usr/bin/python3 to listen as another user; skipping");
+        return;
+    }
+    let mut env = Env::new();
+    let _daemon = env.start("daemon");
+    let token = String::from_utf8(env.run(["token"]).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    // `nobody` listens on the sidecar's port and records anything it receives.
+    let got = env.tmp.path().join("stolen");
+    std::fs::write(&got, "").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&got, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = format!(
+        "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(); print('ready', flush=True)\n\
+         c,_=s.accept(); open('{got}','ab').write(c.recv(65536))\n",
+        port = env.sidecar_port,
+        got = got.display()
+    );
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut thief = std::process::Command::new(python)
+        .args(["-c", &script])
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(thief.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    env.set("ORCHESTRATOR_TOKEN", token.clone());
+    let rt = env.runtime_dir();
+    let mut child = env
+        .cmd(["hook", "session-start"])
+        .env(
+            "ORCHESTRATOR_SIDECAR_URL",
+            format!("http://127.0.0.1:{}", env.sidecar_port),
+        )
+        .env(
+            "ORCHESTRATOR_SETTINGS",
+            rt.join("orchestrator-settings.json"),
+        )
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"session_id":"s"}"#)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let _ = thief.kill();
+    let _ = thief.wait();
+    let stolen = std::fs::read_to_string(&got).unwrap();
+    assert!(
+        !stolen.contains(&token),
+        "the token went to another user's listener"
+    );
+    let log = std::fs::read_to_string(rt.join("hooks.log")).unwrap();
+    assert!(log.contains("held by another user (uid 65534)"), "{log}");
+}
