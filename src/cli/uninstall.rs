@@ -52,8 +52,14 @@ pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     for s in Service::ALL {
         let pid_file = inst.paths.pid_file(s.name());
         if args.dry_run {
-            if let Ok(detached::Liveness::Running(pid)) = detached::check(&pid_file) {
-                host.say(&format!("would stop the detached {} (pid {pid})", s.name()));
+            match detached::check(&pid_file) {
+                Ok(detached::Liveness::Running(pid)) => {
+                    host.say(&format!("would stop the detached {} (pid {pid})", s.name()))
+                }
+                Ok(detached::Liveness::Starting) => {
+                    host.say(&format!("would stop the detached {} (starting)", s.name()))
+                }
+                _ => {}
             }
             continue;
         }
