@@ -317,6 +317,32 @@ pub fn check_trusted_dir(dir: &Path) -> Result<(), PathError> {
     check_trusted_meta(dir, &meta)
 }
 
+/// Every existing directory on the way to `path` (and `path` itself, if it exists) passes
+/// [`check_trusted_dir`], and every symlink on the way belongs to this user or root: a
+/// directory cco writes into (service units) cannot be redirected by another user. Symlinks
+/// of your own (dotfile managers) are followed and the directories they lead to checked.
+pub fn check_trusted_path(path: &Path) -> Result<(), PathError> {
+    let me = current_uid();
+    let mut prefix = PathBuf::new();
+    for part in path.components() {
+        prefix.push(part);
+        let meta = match fs::symlink_metadata(&prefix) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(PathError::io(&prefix, e)),
+        };
+        if meta.file_type().is_symlink() && meta.uid() != me && meta.uid() != 0 {
+            return Err(PathError::ForeignOwner {
+                path: prefix,
+                owner: meta.uid(),
+                me,
+            });
+        }
+        check_trusted_dir(&prefix)?;
+    }
+    Ok(())
+}
+
 /// `S_ISVTX`, spelled out: libc's type for it differs between Linux and macOS.
 const STICKY: u32 = 0o1000;
 
@@ -531,5 +557,36 @@ mod tests {
             Err(PathError::Symlink { .. })
         ));
         assert!(check_trusted_dir(&tmp.path().join("missing")).is_ok());
+    }
+
+    #[test]
+    fn trusted_path_checks_every_directory_on_the_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("cfg");
+        let units = cfg.join("systemd/user");
+        fs::create_dir_all(&units).unwrap();
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o755)).unwrap();
+        check_trusted_path(&units).unwrap();
+        check_trusted_path(&units.join("missing/deeper")).unwrap();
+
+        // A group-writable directory on the way lets another user swap what follows.
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o775)).unwrap();
+        let err = check_trusted_path(&units).unwrap_err();
+        assert!(
+            matches!(&err, PathError::Writable { path, .. } if *path == cfg),
+            "{err}"
+        );
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o755)).unwrap();
+
+        // Your own symlink is followed, and where it leads is checked too.
+        let elsewhere = tmp.path().join("dotfiles");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::remove_dir_all(cfg.join("systemd")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, cfg.join("systemd")).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        check_trusted_path(&cfg.join("systemd/user")).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_trusted_path(&cfg.join("systemd/user")).unwrap_err();
+        assert!(matches!(err, PathError::Writable { .. }), "{err}");
     }
 }
