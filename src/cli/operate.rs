@@ -60,7 +60,7 @@ pub fn run(
         let m = manager.unwrap_or(Manager::Systemd);
         return match m {
             Manager::Systemd => with_systemd(&mut host, &inst, scope, service, verb),
-            Manager::Launchd => with_launchd(&mut host, &inst, scope, service, verb),
+            Manager::Launchd => with_launchd(&mut host, config_flag, &inst, scope, service, verb),
         };
     }
     // A manager but no units: only detached processes can be what the user means.
@@ -232,12 +232,13 @@ fn exec_check(host: &mut dyn Host, svc: &UnitState) {
 
 fn with_launchd(
     host: &mut dyn Host,
+    config_flag: Option<&Path>,
     inst: &Installation,
     scope: Scope,
     s: Service,
     verb: Verb,
 ) -> anyhow::Result<ExitCode> {
-    let plan = super::install::plan(None, scope, Manager::Launchd)?;
+    let plan = super::install::plan(config_flag, scope, Manager::Launchd)?;
     let port = s.port(&inst.config);
     let loaded = launchd::loaded(host, &plan.domain, s);
     match verb {

@@ -34,7 +34,7 @@ pub enum Liveness {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetachedError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source} — check its owner and permissions with `ls -ld {path}`")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Path(#[from] paths::PathError),
@@ -331,6 +331,17 @@ mod tests {
         );
         writer.join().unwrap();
         drop(holder);
+    }
+
+    #[test]
+    fn io_errors_name_the_path_and_end_with_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid file path under a regular file cannot be opened (ENOTDIR).
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let p = file.join("daemon.pid");
+        let err = check(&p).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("`ls -ld {}`", p.display())), "{err}");
     }
 
     #[test]
