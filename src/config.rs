@@ -146,6 +146,14 @@ pub enum ConfigError {
         "bad config file {path}: {message} — fix that key or delete the file to get the defaults back"
     )]
     Parse { path: PathBuf, message: String },
+    #[error(
+        "config file {path} is a symlink; cco refuses to follow it (the config names the program \
+         cco runs) — put the file itself there: `cp \"$(readlink -f {path})\" {path}.new && mv {path}.new {path}`"
+    )]
+    Symlink { path: PathBuf },
+    /// Owned by someone else, or writable by group/others (the file or its directory).
+    #[error("refusing the config: {0}")]
+    Untrusted(crate::paths::PathError),
     #[error("bad value {value:?} in environment variable {var}: expected {expected}")]
     Env {
         var: &'static str,
@@ -160,18 +168,42 @@ impl Config {
     /// Loads `path` (a missing file means defaults) and applies the `CCO_*` variables
     /// that `env` returns. `env` is passed in so tests never touch the process environment.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut config = match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text).map_err(|message| ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-            Err(source) => {
+        use crate::paths::{self, PathError};
+        // The config names the program the launcher execs: read it only from a file (and a
+        // directory) that no other user can write, and never through a symlink.
+        let text = match paths::open_trusted(path) {
+            Ok(mut f) => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut f, &mut text).map_err(|source| {
+                    ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+                Some(text)
+            }
+            Err(PathError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(PathError::Io { source, .. }) => {
                 return Err(ConfigError::Read {
                     path: path.to_owned(),
                     source,
                 });
             }
+            Err(PathError::Symlink { .. }) => {
+                return Err(ConfigError::Symlink {
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) => return Err(ConfigError::Untrusted(e)),
+        };
+        let mut config = match text {
+            Some(text) => Config::parse(&text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?,
+            None => Config::default(),
         };
         config.apply_env(env)?;
         config.validate()?;
@@ -434,5 +466,52 @@ mod tests {
         assert_eq!(c.idle_exit_after, Some(Duration::from_secs(90)));
         let c = Config::parse("idle_exit_after = \"never\"").unwrap();
         assert_eq!(c.idle_exit_after, None);
+    }
+
+    /// The config names the `claude` the launcher execs: another user must not be able to
+    /// change it, through the file, its directory or a symlink.
+    #[test]
+    fn config_writable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cco");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("daemon.toml");
+        std::fs::write(&path, "claude_path = \"/usr/bin/claude\"\n").unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&dir, 0o755);
+        mode(&path, 0o644);
+        let c = Config::load(&path, &no_env).unwrap();
+        assert_eq!(c.claude_path.as_deref(), Some(Path::new("/usr/bin/claude")));
+
+        mode(&path, 0o664);
+        let err = Config::load(&path, &no_env).unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string())
+                && err.ends_with(&format!("`chmod go-w {}`", path.display())),
+            "{err}"
+        );
+        mode(&path, 0o644);
+
+        // A group-writable directory: refused even before the file exists.
+        mode(&dir, 0o775);
+        let err = Config::load(&path, &no_env).unwrap_err().to_string();
+        assert!(
+            err.ends_with(&format!("`chmod go-w {}`", dir.display())),
+            "{err}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(Config::load(&path, &no_env).is_err());
+        mode(&dir, 0o700);
+        assert_eq!(Config::load(&path, &no_env).unwrap(), Config::default());
+
+        let real = tmp.path().join("real.toml");
+        std::fs::write(&real, "").unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let err = Config::load(&path, &no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::Symlink { .. }), "{err}");
+        assert!(err.to_string().ends_with(".toml`"), "{err}");
     }
 }

@@ -135,6 +135,16 @@ pub enum PathError {
         "{path} has mode {mode:04o}; it must not be accessible to group or others — run `chmod {want:o} {path}`"
     )]
     TooOpen { path: PathBuf, mode: u32, want: u32 },
+    #[error(
+        "{path} is writable by group or others (mode {mode:04o}), so another user could change \
+         what cco runs — run `chmod go-w {path}`"
+    )]
+    Writable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is owned by uid {owner}, not by you (uid {me}), so cco does not trust it — \
+         make it yours: `sudo chown {me} {path}`"
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("{path} is not a {want}")]
     WrongKind { path: PathBuf, want: &'static str },
     #[error("{path}: {source}")]
@@ -256,6 +266,103 @@ pub fn open_private(path: &Path) -> Result<File, PathError> {
     }
     check_owner_mode(path, &meta, 0o600)?;
     Ok(file)
+}
+
+/// Opens a file that steers what cco runs (the config names the `claude` it execs): no
+/// symlink is followed, and it must be a regular file owned by this user (or root) that
+/// group and others cannot write — reading is fine, `0644` is. Its directory is checked
+/// with [`check_trusted_dir`].
+pub fn open_trusted(path: &Path) -> Result<File, PathError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_trusted_dir(dir)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => PathError::Symlink { path: path.into() },
+            _ => PathError::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| PathError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(PathError::WrongKind {
+            path: path.into(),
+            want: "regular file",
+        });
+    }
+    check_trusted_meta(path, &meta)?;
+    Ok(file)
+}
+
+/// A directory holding files cco trusts (config, secret): owned by this user (or root) and
+/// not writable by group or others, unless sticky like `/tmp` (then nobody can replace
+/// another's file in it). A missing directory passes: there is nothing in it to trust.
+/// Symlinks are followed: the directory they lead to is what is checked.
+pub fn check_trusted_dir(dir: &Path) -> Result<(), PathError> {
+    let meta = match fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(PathError::io(dir, e)),
+    };
+    if !meta.is_dir() {
+        return Err(PathError::WrongKind {
+            path: dir.into(),
+            want: "directory",
+        });
+    }
+    if meta.mode() & STICKY != 0 {
+        return Ok(());
+    }
+    check_trusted_meta(dir, &meta)
+}
+
+/// Every existing directory on the way to `path` (and `path` itself, if it exists) passes
+/// [`check_trusted_dir`], and every symlink on the way belongs to this user or root: a
+/// directory cco writes into (service units) cannot be redirected by another user. Symlinks
+/// of your own (dotfile managers) are followed and the directories they lead to checked.
+pub fn check_trusted_path(path: &Path) -> Result<(), PathError> {
+    let me = current_uid();
+    let mut prefix = PathBuf::new();
+    for part in path.components() {
+        prefix.push(part);
+        let meta = match fs::symlink_metadata(&prefix) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(PathError::io(&prefix, e)),
+        };
+        if meta.file_type().is_symlink() && meta.uid() != me && meta.uid() != 0 {
+            return Err(PathError::ForeignOwner {
+                path: prefix,
+                owner: meta.uid(),
+                me,
+            });
+        }
+        check_trusted_dir(&prefix)?;
+    }
+    Ok(())
+}
+
+/// `S_ISVTX`, spelled out: libc's type for it differs between Linux and macOS.
+const STICKY: u32 = 0o1000;
+
+fn check_trusted_meta(path: &Path, meta: &fs::Metadata) -> Result<(), PathError> {
+    let me = current_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(PathError::ForeignOwner {
+            path: path.into(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(PathError::Writable {
+            path: path.into(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 pub fn read_private(path: &Path) -> Result<Vec<u8>, PathError> {
@@ -406,5 +513,80 @@ mod tests {
             open_private(&tmp.path().join("f")),
             Err(PathError::TooOpen { .. })
         ));
+    }
+
+    #[test]
+    fn trusted_files_may_be_read_by_others_but_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cco");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let f = dir.join("daemon.toml");
+        fs::write(&f, "").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        open_trusted(&f).unwrap();
+
+        for mode in [0o664, 0o646] {
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            let err = open_trusted(&f).unwrap_err();
+            assert!(matches!(err, PathError::Writable { .. }), "{err}");
+            assert!(
+                err.to_string()
+                    .ends_with(&format!("`chmod go-w {}`", f.display())),
+                "{err}"
+            );
+        }
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+
+        // A group-writable directory lets another user swap the file.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+        let err = open_trusted(&f).unwrap_err();
+        assert!(
+            matches!(&err, PathError::Writable { path, .. } if *path == dir),
+            "{err}"
+        );
+        // …unless it is sticky, like /tmp.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        open_trusted(&f).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(matches!(
+            open_trusted(&link),
+            Err(PathError::Symlink { .. })
+        ));
+        assert!(check_trusted_dir(&tmp.path().join("missing")).is_ok());
+    }
+
+    #[test]
+    fn trusted_path_checks_every_directory_on_the_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("cfg");
+        let units = cfg.join("systemd/user");
+        fs::create_dir_all(&units).unwrap();
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o755)).unwrap();
+        check_trusted_path(&units).unwrap();
+        check_trusted_path(&units.join("missing/deeper")).unwrap();
+
+        // A group-writable directory on the way lets another user swap what follows.
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o775)).unwrap();
+        let err = check_trusted_path(&units).unwrap_err();
+        assert!(
+            matches!(&err, PathError::Writable { path, .. } if *path == cfg),
+            "{err}"
+        );
+        fs::set_permissions(&cfg, fs::Permissions::from_mode(0o755)).unwrap();
+
+        // Your own symlink is followed, and where it leads is checked too.
+        let elsewhere = tmp.path().join("dotfiles");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::remove_dir_all(cfg.join("systemd")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, cfg.join("systemd")).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        check_trusted_path(&cfg.join("systemd/user")).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_trusted_path(&cfg.join("systemd/user")).unwrap_err();
+        assert!(matches!(err, PathError::Writable { .. }), "{err}");
     }
 }

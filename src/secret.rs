@@ -54,6 +54,10 @@ impl Secret {
 
     /// Reads the secret; it must exist, be private and long enough.
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
+        // Whoever can write the directory can swap the secret for one they know.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            paths::check_trusted_dir(dir)?;
+        }
         match paths::read_private(path) {
             Ok(bytes) if bytes.len() < SECRET_LEN => Err(SecretError::TooShort {
                 path: path.into(),
@@ -77,9 +81,9 @@ impl Secret {
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         paths::ensure_private_dir(dir).or_else(|e| match e {
-            // The config dir may legitimately be shared (e.g. a managed ~/.config/cco);
-            // the secret file itself is what must be private.
-            PathError::TooOpen { .. } => Ok(()),
+            // The config dir may be readable by others (a 0755 ~/.config/cco); the secret
+            // file itself is private. Writable by others is refused: they could swap it.
+            PathError::TooOpen { .. } => paths::check_trusted_dir(dir),
             other => Err(other),
         })?;
         let mut bytes = vec![0u8; SECRET_LEN];
@@ -143,5 +147,34 @@ mod tests {
             Secret::load(&path),
             Err(SecretError::Path(PathError::TooOpen { .. }))
         ));
+    }
+
+    #[test]
+    fn directory_writable_by_others_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cfg");
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        // Readable by others is fine…
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let a = Secret::load_or_create(&path).unwrap();
+        assert_eq!(Secret::load(&path).unwrap().bytes(), a.bytes());
+        // …writable is not, for an existing secret and a new one alike.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+        let err = Secret::load(&path).unwrap_err();
+        assert!(
+            matches!(err, SecretError::Path(PathError::Writable { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with(&format!("`chmod go-w {}`", dir.display()))
+        );
+        fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            Secret::load_or_create(&path),
+            Err(SecretError::Path(PathError::Writable { .. }))
+        ));
+        assert!(!path.exists());
     }
 }

@@ -92,9 +92,28 @@ fn journalctl(scope: Scope, services: &[Service], args: &Args) -> anyhow::Result
         cmd.arg("-f");
     }
     let err = cmd.exec();
-    anyhow::bail!(
-        "cannot run journalctl: {err} — install systemd's journalctl or read the journal with your own tools"
+    anyhow::bail!("{}", no_journalctl(&err, scope, services))
+}
+
+/// Without journalctl, `systemctl status` still shows each unit's last log lines.
+fn no_journalctl(err: &std::io::Error, scope: Scope, services: &[Service]) -> String {
+    let units: Vec<String> = services.iter().map(|s| s.service_unit()).collect();
+    format!(
+        "cannot run journalctl: {err} — see the last lines with `systemctl {}status {}`",
+        if scope == Scope::User { "--user " } else { "" },
+        units.join(" ")
     )
+}
+
+/// The whole file, or an error that names it.
+fn read_log(p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read log file {}: {e} — check its owner and permissions with `ls -l {}`",
+            p.display(),
+            p.display()
+        )
+    })
 }
 
 fn tail(files: &[(Service, PathBuf)], n: usize, follow: bool) -> anyhow::Result<ExitCode> {
@@ -102,13 +121,14 @@ fn tail(files: &[(Service, PathBuf)], n: usize, follow: bool) -> anyhow::Result<
     let mut out = std::io::stdout().lock();
     let mut offsets = Vec::new();
     for (s, p) in files {
-        let text = std::fs::read(p)?;
-        let text = String::from_utf8_lossy(&text);
+        let bytes = read_log(p)?;
+        // Follow from what was read, so lines appended meanwhile are not skipped.
+        offsets.push(bytes.len() as u64);
+        let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(n)..] {
             print_line(&mut out, prefix, *s, l)?;
         }
-        offsets.push(std::fs::metadata(p)?.len());
     }
     out.flush()?;
     if !follow {
@@ -146,5 +166,30 @@ fn print_line(out: &mut impl Write, prefix: bool, s: Service, line: &str) -> std
         writeln!(out, "{:<8} {line}", s.name())
     } else {
         writeln!(out, "{line}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file_and_end_with_a_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory where the log should be: unreadable as a file for any user.
+        let p = tmp.path().join("daemon.log");
+        std::fs::create_dir(&p).unwrap();
+        let err = tail(&[(Service::Daemon, p.clone())], 10, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        assert!(err.ends_with(&format!("`ls -l {}`", p.display())), "{err}");
+
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let msg = no_journalctl(&missing, Scope::User, &Service::ALL);
+        assert!(
+            msg.ends_with("`systemctl --user status cco-daemon.service cco-sidecar.service`"),
+            "{msg}"
+        );
     }
 }

@@ -60,7 +60,7 @@ pub fn run(
         let m = manager.unwrap_or(Manager::Systemd);
         return match m {
             Manager::Systemd => with_systemd(&mut host, &inst, scope, service, verb),
-            Manager::Launchd => with_launchd(&mut host, &inst, scope, service, verb),
+            Manager::Launchd => with_launchd(&mut host, config_flag, &inst, scope, service, verb),
         };
     }
     // A manager but no units: only detached processes can be what the user means.
@@ -68,7 +68,7 @@ pub fn run(
         let any_detached = detached_targets(service).iter().any(|s| {
             matches!(
                 detached::check(&inst.paths.pid_file(s.name())),
-                Ok(detached::Liveness::Running(_))
+                Ok(detached::Liveness::Running(_) | detached::Liveness::Starting)
             )
         });
         if !any_detached && verb != Verb::Stop {
@@ -232,12 +232,13 @@ fn exec_check(host: &mut dyn Host, svc: &UnitState) {
 
 fn with_launchd(
     host: &mut dyn Host,
+    config_flag: Option<&Path>,
     inst: &Installation,
     scope: Scope,
     s: Service,
     verb: Verb,
 ) -> anyhow::Result<ExitCode> {
-    let plan = super::install::plan(None, scope, Manager::Launchd)?;
+    let plan = super::install::plan(config_flag, scope, Manager::Launchd)?;
     let port = s.port(&inst.config);
     let loaded = launchd::loaded(host, &plan.domain, s);
     match verb {
@@ -350,9 +351,16 @@ fn with_detached(
     if matches!(verb, Verb::Start | Verb::Restart) {
         for &s in &targets {
             let pid_file = inst.paths.pid_file(s.name());
-            if let detached::Liveness::Running(pid) = detached::check(&pid_file)? {
-                println!("{}: already running (pid {pid}, detached)", s.name());
-                continue;
+            match detached::check(&pid_file)? {
+                detached::Liveness::Running(pid) => {
+                    println!("{}: already running (pid {pid}, detached)", s.name());
+                    continue;
+                }
+                detached::Liveness::Starting => {
+                    println!("{}: already starting (detached)", s.name());
+                    continue;
+                }
+                detached::Liveness::Stopped | detached::Liveness::Stale => {}
             }
             if !super::SUBCOMMANDS.contains(&s.name()) {
                 println!(
@@ -401,6 +409,14 @@ fn with_detached(
                     s.port(&inst.config),
                     detached::log_file(&inst.paths, s).display()
                 ),
+                detached::Liveness::Starting => {
+                    ok = false;
+                    println!(
+                        "{}: starting detached (no pid yet) — check again with `cco {} status`",
+                        s.name(),
+                        service.name()
+                    )
+                }
                 detached::Liveness::Stopped => {
                     ok = false;
                     println!("{}: not running — `cco {} start`", s.name(), service.name())

@@ -18,9 +18,15 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(20);
 
+/// How long a probe waits for a pid file's pid: daemonize creates and locks the file before
+/// it writes the pid, so a probe can land in between.
+pub const PID_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
     Running(u32),
+    /// Alive (it holds the lock) but it wrote no pid within [`PID_WAIT`].
+    Starting,
     Stopped,
     /// A pid file nobody holds: the process died without cleaning up. Removed by `check`.
     Stale,
@@ -28,7 +34,7 @@ pub enum Liveness {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetachedError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source} — check its owner and permissions with `ls -ld {path}`")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Path(#[from] paths::PathError),
@@ -44,6 +50,11 @@ pub enum DetachedError {
     Exited { service: &'static str, log: PathBuf },
     #[error("the {service} did not report ready within {}s — see {log} (`cco logs {service}`)", START_TIMEOUT.as_secs())]
     NotReady { service: &'static str, log: PathBuf },
+    #[error(
+        "{pid_file} is held by a process that has not written its pid yet (it is starting) — \
+         wait a moment and run `cco daemon stop` again"
+    )]
+    Starting { pid_file: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DetachedError + '_ {
@@ -57,26 +68,43 @@ pub fn log_file(paths: &Paths, s: Service) -> PathBuf {
     paths.log_dir().join(format!("{}.log", s.name()))
 }
 
-/// Running, stopped or stale — and removes a stale pid file.
+/// Running, starting, stopped or stale — and removes a stale pid file.
 pub fn check(pid_file: &Path) -> Result<Liveness, DetachedError> {
-    let mut f = match OpenOptions::new().read(true).write(true).open(pid_file) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Liveness::Stopped),
-        Err(e) => return Err(io_err(pid_file)(e)),
-    };
-    match f.try_lock() {
-        Ok(()) => {
-            drop(f);
-            let _ = std::fs::remove_file(pid_file);
-            Ok(Liveness::Stale)
+    check_within(pid_file, PID_WAIT)
+}
+
+/// [`check`], waiting at most `wait` for a pid file that exists but has no pid yet.
+fn check_within(pid_file: &Path, wait: Duration) -> Result<Liveness, DetachedError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut f = match OpenOptions::new().read(true).write(true).open(pid_file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Liveness::Stopped),
+            Err(e) => return Err(io_err(pid_file)(e)),
+        };
+        let locked = match f.try_lock() {
+            Ok(()) => false,
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(e)) => return Err(io_err(pid_file)(e)),
+        };
+        let mut s = String::new();
+        f.read_to_string(&mut s).map_err(io_err(pid_file))?;
+        let pid = s.trim().parse::<u32>().ok().filter(|&p| p != 0);
+        let waited_out = Instant::now() >= deadline;
+        match (locked, pid) {
+            (true, Some(pid)) => return Ok(Liveness::Running(pid)),
+            (true, None) if waited_out => return Ok(Liveness::Starting),
+            // Unlocked with a pid, or still unlocked and empty after the wait: its holder
+            // died. (Unlocked and empty may be a start between create and lock: wait.)
+            (false, _) if pid.is_some() || waited_out => {
+                drop(f);
+                let _ = std::fs::remove_file(pid_file);
+                return Ok(Liveness::Stale);
+            }
+            _ => {}
         }
-        Err(TryLockError::WouldBlock) => {
-            let mut s = String::new();
-            f.read_to_string(&mut s).map_err(io_err(pid_file))?;
-            // The holder may not have written its pid yet; it is alive either way.
-            Ok(Liveness::Running(s.trim().parse().unwrap_or(0)))
-        }
-        Err(TryLockError::Error(e)) => Err(io_err(pid_file)(e)),
+        drop(f);
+        std::thread::sleep(POLL);
     }
 }
 
@@ -204,14 +232,21 @@ pub enum Stopped {
 
 /// SIGTERM, wait for the pid-file lock to be released, SIGKILL after [`STOP_TIMEOUT`].
 pub fn stop(pid_file: &Path) -> Result<Stopped, DetachedError> {
-    let pid = match check(pid_file)? {
+    stop_within(pid_file, PID_WAIT)
+}
+
+fn stop_within(pid_file: &Path, pid_wait: Duration) -> Result<Stopped, DetachedError> {
+    let pid = match check_within(pid_file, pid_wait)? {
         Liveness::Stopped => return Ok(Stopped::WasNotRunning),
         Liveness::Stale => return Ok(Stopped::Stale),
+        // Alive but nameless: never report "not running" for a live process.
+        Liveness::Starting => {
+            return Err(DetachedError::Starting {
+                pid_file: pid_file.into(),
+            });
+        }
         Liveness::Running(pid) => pid,
     };
-    if pid == 0 {
-        return Ok(Stopped::WasNotRunning);
-    }
     // SAFETY: kill(2) with a pid whose holder has our pid file locked, i.e. is alive and ours.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     if wait_released(pid_file, STOP_TIMEOUT) {
@@ -259,5 +294,65 @@ mod tests {
         assert_eq!(check(&p).unwrap(), Liveness::Stale);
         assert!(!p.exists(), "stale pid file removed");
         assert_eq!(stop(&p).unwrap(), Stopped::WasNotRunning);
+    }
+
+    /// daemonize locks the pid file before it writes the pid; a probe in between must see
+    /// a live process, never "not running".
+    #[test]
+    fn a_locked_pid_file_without_a_pid_is_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("daemon.pid");
+        let holder = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        holder.lock().unwrap();
+        let short = Duration::from_millis(50);
+        assert_eq!(check_within(&p, short).unwrap(), Liveness::Starting);
+        assert!(matches!(
+            stop_within(&p, short),
+            Err(DetachedError::Starting { .. })
+        ));
+        assert!(p.exists(), "a starting process's pid file is kept");
+
+        // The pid arrives while a probe waits: the probe reports it.
+        let writer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                std::fs::write(&p, "4242\n").unwrap();
+            })
+        };
+        assert_eq!(
+            check_within(&p, Duration::from_secs(5)).unwrap(),
+            Liveness::Running(4242)
+        );
+        writer.join().unwrap();
+        drop(holder);
+    }
+
+    #[test]
+    fn io_errors_name_the_path_and_end_with_a_command() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid file path under a regular file cannot be opened (ENOTDIR).
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        let p = file.join("daemon.pid");
+        let err = check(&p).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("`ls -ld {}`", p.display())), "{err}");
+    }
+
+    #[test]
+    fn an_unlocked_empty_pid_file_gets_a_grace_then_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("daemon.pid");
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(
+            check_within(&p, Duration::from_millis(40)).unwrap(),
+            Liveness::Stale
+        );
+        assert!(!p.exists());
     }
 }

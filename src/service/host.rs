@@ -7,6 +7,8 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
 
+use crate::paths;
+
 /// A command line to run (`systemctl --user …`, `launchctl …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
@@ -201,30 +203,17 @@ impl Host for System {
 }
 
 /// Temp file in the same directory, fsync, rename, fsync the directory: a crash leaves the
-/// old unit or the new one, never half of one.
+/// old unit or the new one, never half of one. The manager runs what these units say, so
+/// the directory must be one no other user can write or redirect (a planted symlink, a
+/// group-writable `~/.config`): checked before it is created and again after.
 pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default();
+    let trusted = |dir: &Path| paths::check_trusted_path(dir).map_err(io::Error::other);
+    trusted(dir)?;
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    trusted(dir)?;
+    paths::write_atomic(dir, name, text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]
@@ -324,5 +313,40 @@ pub mod fake {
         fn say(&mut self, line: &str) {
             self.lines.push(line.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn units_are_never_written_through_a_directory_others_can_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config");
+        std::fs::create_dir(&config).unwrap();
+        let unit = config.join("systemd/user/cco-daemon.service");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_atomic(&unit, "[Unit]\n").unwrap();
+        let meta = std::fs::metadata(&unit).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+
+        // Another user who can write ~/.config could plant `systemd` as a symlink to a
+        // directory of theirs and then edit what the manager runs.
+        let planted = tmp.path().join("theirs");
+        std::fs::create_dir_all(planted.join("user")).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::remove_dir_all(config.join("systemd")).unwrap();
+        std::os::unix::fs::symlink(&planted, config.join("systemd")).unwrap();
+        let err = write_atomic(&unit, "[Unit]\n").unwrap_err();
+        assert!(err.to_string().contains("chmod go-w"), "{err}");
+        assert!(!planted.join("user/cco-daemon.service").exists());
+
+        // A group-writable ~/.config itself is refused before anything is created.
+        std::fs::remove_file(config.join("systemd")).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(write_atomic(&unit, "[Unit]\n").is_err());
+        assert!(!config.join("systemd").exists());
     }
 }

@@ -112,7 +112,9 @@ pub fn launchd_log_dir(home: &Path) -> PathBuf {
 }
 
 /// Environment variables the installer copies into the units when the user's shell sets
-/// them: without them the service could resolve another config, data dir or port.
+/// them: without them the service could resolve another config, data dir or port — or seal
+/// a weaker hook policy than the user asked for. Every `CCO_*` variable the config loader
+/// reads must be here (a test enforces it).
 pub const PASSED_ENV: &[&str] = &[
     "CCO_CONFIG",
     "CCO_DATA_DIR",
@@ -122,6 +124,9 @@ pub const PASSED_ENV: &[&str] = &[
     "CCO_CLAUDE",
     "CCO_IDLE_EXIT_AFTER",
     "CCO_LOG",
+    "CCO_HOOKS_ENABLED",
+    "CCO_AUTO_ALLOW_READ",
+    "CCO_REQUIRE_CUD_CONFIRMATION",
     "RUST_LOG",
 ];
 
@@ -139,14 +144,62 @@ pub fn service_env(
     let default = env("HOME").map(|h| Path::new(&h).join(".config/cco/daemon.toml"));
     if !out.iter().any(|(k, _)| k == "CCO_CONFIG") && default.as_deref() != Some(config_file) {
         out.push(("CCO_CONFIG".into(), config_file.display().to_string()));
-        out.sort();
     }
+    // Sorted, so the unit text does not depend on the order of PASSED_ENV.
+    out.sort();
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// Every `CCO_*` setting the loader reads reaches the installed service; a variable
+    /// missing here would make the service seal a different policy than the shell's.
+    #[test]
+    fn every_cco_variable_the_loader_reads_is_passed() {
+        let asked = RefCell::new(Vec::<String>::new());
+        let env = |k: &str| {
+            asked.borrow_mut().push(k.to_string());
+            (k == "HOME").then(|| "/home/a".to_string())
+        };
+        crate::paths::Installation::load(None, &env).unwrap();
+        let asked = asked.into_inner();
+        for k in [
+            "CCO_REQUIRE_CUD_CONFIRMATION",
+            "CCO_AUTO_ALLOW_READ",
+            "CCO_CONFIG",
+        ] {
+            assert!(
+                asked.iter().any(|a| a == k),
+                "the loader no longer reads {k}"
+            );
+        }
+        for k in asked.iter().filter(|k| k.starts_with("CCO_")) {
+            assert!(PASSED_ENV.contains(&k.as_str()), "{k} is not in PASSED_ENV");
+        }
+    }
+
+    #[test]
+    fn hook_policy_reaches_the_service() {
+        let env = |k: &str| match k {
+            "HOME" => Some("/home/a".to_string()),
+            "CCO_REQUIRE_CUD_CONFIRMATION" => Some("true".to_string()),
+            "CCO_AUTO_ALLOW_READ" => Some("false".to_string()),
+            "CCO_HOOKS_ENABLED" => Some("true".to_string()),
+            _ => None,
+        };
+        let got = service_env(&env, Path::new("/home/a/.config/cco/daemon.toml"));
+        assert_eq!(
+            got,
+            vec![
+                ("CCO_AUTO_ALLOW_READ".into(), "false".into()),
+                ("CCO_HOOKS_ENABLED".into(), "true".into()),
+                ("CCO_REQUIRE_CUD_CONFIRMATION".into(), "true".into()),
+            ]
+        );
+    }
 
     #[test]
     fn service_env_passes_only_what_differs() {

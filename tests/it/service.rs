@@ -149,6 +149,19 @@ fn purge_never_reads_a_non_terminal_stdin() {
 }
 
 #[test]
+fn purge_of_a_data_dir_shared_with_a_project_keeps_the_project() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let data = env.data_dir();
+    std::fs::create_dir_all(data.join("orchestration/results")).unwrap();
+    std::fs::write(data.join("Cargo.toml"), "[package]").unwrap();
+    let out = env.run(["uninstall", "--purge", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!data.join("orchestration").exists());
+    assert!(data.join("Cargo.toml").exists(), "{}", text(&out.stdout));
+}
+
+#[test]
 fn detached_start_status_stop_with_pid_files() {
     let mut env = Env::new();
     fake_systemctl(&mut env, "offline");
