@@ -1,6 +1,6 @@
 //! The context broker: what one agent type needs to know about a project — its structure
-//! (.gitignore respected, secrets never), the files its roster globs select, git state and
-//! metadata — within a byte budget, cached until the tree or HEAD changes.
+//! (.gitignore respected, secrets never: see `secrets`), the files its roster globs select,
+//! git state and metadata — within a byte budget, cached until the tree or HEAD changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use ignore::overrides::OverrideBuilder;
 
+use super::secrets::{WITHHELD, is_secret_name, is_secret_path, looks_secret};
 use crate::api::AgentType;
 use crate::api::sidecar::{Commit, FileContent, GitState, ProjectContext, ProjectMetadata};
 use crate::roster::Roster;
@@ -43,48 +44,6 @@ const SNIFF: usize = 1024;
 pub enum ContextError {
     #[error("project directory {0} does not exist or is not a directory")]
     NoProject(PathBuf),
-}
-
-/// Files and directories that are never listed nor read: keys, credentials, env files.
-pub fn is_secret(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower == ".env"
-        || lower.starts_with(".env.")
-        || lower.ends_with(".env")
-        || lower.starts_with("id_rsa")
-        || lower.starts_with("id_dsa")
-        || lower.starts_with("id_ecdsa")
-        || lower.starts_with("id_ed25519")
-        || [
-            ".pem",
-            ".key",
-            ".p12",
-            ".pfx",
-            ".jks",
-            ".keystore",
-            ".kdbx",
-            ".gpg",
-            ".asc",
-        ]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
-        || lower.starts_with("credentials")
-        || lower.starts_with("secrets.")
-        || matches!(
-            lower.as_str(),
-            ".netrc"
-                | ".npmrc"
-                | ".pypirc"
-                | ".git-credentials"
-                | ".htpasswd"
-                | ".ssh"
-                | ".aws"
-                | ".gnupg"
-                | ".docker"
-                | "secret"
-                | "secrets"
-                | ".git"
-        )
 }
 
 /// What a cached entry depended on; any change means rebuild.
@@ -191,7 +150,10 @@ impl ContextBroker {
             .hidden(false)
             .require_git(false)
             .follow_links(false)
-            .filter_entry(|e| e.file_name().to_str().is_none_or(|n| !is_secret(n)))
+            .filter_entry(|e| {
+                // Non-UTF-8 names are pruned too: they could not be matched.
+                e.depth() == 0 || e.file_name().to_str().is_some_and(|n| !is_secret_name(n))
+            })
             .build();
         for entry in walker.flatten() {
             let Some(ft) = entry.file_type() else {
@@ -277,13 +239,25 @@ impl ContextBroker {
             let Some(text) = read_text(&full, per_file.min(remaining)) else {
                 continue;
             };
-            let cut = (text.len() as u64) < *size;
-            let fc = FileContent {
-                path: path.clone(),
-                size: *size,
-                content: text,
-                truncated: cut,
+            // Named like a source file, shaped like a credential: say so, send nothing.
+            let fc = if looks_secret(path, &text) {
+                FileContent {
+                    path: path.clone(),
+                    size: *size,
+                    content: String::new(),
+                    truncated: false,
+                    withheld: Some(WITHHELD.into()),
+                }
+            } else {
+                FileContent {
+                    path: path.clone(),
+                    size: *size,
+                    truncated: (text.len() as u64) < *size,
+                    content: text,
+                    withheld: None,
+                }
             };
+            let cut = fc.truncated;
             let cost = serde_json::to_string(&fc).map_or(0, |s| s.len()) + 1;
             if cost > remaining {
                 truncated = true;
@@ -416,8 +390,7 @@ fn parse_porcelain(s: &str) -> Vec<String> {
         if xy.starts_with('R') || xy.starts_with('C') {
             parts.next();
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if !is_secret(name) {
+        if !is_secret_path(path) {
             out.push(path.to_string());
         }
     }
@@ -504,6 +477,77 @@ mod tests {
         let rel: Vec<_> = p.relevant_files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(rel, vec!["Cargo.toml", "src/main.rs"]);
         assert_eq!(p.metadata.languages.get("rust"), Some(&1));
+    }
+
+    /// The reviewer's leaks: every file below carries a marker that must never be served.
+    #[test]
+    fn secrets_by_name_and_by_content_are_never_served() {
+        let d = project();
+        let p = d.path();
+        for dir in ["k8s", "deploy", ".kube", ".aws"] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        let files = [
+            ("prod.tfvars", "db_pass = \"LEAK1\""),
+            ("terraform.tfstate", "LEAK1"),
+            ("k8s/secret.yaml", "data: LEAK1"),
+            ("gcp-sa-key.json", "{\"k\": \"LEAK1\"}"),
+            ("token.json", "{\"t\": \"LEAK1\"}"),
+            (".envrc", "export K=LEAK1"),
+            ("prod.env.bak", "K=LEAK1"),
+            (".kube/config", "LEAK1"),
+            (".aws/credentials", "LEAK1"),
+            (".dev.vars", "LEAK1"),
+            // Innocent names, credential contents.
+            ("config.yml", "db:\n  password: LEAK1\n"),
+            ("deploy/app.yaml", "key: AKIAIOSFODNN7EXAMPLE # LEAK1"),
+            (
+                "auth_helper.py",
+                "T = 'ghp_abcdefghijklmnopqrstuvwxyz0123' # LEAK1",
+            ),
+            ("session.json", "{\"private_key\": \"LEAK1\"}"),
+        ];
+        for (f, c) in files {
+            std::fs::write(p.join(f), c).unwrap();
+        }
+        let b = ContextBroker::new(roster(), 256 * 1024);
+        for t in [
+            "cloud-architect",
+            "gcp-specialist",
+            "sre",
+            "auth-specialist",
+            "secrets-scanner",
+            "rust-specialist",
+        ] {
+            let built = b.project(p, &AgentType::parse(t).unwrap()).unwrap();
+            assert!(!built.json.contains("LEAK1"), "{t}: {}", built.json);
+            assert!(!built.json.contains("AKIA"), "{t}");
+            let ctx: ProjectContext = serde_json::from_str(&built.json).unwrap();
+            for f in &ctx.structure {
+                assert!(!is_secret_path(f), "{t} lists {f}");
+            }
+            for f in [
+                "config.yml",
+                "deploy/app.yaml",
+                "auth_helper.py",
+                "session.json",
+            ] {
+                if let Some(fc) = ctx.relevant_files.iter().find(|fc| fc.path == f) {
+                    assert_eq!(fc.withheld.as_deref(), Some(WITHHELD), "{t}: {f}");
+                    assert!(fc.content.is_empty());
+                }
+            }
+        }
+        // The sre's `**/*config*` does select config.yml: it is listed as withheld.
+        let built = b.project(p, &AgentType::parse("sre").unwrap()).unwrap();
+        let ctx: ProjectContext = serde_json::from_str(&built.json).unwrap();
+        assert!(
+            ctx.relevant_files
+                .iter()
+                .any(|f| f.path == "config.yml" && f.withheld.is_some()),
+            "{}",
+            built.json
+        );
     }
 
     #[test]
