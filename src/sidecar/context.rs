@@ -322,11 +322,44 @@ fn git_dir(root: &Path) -> Option<PathBuf> {
     Some(if p.is_absolute() { p } else { root.join(p) })
 }
 
-fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
+/// A repository's own config (`.git/config`, includes) is untrusted input: it can name
+/// programs that read-only commands run (`core.fsmonitor`, filter drivers, `gpg.program` via
+/// `log.showSignature`, hooks, pagers, external diffs). These overrides win over it.
+const GIT_HARDENING: &[&str] = &[
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "log.showSignature=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "diff.external=",
+    "-c",
+    "core.pager=cat",
+    "--no-optional-locks",
+];
+
+/// Runs `git -C root <hardening> <overrides> args`. The environment carries no `GIT_*` of
+/// ours (no inherited `GIT_DIR`, `GIT_CONFIG_PARAMETERS`…), no system config and no prompts.
+/// `safe.directory` is left alone on purpose: git refuses a repository another user owns,
+/// and such a project simply has no git state.
+fn git_with(root: &Path, overrides: &[String], args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new("git");
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("GIT_")) {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .arg("-C")
         .arg(root)
+        .args(GIT_HARDENING)
+        .args(overrides)
         .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
         // `git status` would otherwise refresh the index, invalidating our own cache.
         .env("GIT_OPTIONAL_LOCKS", "0")
         .stdin(std::process::Stdio::null())
@@ -336,6 +369,45 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    git_with(root, &[], args)
+}
+
+/// `-c` overrides that disable every filter driver the config defines: `git status` runs a
+/// file's clean filter to compare it with the index. `None` when a driver's name cannot be
+/// overridden safely (it contains `=`), in which case `status` is not run at all.
+fn filter_overrides(root: &Path) -> Option<Vec<String>> {
+    let keys = git(
+        root,
+        &[
+            "config",
+            "--includes",
+            "-z",
+            "--name-only",
+            "--get-regexp",
+            r"^filter\.",
+        ],
+    )
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    for key in keys.split('\0').filter(|k| !k.is_empty()) {
+        let value =
+            if key.ends_with(".clean") || key.ends_with(".smudge") || key.ends_with(".process") {
+                ""
+            } else if key.ends_with(".required") {
+                "false"
+            } else {
+                continue;
+            };
+        if key.contains('=') || key.contains('\n') {
+            return None;
+        }
+        out.push("-c".to_string());
+        out.push(format!("{key}={value}"));
+    }
+    Some(out)
 }
 
 fn git_state(root: &Path) -> GitState {
@@ -367,7 +439,14 @@ fn git_state(root: &Path) -> GitState {
             .collect()
     })
     .unwrap_or_default();
-    let dirty_files = git(root, &["status", "--porcelain=v1", "-z"])
+    let dirty_files = filter_overrides(root)
+        .and_then(|o| {
+            git_with(
+                root,
+                &o,
+                &["status", "--porcelain=v1", "-z", "--ignore-submodules=all"],
+            )
+        })
         .map(|s| parse_porcelain(&s))
         .unwrap_or_default();
     GitState {
@@ -587,6 +666,60 @@ mod tests {
         let b = ContextBroker::new(roster(), 1024);
         let t = AgentType::parse("no-such-agent").unwrap();
         assert!(b.patterns(&t).contains(&"README*".to_string()));
+    }
+
+    /// A repository's own config must not make the sidecar run anything: `core.fsmonitor`
+    /// and a clean filter (which `git status` runs on a racily modified file) both would.
+    #[test]
+    fn hostile_git_config_runs_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let run = |args: &[&str]| {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(p)
+                .args(["-c", "user.name=a", "-c", "user.email=a@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        std::fs::write(p.join("a.txt"), "hello\n").unwrap();
+        std::fs::write(p.join(".gitattributes"), "* filter=x\n").unwrap();
+        run(&["init", "-q", "-b", "main"]);
+        run(&["add", "."]);
+        run(&["commit", "-q", "-m", "initial"]);
+        let fs_marker = p.join("PWNED_FSMONITOR");
+        let filter_marker = p.join("PWNED_FILTER");
+        let hostile = [
+            (
+                "core.fsmonitor",
+                format!("touch {}; false #", fs_marker.display()),
+            ),
+            (
+                "filter.x.clean",
+                format!("touch {}; cat", filter_marker.display()),
+            ),
+            ("filter.x.required", "true".to_string()),
+        ];
+        for (k, v) in &hostile {
+            run(&["config", k, v]);
+        }
+        // Same size, new mtime: status must hash the file, through the filter.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(p.join("a.txt"))
+            .unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap();
+        drop(f);
+        let state = git_state(p);
+        assert_eq!(state.branch.as_deref(), Some("main"));
+        assert_eq!(state.recent_commits.len(), 1);
+        assert!(!fs_marker.exists(), "core.fsmonitor ran");
+        assert!(!filter_marker.exists(), "the clean filter ran");
     }
 
     #[test]

@@ -1019,6 +1019,40 @@ fn security_regressions() {
     assert_error(status, &e, 413, "payload_too_large");
 }
 
+/// A project's own `.git/config` names a program; a context request must not run it.
+#[test]
+fn hostile_git_config_is_not_run_by_a_context_request() {
+    let sc = start_sidecar(Env::new());
+    let port = sc.env.sidecar_port;
+    let marker = sc.env.tmp.path().join("PWNED");
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(&sc.project)
+        .args([
+            "config",
+            "core.fsmonitor",
+            &format!("touch {}; false #", marker.display()),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let (status, ctx) = api(
+        port,
+        "GET",
+        "/api/context/issue-1/rust-specialist",
+        &sc.token,
+        None,
+    );
+    assert_eq!(status, 200, "{ctx}");
+    assert_eq!(ctx["project"]["git"]["branch"], "main", "{ctx}");
+    assert_eq!(
+        ctx["project"]["git"]["dirty_files"][0], "src/main.rs",
+        "{ctx}"
+    );
+    assert!(!marker.exists(), "the repository's core.fsmonitor ran");
+}
+
 /// Unmounts the tmpfs when the test ends, however it ends.
 struct Mount(PathBuf);
 
