@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::context::{ProjectRefused, check_project};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
 use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent, Subscription};
@@ -148,35 +149,45 @@ pub struct ContextQuery {
     project: Option<String>,
 }
 
-/// The project a context request reads: the token's `project`, or `?project=` inside it.
-fn project_root(claims: &Claims, asked: Option<&str>) -> Result<PathBuf, ApiError> {
+/// The project a context request reads: the token's `project`, or `?project=` inside it;
+/// for a token bound to no project, `?project=` naming a real project (see
+/// `context::check_project`). Never `/`, a system directory or the home directory itself.
+fn project_root(
+    claims: &Claims,
+    asked: Option<&str>,
+    home: Option<&Path>,
+) -> Result<PathBuf, ApiError> {
     let canon = |p: &str| {
         std::fs::canonicalize(p)
             .ok()
             .filter(|p| p.is_dir())
             .ok_or_else(|| ApiError::NotFound(format!("project directory {p:?} does not exist")))
     };
-    match (claims.project.as_deref(), asked) {
+    let refused = |e: ProjectRefused| ApiError::from(AuthError::OutOfScope(e.to_string()));
+    let (root, unbound) = match (claims.project.as_deref(), asked) {
         (Some(bound), Some(asked)) => {
             let (bound, asked) = (canon(bound)?, canon(asked)?);
-            if asked.starts_with(&bound) {
-                Ok(asked)
-            } else {
-                Err(AuthError::OutOfScope(format!(
+            if !asked.starts_with(&bound) {
+                return Err(AuthError::OutOfScope(format!(
                     "token is bound to project {}, not {}",
                     bound.display(),
                     asked.display()
                 ))
-                .into())
+                .into());
             }
+            (asked, false)
         }
-        (Some(bound), None) => canon(bound),
-        (None, Some(asked)) => canon(asked),
-        (None, None) => Err(ApiError::BadRequest(
-            "no project: pass ?project=DIR or use a token bound to one (`cco token --project DIR`)"
-                .into(),
-        )),
-    }
+        (Some(bound), None) => (canon(bound)?, false),
+        (None, Some(asked)) => (canon(asked)?, true),
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "no project: pass ?project=DIR or use a token bound to one (`cco token --project DIR`)"
+                    .into(),
+            ));
+        }
+    };
+    check_project(&root, home, unbound).map_err(refused)?;
+    Ok(root)
 }
 
 pub async fn get_context(
@@ -187,7 +198,7 @@ pub async fn get_context(
 ) -> Result<Response, ApiError> {
     claims.require(Scope::ContextRead)?;
     claims.check_binding(Some(issue_id.as_str()), Some(agent_type.as_str()))?;
-    let root = project_root(&claims, q.project.as_deref())?;
+    let root = project_root(&claims, q.project.as_deref(), s.inner.home.as_deref())?;
     let body = blocking(move || -> Result<String, ApiError> {
         let built = s
             .inner

@@ -1019,6 +1019,89 @@ fn security_regressions() {
     assert_error(status, &e, 413, "payload_too_large");
 }
 
+/// Context stays inside real projects, and never serves a secret by name or by content.
+#[test]
+fn context_stays_in_projects_and_serves_no_secrets() {
+    let sc = start_sidecar(Env::new());
+    let port = sc.env.sidecar_port;
+    let path = "/api/context/issue-1/rust-specialist";
+    let q = |p: &Path| format!("{path}?project={}", p.display());
+
+    // A token bound to no project may name only a real project: never /, /etc, $HOME, nor a
+    // directory that is neither a git work tree nor holds a project file.
+    let unbound = token(&sc.env, &["--any-project"]);
+    let bare = sc.env.tmp.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for p in [Path::new("/"), Path::new("/etc"), &sc.env.home, &bare] {
+        let (status, e) = api(port, "GET", &q(p), &unbound, None);
+        assert_error(status, &e, 403, "out_of_scope");
+    }
+    let (status, ctx) = api(port, "GET", &q(&sc.project), &unbound, None);
+    assert_eq!(status, 200, "{ctx}");
+    let (status, e) = api(port, "GET", path, &unbound, None);
+    assert_error(status, &e, 400, "bad_request");
+    // A token bound to the home directory itself reads nothing.
+    let home_bound = token(&sc.env, &["--project", sc.env.home.to_str().unwrap()]);
+    let (status, e) = api(port, "GET", path, &home_bound, None);
+    assert_error(status, &e, 403, "out_of_scope");
+
+    // Files the reviewer saw leak, each with a marker.
+    for d in ["k8s", "deploy"] {
+        std::fs::create_dir_all(sc.project.join(d)).unwrap();
+    }
+    let files = [
+        ("prod.tfvars", "db = \"LEAKED\""),
+        ("k8s/secret.yaml", "data: LEAKED"),
+        ("gcp-sa-key.json", "{\"k\":\"LEAKED\"}"),
+        ("token.json", "{\"t\":\"LEAKED\"}"),
+        (".envrc", "export K=LEAKED"),
+        ("prod.env.bak", "K=LEAKED"),
+        ("config.yml", "db:\n  password: LEAKED\n"),
+        ("deploy/server.json", "{\"private_key\": \"LEAKED\"}"),
+    ];
+    for (f, c) in files {
+        std::fs::write(sc.project.join(f), c).unwrap();
+    }
+    for t in [
+        "cloud-architect",
+        "gcp-specialist",
+        "sre",
+        "auth-specialist",
+        "secrets-scanner",
+        "rust-specialist",
+    ] {
+        let (status, ctx) = api(
+            port,
+            "GET",
+            &format!("/api/context/issue-1/{t}"),
+            &sc.token,
+            None,
+        );
+        assert_eq!(status, 200, "{ctx}");
+        let text = ctx.to_string();
+        assert!(!text.contains("LEAKED"), "{t}: {text}");
+        for name in [
+            ".envrc",
+            "prod.tfvars",
+            "secret.yaml",
+            "sa-key",
+            "token.json",
+            "prod.env",
+        ] {
+            assert!(!text.contains(name), "{t} names {name}: {text}");
+        }
+    }
+    let (_, ctx) = api(port, "GET", "/api/context/issue-1/sre", &sc.token, None);
+    let withheld: Vec<&str> = ctx["project"]["relevant_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["withheld"] == "looks like a secret")
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(withheld, ["config.yml", "deploy/server.json"], "{ctx}");
+}
+
 /// A project's own `.git/config` names a program; a context request must not run it.
 #[test]
 fn hostile_git_config_is_not_run_by_a_context_request() {
