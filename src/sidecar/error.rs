@@ -24,6 +24,10 @@ pub enum ApiError {
         "cursor {since} is older than the journal's retention (oldest kept: {oldest}); restart from `since={floor}` or without `since`"
     )]
     CursorGone { since: u64, oldest: u64, floor: u64 },
+    #[error(
+        "`{0}` events are published by the sidecar itself (POST /api/results, POST /api/agents/{{id}}/status); publish another event type"
+    )]
+    ReservedEventType(String),
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("POST bodies must be `Content-Type: application/json`")]
@@ -53,6 +57,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ReservedEventType(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::CursorGone { .. } => StatusCode::GONE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -73,6 +78,7 @@ impl ApiError {
             ApiError::Auth(AuthError::Missing) => "missing_token",
             ApiError::Auth(_) => "invalid_token",
             ApiError::NotFound(_) => "not_found",
+            ApiError::ReservedEventType(_) => "reserved_event_type",
             ApiError::CursorGone { .. } => "cursor_expired",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::NotJson => "unsupported_media_type",
@@ -135,6 +141,11 @@ mod tests {
                 "cursor_expired",
             ),
             (ApiError::TooLarge { limit: 10 }, 413, "payload_too_large"),
+            (
+                ApiError::ReservedEventType("agent_completed".into()),
+                403,
+                "reserved_event_type",
+            ),
             (ApiError::NotJson, 415, "unsupported_media_type"),
             (ApiError::DiskFull, 507, "disk_full"),
         ];

@@ -40,6 +40,8 @@ pub const AGENT_COMPLETED: &str = "agent_completed";
 /// The events an agent status update publishes.
 pub const AGENT_STARTED: &str = "agent_started";
 pub const AGENT_FAILED: &str = "agent_failed";
+/// Lifecycle events only the sidecar publishes, so waiters can trust them.
+const RESERVED_EVENTS: [&str; 3] = [AGENT_STARTED, AGENT_COMPLETED, AGENT_FAILED];
 
 impl From<JournalError> for ApiError {
     fn from(e: JournalError) -> Self {
@@ -332,8 +334,19 @@ pub async fn publish_event(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     claims.require(Scope::EventsPublish)?;
+    if RESERVED_EVENTS.contains(&event_type.as_str()) {
+        return Err(ApiError::ReservedEventType(event_type.to_string()));
+    }
     check_label("publisher", &req.publisher, true)?;
     check_label("topic", &req.topic, true)?;
+    if let Some(issue) = &claims.issue_id
+        && req.topic != *issue
+    {
+        return Err(AuthError::OutOfScope(format!(
+            "token is bound to issue {issue}; publish with \"topic\": \"{issue}\""
+        ))
+        .into());
+    }
     if let Some(c) = &req.correlation_id {
         check_label("correlation_id", c, false)?;
     }
@@ -377,6 +390,19 @@ fn parse_filter(filter: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The topic a reader may see: a token bound to an issue reads only that issue's topic
+/// (forced when no filter is given; another topic is 403).
+fn scoped_topic(claims: &Claims, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match (&claims.issue_id, asked) {
+        (Some(issue), Some(topic)) if topic != *issue => Err(AuthError::OutOfScope(format!(
+            "token is bound to issue {issue}; wait with filter=topic:{issue} or without a filter"
+        ))
+        .into()),
+        (Some(issue), _) => Ok(Some(issue.clone())),
+        (None, topic) => Ok(topic),
+    }
+}
+
 fn batch_json(events: &[Arc<JournalEvent>], next_since: u64) -> String {
     let size: usize = events.iter().map(|e| e.json.get().len() + 1).sum();
     let mut out = String::with_capacity(size + 40);
@@ -402,7 +428,7 @@ pub async fn wait_events(
     claims.require(Scope::EventsWait)?;
     let filter = EventFilter {
         event_type: Some(event_type.to_string()),
-        topic: parse_filter(q.filter.as_deref())?,
+        topic: scoped_topic(&claims, parse_filter(q.filter.as_deref())?)?,
     };
     let timeout = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let (events, next) = s
@@ -442,7 +468,7 @@ pub async fn stream_events(
     claims.require(Scope::EventsWait)?;
     let filter = EventFilter {
         event_type: q.event_type.map(|t| t.to_string()),
-        topic: parse_filter(q.filter.as_deref())?,
+        topic: scoped_topic(&claims, parse_filter(q.filter.as_deref())?)?,
     };
     // A reconnecting EventSource sends the last id it saw.
     let last_id = headers

@@ -930,6 +930,70 @@ fn security_regressions() {
     );
     assert_error(status, &e, 403, "missing_scope");
 
+    // A token bound to an issue publishes and reads only that issue's topic.
+    let issue_bound = token(&sc.env, &["--issue", "issue-1"]);
+    let publish = |tok: &str, ty: &str, topic: &str| {
+        api(
+            port,
+            "POST",
+            &format!("/api/events/{ty}"),
+            tok,
+            Some(&json!({"publisher":"p","topic":topic})),
+        )
+    };
+    let (status, own) = publish(&issue_bound, "progress", "issue-1");
+    assert_eq!(status, 201, "{own}");
+    let (status, e) = publish(&issue_bound, "progress", "issue-2");
+    assert_error(status, &e, 403, "out_of_scope");
+    let (status, other) = publish(t, "progress", "issue-2");
+    assert_eq!(status, 201, "{other}");
+    let (status, e) = api(
+        port,
+        "GET",
+        "/api/events/wait/progress?since=0&filter=topic:issue-2&timeout=0",
+        &issue_bound,
+        None,
+    );
+    assert_error(status, &e, 403, "out_of_scope");
+    // Without a filter the issue's topic is forced: issue-2's event stays invisible.
+    let (status, batch) = api(
+        port,
+        "GET",
+        "/api/events/wait/progress?since=0&timeout=0",
+        &issue_bound,
+        None,
+    );
+    assert_eq!(status, 200, "{batch}");
+    assert_eq!(batch["events"].as_array().unwrap().len(), 1, "{batch}");
+    assert_eq!(batch["events"][0]["seq"], own["seq"]);
+    let (status, e) = api(
+        port,
+        "GET",
+        "/api/events/stream?since=0&filter=topic:issue-2&follow=false",
+        &issue_bound,
+        None,
+    );
+    assert_error(status, &e, 403, "out_of_scope");
+    let (status, body) = http(
+        port,
+        "GET",
+        "/api/events/stream?since=0&follow=false",
+        &[("Authorization", &format!("Bearer {issue_bound}"))],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("issue-1") && !body.contains("issue-2"),
+        "{body}"
+    );
+    // Lifecycle events come from the sidecar alone, whatever the token.
+    for ty in ["agent_started", "agent_completed", "agent_failed"] {
+        for tok in [t.as_str(), issue_bound.as_str()] {
+            let (status, e) = publish(tok, ty, "issue-1");
+            assert_error(status, &e, 403, "reserved_event_type");
+        }
+    }
+
     // Foreign Host (DNS rebinding) and Origin (a web page): 403, and no CORS headers ever.
     let (status, head, _) = raw(
         port,
