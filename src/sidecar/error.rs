@@ -24,6 +24,11 @@ pub enum ApiError {
         "cursor {since} is older than the journal's retention (oldest kept: {oldest}); restart from `since={floor}` or without `since`"
     )]
     CursorGone { since: u64, oldest: u64, floor: u64 },
+    /// No `since=` in the message: `cco events` would retry from it.
+    #[error(
+        "cursor {since} is ahead of the journal's newest event ({head}): the journal was reset (its database lost or replaced); restart without `since` (or from 0) and drop cursors saved before"
+    )]
+    CursorAhead { since: u64, head: u64 },
     #[error(
         "`{0}` events are published by the sidecar itself (POST /api/results, POST /api/agents/{{id}}/status); publish another event type"
     )]
@@ -59,7 +64,7 @@ impl ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::ReservedEventType(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::CursorGone { .. } => StatusCode::GONE,
+            ApiError::CursorGone { .. } | ApiError::CursorAhead { .. } => StatusCode::GONE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -80,6 +85,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::ReservedEventType(_) => "reserved_event_type",
             ApiError::CursorGone { .. } => "cursor_expired",
+            ApiError::CursorAhead { .. } => "cursor_ahead",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::NotJson => "unsupported_media_type",
             ApiError::DiskFull => "disk_full",
@@ -139,6 +145,11 @@ mod tests {
                 },
                 410,
                 "cursor_expired",
+            ),
+            (
+                ApiError::CursorAhead { since: 9, head: 2 },
+                410,
+                "cursor_ahead",
             ),
             (ApiError::TooLarge { limit: 10 }, 413, "payload_too_large"),
             (

@@ -51,6 +51,7 @@ impl From<JournalError> for ApiError {
                 oldest: floor + 1,
                 floor,
             },
+            JournalError::Ahead { since, head } => ApiError::CursorAhead { since, head },
             JournalError::DiskFull => ApiError::DiskFull,
             JournalError::Closed => ApiError::Unavailable,
             e => ApiError::internal(e),
@@ -481,6 +482,10 @@ pub async fn stream_events(
     let floor = s.journal().floor();
     if since < floor {
         return Err(JournalError::Gone { since, floor }.into());
+    }
+    let head = s.journal().head();
+    if since > head {
+        return Err(JournalError::Ahead { since, head }.into());
     }
     let state = StreamState {
         _sub: Subscription::new(s.journal()),

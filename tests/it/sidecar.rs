@@ -709,6 +709,38 @@ fn retention_turns_old_cursors_into_410() {
     let (status, batch) = api(port, "GET", "/api/events/wait/e?since=9", &sc.token, None);
     assert_eq!(status, 200);
     assert_eq!(batch["events"][0]["seq"], 10);
+    // `cco events` without --since restarts from the oldest kept event.
+    let out = sc.env.run(["events", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"seq\":10"));
+
+    // A cursor from before the journal was reset (state.db lost) is ahead of the head: 410
+    // `cursor_ahead` at once, not a wait that would skip the events reusing those seqs.
+    for path in [
+        "/api/events/wait/e?since=11&timeout=60000",
+        "/api/events/stream?since=11",
+    ] {
+        let started = Instant::now();
+        let (status, e) = api(port, "GET", path, &sc.token, None);
+        assert_error(status, &e, 410, "cursor_ahead");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("since="),
+            "cco events would retry: {message}"
+        );
+    }
+    let out = sc.env.run(["events", "--since", "11"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ahead"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One agent per type (119 generated names), all at once: context, results, events, status.
