@@ -622,6 +622,73 @@ fn repeated_polls_see_every_event_once_in_order_through_the_daemon() {
     assert_eq!(b.join().unwrap(), published[1]);
 }
 
+/// Stopping the daemon (`cco daemon restart`) ends forwarded long polls and streams with
+/// complete answers at once — not a 10 s hang and a reset.
+#[test]
+fn daemon_stop_ends_forwarded_long_polls_and_streams_cleanly() {
+    use std::io::{Read, Write};
+    let sc = start_sidecar(Env::new());
+    let mut daemon = sc.env.start("daemon");
+    let port = sc.env.daemon_port;
+    let mut sse = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        sse,
+        "GET /api/events/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {}\r\n\r\n",
+        sc.token
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        sse.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    let poll = {
+        let t = sc.token.clone();
+        std::thread::spawn(move || {
+            let answer = api(
+                port,
+                "GET",
+                "/api/events/wait/never?timeout=60000",
+                &t,
+                None,
+            );
+            (answer, Instant::now())
+        })
+    };
+    // Both are parked in the sidecar.
+    let parked = Instant::now();
+    loop {
+        let (_, body) = get(sc.env.sidecar_port, "/status");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        if st["events"]["active_subscriptions"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(parked.elapsed() < Duration::from_secs(10), "{st}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = Instant::now();
+    assert!(daemon.terminate().success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "the daemon took {:?} to exit",
+        stopped.elapsed()
+    );
+    let ((status, e), answered) = poll.join().unwrap();
+    assert_error(status, &e, 503, "unavailable");
+    assert!(answered.duration_since(stopped) < Duration::from_secs(3));
+    let mut rest = Vec::new();
+    sse.read_to_end(&mut rest)
+        .expect("the stream ended cleanly, not with a reset");
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"),
+        "no final chunk: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 #[test]
 fn kill_9_and_restart_loses_nothing() {
     let sc = start_sidecar(Env::new());
