@@ -264,11 +264,14 @@ pub async fn store_result(
         result: sub.result,
         stored_at: super::journal::rfc3339_now(),
     };
-    let (path, stored) = {
-        let s = s.clone();
-        blocking(move || s.inner.results.store(&stored).map(|p| (p, stored))).await??
+    // Written first, then announced; if the announcement fails the write is undone, so a 5xx
+    // means "nothing happened" and a retry is safe.
+    let written = {
+        let (s, stored) = (s.clone(), stored.clone());
+        blocking(move || s.inner.results.store(&stored)).await??
     };
-    let event = s
+    let path = written.path.clone();
+    let published = s
         .journal()
         .publish(NewEvent {
             event_type: EventType::parse(AGENT_COMPLETED).expect("valid event type"),
@@ -283,7 +286,23 @@ pub async fn store_result(
             }),
             correlation_id: None,
         })
-        .await?;
+        .await;
+    let event = match published {
+        Ok(event) => event,
+        Err(e) => {
+            let s = s.clone();
+            match blocking(move || s.inner.results.undo(written)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(undo)) => {
+                    tracing::error!(error = %undo, "cannot undo a result whose event failed")
+                }
+                Err(undo) => {
+                    tracing::error!(error = %undo, "cannot undo a result whose event failed")
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let body = ResultStored {
         stored: true,
         path: path.display().to_string(),
