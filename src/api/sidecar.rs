@@ -247,6 +247,9 @@ pub struct FileContent {
     pub content: String,
     /// Only the start of the file is included.
     pub truncated: bool,
+    /// Why `content` is empty although the file matched: its text looks like a credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -183,7 +183,14 @@ fn run_daemon(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitC
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let tracker = Arc::new(Tracker::default());
         let stopper = Arc::new(Stopper::default());
-        let state = DaemonState::new(config, paths, origin, sealed.generation, tracker.clone());
+        let state = DaemonState::new(
+            config,
+            paths,
+            origin,
+            sealed.generation,
+            tracker.clone(),
+            stopper.subscribe(),
+        );
         let app = daemon::router(state);
         let _ = listen::notify("READY=1");
         tracing::info!(

@@ -1,5 +1,6 @@
 //! `/api/*` on the daemon, forwarded unchanged to the sidecar: agents only know
-//! `ORCHESTRATOR_API_URL`. Bodies stream both ways, so long polls and SSE pass through.
+//! `ORCHESTRATOR_API_URL`. Bodies stream both ways, so long polls and SSE pass through; a
+//! daemon stop ends them cleanly (503 before the answer's head, end of stream after it).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -9,8 +10,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use futures_util::StreamExt;
+use http_body_util::{BodyStream, StreamBody};
+
 use super::DaemonState;
 use crate::server::error_response;
+
+/// Once the daemon stops, how long a forwarded request may still take to get its answer's
+/// head: quick requests already sent finish; long polls give up with 503.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -56,7 +64,34 @@ pub async fn forward(State(state): State<DaemonState>, mut req: Request) -> Resp
         header::HOST,
         HeaderValue::from_str(&format!("127.0.0.1:{port}")).expect("valid host"),
     );
-    match state.inner.client.request(req).await {
+    let mut stopping = state.inner.stopping.clone();
+    let answer = tokio::select! {
+        r = state.inner.client.request(req) => r,
+        _ = async {
+            stopping.wait().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {
+            let mut resp = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the daemon is restarting; retry the request (long polls: poll again with the same `since`)",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+    };
+    match answer {
+        // A streamed answer (SSE) ends where it is when the daemon stops: the client sees a
+        // complete response and reconnects, instead of a reset after the grace period.
+        Ok(resp) if !resp.headers().contains_key(header::CONTENT_LENGTH) => {
+            let mut stopping = state.inner.stopping.clone();
+            resp.map(|body| {
+                let frames = BodyStream::new(body).take_until(async move { stopping.wait().await });
+                Body::new(StreamBody::new(frames))
+            })
+            .into_response()
+        }
         Ok(resp) => resp.map(Body::new).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, port, "sidecar unreachable");

@@ -16,7 +16,7 @@ use crate::api::{DaemonHealth, DaemonStatus};
 use crate::config::Config;
 use crate::listen::Origin;
 use crate::paths::Paths;
-use crate::server::{GuardPort, Tracker, guard};
+use crate::server::{GuardPort, Stopping, Tracker, guard};
 
 pub const SERVICE: &str = "cco-daemon";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -34,6 +34,8 @@ struct Inner {
     generation: u64,
     tracker: Arc<Tracker>,
     client: forward::HttpClient,
+    /// Ends forwarded long polls and streams when the daemon stops.
+    stopping: Stopping,
 }
 
 impl DaemonState {
@@ -43,6 +45,7 @@ impl DaemonState {
         origin: Origin,
         generation: u64,
         tracker: Arc<Tracker>,
+        stopping: Stopping,
     ) -> Self {
         DaemonState {
             inner: Arc::new(Inner {
@@ -53,6 +56,7 @@ impl DaemonState {
                 generation,
                 tracker,
                 client: forward::client(),
+                stopping,
             }),
         }
     }

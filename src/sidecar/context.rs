@@ -1,6 +1,6 @@
 //! The context broker: what one agent type needs to know about a project — its structure
-//! (.gitignore respected, secrets never), the files its roster globs select, git state and
-//! metadata — within a byte budget, cached until the tree or HEAD changes.
+//! (.gitignore respected, secrets never: see `secrets`), the files its roster globs select,
+//! git state and metadata — within a byte budget, cached until the tree or HEAD changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use ignore::overrides::OverrideBuilder;
 
+use super::secrets::{WITHHELD, is_secret_name, is_secret_path, looks_secret};
 use crate::api::AgentType;
 use crate::api::sidecar::{Commit, FileContent, GitState, ProjectContext, ProjectMetadata};
 use crate::roster::Roster;
@@ -45,46 +46,89 @@ pub enum ContextError {
     NoProject(PathBuf),
 }
 
-/// Files and directories that are never listed nor read: keys, credentials, env files.
-pub fn is_secret(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower == ".env"
-        || lower.starts_with(".env.")
-        || lower.ends_with(".env")
-        || lower.starts_with("id_rsa")
-        || lower.starts_with("id_dsa")
-        || lower.starts_with("id_ecdsa")
-        || lower.starts_with("id_ed25519")
-        || [
-            ".pem",
-            ".key",
-            ".p12",
-            ".pfx",
-            ".jks",
-            ".keystore",
-            ".kdbx",
-            ".gpg",
-            ".asc",
-        ]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
-        || lower.starts_with("credentials")
-        || lower.starts_with("secrets.")
-        || matches!(
-            lower.as_str(),
-            ".netrc"
-                | ".npmrc"
-                | ".pypirc"
-                | ".git-credentials"
-                | ".htpasswd"
-                | ".ssh"
-                | ".aws"
-                | ".gnupg"
-                | ".docker"
-                | "secret"
-                | "secrets"
-                | ".git"
-        )
+/// Why a directory may not be read as a project (the answer is 403 `out_of_scope`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProjectRefused {
+    #[error(
+        "{0} is the filesystem root or a system directory, not a project; pass the project's own directory"
+    )]
+    System(PathBuf),
+    #[error(
+        "{0} is your home directory or contains it, not a project; run cco from (or pass ?project=) the project's own directory"
+    )]
+    Home(PathBuf),
+    #[error("{0} is inside a credentials directory; pass the project's own directory")]
+    Secret(PathBuf),
+    #[error(
+        "{0} is neither a git work tree nor holds a project file (Cargo.toml, package.json, …); pass the project's root, or bind the token to it with `cco token --project DIR`"
+    )]
+    NotAProject(PathBuf),
+}
+
+/// Never a project, nor anything below them.
+const SYSTEM_TREES: &[&str] = &[
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/private/etc",
+    "/System",
+];
+/// Never a project themselves (projects may live below some of them).
+const SYSTEM_DIRS: &[&str] = &[
+    "/", "/usr", "/var", "/bin", "/sbin", "/lib", "/lib64", "/run", "/opt", "/srv", "/tmp",
+    "/home", "/Users", "/private", "/Library",
+];
+/// Files that make a directory a project for tokens not bound to one.
+pub const PROJECT_MARKERS: &[&str] = &[
+    ".git",
+    "Cargo.toml",
+    "package.json",
+    "pyproject.toml",
+    "setup.py",
+    "go.mod",
+    "Makefile",
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "Gemfile",
+    "composer.json",
+    "CMakeLists.txt",
+    "mix.exs",
+    "deno.json",
+];
+
+/// Whether the canonical directory `root` may be walked as a project. `home` is the
+/// (canonical) home directory; `unbound` tokens (no `project` claim) must also name a real
+/// project: a git work tree or a directory with a project file, never an ancestor of home.
+pub fn check_project(
+    root: &Path,
+    home: Option<&Path>,
+    unbound: bool,
+) -> Result<(), ProjectRefused> {
+    if SYSTEM_DIRS.iter().any(|d| root == Path::new(d))
+        || SYSTEM_TREES.iter().any(|d| root.starts_with(d))
+    {
+        return Err(ProjectRefused::System(root.to_owned()));
+    }
+    if let Some(home) = home
+        && (root == home || (unbound && home.starts_with(root)))
+    {
+        return Err(ProjectRefused::Home(root.to_owned()));
+    }
+    let in_credentials = root.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && is_secret_name(n))
+    });
+    if in_credentials {
+        return Err(ProjectRefused::Secret(root.to_owned()));
+    }
+    if unbound && !PROJECT_MARKERS.iter().any(|m| root.join(m).exists()) {
+        return Err(ProjectRefused::NotAProject(root.to_owned()));
+    }
+    Ok(())
 }
 
 /// What a cached entry depended on; any change means rebuild.
@@ -191,7 +235,10 @@ impl ContextBroker {
             .hidden(false)
             .require_git(false)
             .follow_links(false)
-            .filter_entry(|e| e.file_name().to_str().is_none_or(|n| !is_secret(n)))
+            .filter_entry(|e| {
+                // Non-UTF-8 names are pruned too: they could not be matched.
+                e.depth() == 0 || e.file_name().to_str().is_some_and(|n| !is_secret_name(n))
+            })
             .build();
         for entry in walker.flatten() {
             let Some(ft) = entry.file_type() else {
@@ -277,13 +324,25 @@ impl ContextBroker {
             let Some(text) = read_text(&full, per_file.min(remaining)) else {
                 continue;
             };
-            let cut = (text.len() as u64) < *size;
-            let fc = FileContent {
-                path: path.clone(),
-                size: *size,
-                content: text,
-                truncated: cut,
+            // Named like a source file, shaped like a credential: say so, send nothing.
+            let fc = if looks_secret(path, &text) {
+                FileContent {
+                    path: path.clone(),
+                    size: *size,
+                    content: String::new(),
+                    truncated: false,
+                    withheld: Some(WITHHELD.into()),
+                }
+            } else {
+                FileContent {
+                    path: path.clone(),
+                    size: *size,
+                    truncated: (text.len() as u64) < *size,
+                    content: text,
+                    withheld: None,
+                }
             };
+            let cut = fc.truncated;
             let cost = serde_json::to_string(&fc).map_or(0, |s| s.len()) + 1;
             if cost > remaining {
                 truncated = true;
@@ -348,11 +407,44 @@ fn git_dir(root: &Path) -> Option<PathBuf> {
     Some(if p.is_absolute() { p } else { root.join(p) })
 }
 
-fn git(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
+/// A repository's own config (`.git/config`, includes) is untrusted input: it can name
+/// programs that read-only commands run (`core.fsmonitor`, filter drivers, `gpg.program` via
+/// `log.showSignature`, hooks, pagers, external diffs). These overrides win over it.
+const GIT_HARDENING: &[&str] = &[
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "log.showSignature=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "diff.external=",
+    "-c",
+    "core.pager=cat",
+    "--no-optional-locks",
+];
+
+/// Runs `git -C root <hardening> <overrides> args`. The environment carries no `GIT_*` of
+/// ours (no inherited `GIT_DIR`, `GIT_CONFIG_PARAMETERS`…), no system config and no prompts.
+/// `safe.directory` is left alone on purpose: git refuses a repository another user owns,
+/// and such a project simply has no git state.
+fn git_with(root: &Path, overrides: &[String], args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new("git");
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("GIT_")) {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .arg("-C")
         .arg(root)
+        .args(GIT_HARDENING)
+        .args(overrides)
         .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
         // `git status` would otherwise refresh the index, invalidating our own cache.
         .env("GIT_OPTIONAL_LOCKS", "0")
         .stdin(std::process::Stdio::null())
@@ -362,6 +454,45 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    git_with(root, &[], args)
+}
+
+/// `-c` overrides that disable every filter driver the config defines: `git status` runs a
+/// file's clean filter to compare it with the index. `None` when a driver's name cannot be
+/// overridden safely (it contains `=`), in which case `status` is not run at all.
+fn filter_overrides(root: &Path) -> Option<Vec<String>> {
+    let keys = git(
+        root,
+        &[
+            "config",
+            "--includes",
+            "-z",
+            "--name-only",
+            "--get-regexp",
+            r"^filter\.",
+        ],
+    )
+    .unwrap_or_default();
+    let mut out = Vec::new();
+    for key in keys.split('\0').filter(|k| !k.is_empty()) {
+        let value =
+            if key.ends_with(".clean") || key.ends_with(".smudge") || key.ends_with(".process") {
+                ""
+            } else if key.ends_with(".required") {
+                "false"
+            } else {
+                continue;
+            };
+        if key.contains('=') || key.contains('\n') {
+            return None;
+        }
+        out.push("-c".to_string());
+        out.push(format!("{key}={value}"));
+    }
+    Some(out)
 }
 
 fn git_state(root: &Path) -> GitState {
@@ -393,7 +524,14 @@ fn git_state(root: &Path) -> GitState {
             .collect()
     })
     .unwrap_or_default();
-    let dirty_files = git(root, &["status", "--porcelain=v1", "-z"])
+    let dirty_files = filter_overrides(root)
+        .and_then(|o| {
+            git_with(
+                root,
+                &o,
+                &["status", "--porcelain=v1", "-z", "--ignore-submodules=all"],
+            )
+        })
         .map(|s| parse_porcelain(&s))
         .unwrap_or_default();
     GitState {
@@ -416,8 +554,7 @@ fn parse_porcelain(s: &str) -> Vec<String> {
         if xy.starts_with('R') || xy.starts_with('C') {
             parts.next();
         }
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if !is_secret(name) {
+        if !is_secret_path(path) {
             out.push(path.to_string());
         }
     }
@@ -506,6 +643,77 @@ mod tests {
         assert_eq!(p.metadata.languages.get("rust"), Some(&1));
     }
 
+    /// The reviewer's leaks: every file below carries a marker that must never be served.
+    #[test]
+    fn secrets_by_name_and_by_content_are_never_served() {
+        let d = project();
+        let p = d.path();
+        for dir in ["k8s", "deploy", ".kube", ".aws"] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        let files = [
+            ("prod.tfvars", "db_pass = \"LEAK1\""),
+            ("terraform.tfstate", "LEAK1"),
+            ("k8s/secret.yaml", "data: LEAK1"),
+            ("gcp-sa-key.json", "{\"k\": \"LEAK1\"}"),
+            ("token.json", "{\"t\": \"LEAK1\"}"),
+            (".envrc", "export K=LEAK1"),
+            ("prod.env.bak", "K=LEAK1"),
+            (".kube/config", "LEAK1"),
+            (".aws/credentials", "LEAK1"),
+            (".dev.vars", "LEAK1"),
+            // Innocent names, credential contents.
+            ("config.yml", "db:\n  password: LEAK1\n"),
+            ("deploy/app.yaml", "key: AKIAIOSFODNN7EXAMPLE # LEAK1"),
+            (
+                "auth_helper.py",
+                "T = 'ghp_abcdefghijklmnopqrstuvwxyz0123' # LEAK1",
+            ),
+            ("session.json", "{\"private_key\": \"LEAK1\"}"),
+        ];
+        for (f, c) in files {
+            std::fs::write(p.join(f), c).unwrap();
+        }
+        let b = ContextBroker::new(roster(), 256 * 1024);
+        for t in [
+            "cloud-architect",
+            "gcp-specialist",
+            "sre",
+            "auth-specialist",
+            "secrets-scanner",
+            "rust-specialist",
+        ] {
+            let built = b.project(p, &AgentType::parse(t).unwrap()).unwrap();
+            assert!(!built.json.contains("LEAK1"), "{t}: {}", built.json);
+            assert!(!built.json.contains("AKIA"), "{t}");
+            let ctx: ProjectContext = serde_json::from_str(&built.json).unwrap();
+            for f in &ctx.structure {
+                assert!(!is_secret_path(f), "{t} lists {f}");
+            }
+            for f in [
+                "config.yml",
+                "deploy/app.yaml",
+                "auth_helper.py",
+                "session.json",
+            ] {
+                if let Some(fc) = ctx.relevant_files.iter().find(|fc| fc.path == f) {
+                    assert_eq!(fc.withheld.as_deref(), Some(WITHHELD), "{t}: {f}");
+                    assert!(fc.content.is_empty());
+                }
+            }
+        }
+        // The sre's `**/*config*` does select config.yml: it is listed as withheld.
+        let built = b.project(p, &AgentType::parse("sre").unwrap()).unwrap();
+        let ctx: ProjectContext = serde_json::from_str(&built.json).unwrap();
+        assert!(
+            ctx.relevant_files
+                .iter()
+                .any(|f| f.path == "config.yml" && f.withheld.is_some()),
+            "{}",
+            built.json
+        );
+    }
+
     #[test]
     fn cache_hits_until_the_tree_changes() {
         let d = project();
@@ -543,6 +751,99 @@ mod tests {
         let b = ContextBroker::new(roster(), 1024);
         let t = AgentType::parse("no-such-agent").unwrap();
         assert!(b.patterns(&t).contains(&"README*".to_string()));
+    }
+
+    /// A repository's own config must not make the sidecar run anything: `core.fsmonitor`
+    /// and a clean filter (which `git status` runs on a racily modified file) both would.
+    #[test]
+    fn hostile_git_config_runs_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let run = |args: &[&str]| {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(p)
+                .args(["-c", "user.name=a", "-c", "user.email=a@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        std::fs::write(p.join("a.txt"), "hello\n").unwrap();
+        std::fs::write(p.join(".gitattributes"), "* filter=x\n").unwrap();
+        run(&["init", "-q", "-b", "main"]);
+        run(&["add", "."]);
+        run(&["commit", "-q", "-m", "initial"]);
+        let fs_marker = p.join("PWNED_FSMONITOR");
+        let filter_marker = p.join("PWNED_FILTER");
+        let hostile = [
+            (
+                "core.fsmonitor",
+                format!("touch {}; false #", fs_marker.display()),
+            ),
+            (
+                "filter.x.clean",
+                format!("touch {}; cat", filter_marker.display()),
+            ),
+            ("filter.x.required", "true".to_string()),
+        ];
+        for (k, v) in &hostile {
+            run(&["config", k, v]);
+        }
+        // Same size, new mtime: status must hash the file, through the filter.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(p.join("a.txt"))
+            .unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+            .unwrap();
+        drop(f);
+        let state = git_state(p);
+        assert_eq!(state.branch.as_deref(), Some("main"));
+        assert_eq!(state.recent_commits.len(), 1);
+        assert!(!fs_marker.exists(), "core.fsmonitor ran");
+        assert!(!filter_marker.exists(), "the clean filter ran");
+    }
+
+    #[test]
+    fn projects_that_are_not_projects_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(d.path()).unwrap();
+        let home = base.join("home");
+        let proj = home.join("work/app");
+        let bare = home.join("notes");
+        let creds = home.join(".aws/sub");
+        for dir in [&proj, &bare, &creds] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(proj.join("Cargo.toml"), "").unwrap();
+        std::fs::write(creds.join("Cargo.toml"), "").unwrap();
+        let h = Some(home.as_path());
+        use ProjectRefused::*;
+        for unbound in [false, true] {
+            assert!(matches!(
+                check_project(Path::new("/"), h, unbound),
+                Err(System(_))
+            ));
+            assert!(matches!(
+                check_project(Path::new("/etc"), h, unbound),
+                Err(System(_))
+            ));
+            assert!(matches!(
+                check_project(Path::new("/etc/ssl"), h, unbound),
+                Err(System(_))
+            ));
+            assert!(matches!(check_project(&home, h, unbound), Err(Home(_))));
+            assert!(matches!(check_project(&creds, h, unbound), Err(Secret(_))));
+            assert_eq!(check_project(&proj, h, unbound), Ok(()));
+        }
+        // Only tokens without a project binding need a marker and may not take home's parent.
+        assert_eq!(check_project(&bare, h, false), Ok(()));
+        assert!(matches!(check_project(&bare, h, true), Err(NotAProject(_))));
+        assert_eq!(check_project(&base, h, false), Ok(()));
+        assert!(matches!(check_project(&base, h, true), Err(Home(_))));
     }
 
     #[test]

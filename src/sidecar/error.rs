@@ -24,6 +24,15 @@ pub enum ApiError {
         "cursor {since} is older than the journal's retention (oldest kept: {oldest}); restart from `since={floor}` or without `since`"
     )]
     CursorGone { since: u64, oldest: u64, floor: u64 },
+    /// No `since=` in the message: `cco events` would retry from it.
+    #[error(
+        "cursor {since} is ahead of the journal's newest event ({head}): the journal was reset (its database lost or replaced); restart without `since` (or from 0) and drop cursors saved before"
+    )]
+    CursorAhead { since: u64, head: u64 },
+    #[error(
+        "`{0}` events are published by the sidecar itself (POST /api/results, POST /api/agents/{{id}}/status); publish another event type"
+    )]
+    ReservedEventType(String),
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("POST bodies must be `Content-Type: application/json`")]
@@ -53,8 +62,9 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ReservedEventType(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::CursorGone { .. } => StatusCode::GONE,
+            ApiError::CursorGone { .. } | ApiError::CursorAhead { .. } => StatusCode::GONE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -73,7 +83,9 @@ impl ApiError {
             ApiError::Auth(AuthError::Missing) => "missing_token",
             ApiError::Auth(_) => "invalid_token",
             ApiError::NotFound(_) => "not_found",
+            ApiError::ReservedEventType(_) => "reserved_event_type",
             ApiError::CursorGone { .. } => "cursor_expired",
+            ApiError::CursorAhead { .. } => "cursor_ahead",
             ApiError::TooLarge { .. } => "payload_too_large",
             ApiError::NotJson => "unsupported_media_type",
             ApiError::DiskFull => "disk_full",
@@ -134,7 +146,17 @@ mod tests {
                 410,
                 "cursor_expired",
             ),
+            (
+                ApiError::CursorAhead { since: 9, head: 2 },
+                410,
+                "cursor_ahead",
+            ),
             (ApiError::TooLarge { limit: 10 }, 413, "payload_too_large"),
+            (
+                ApiError::ReservedEventType("agent_completed".into()),
+                403,
+                "reserved_event_type",
+            ),
             (ApiError::NotJson, 415, "unsupported_media_type"),
             (ApiError::DiskFull, 507, "disk_full"),
         ];

@@ -30,6 +30,9 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 pub enum JournalError {
     #[error("cursor {since} is older than retention (events up to {floor} were compacted)")]
     Gone { since: u64, floor: u64 },
+    /// A cursor no committed event has reached: the journal was reset (state.db lost).
+    #[error("cursor {since} is ahead of the newest event {head}")]
+    Ahead { since: u64, head: u64 },
     #[error("disk full")]
     DiskFull,
     #[error("the journal writer has stopped")]
@@ -371,10 +374,17 @@ impl Journal {
         }
         let head = {
             let tail = self.shared.tail.read().expect("tail lock");
+            // Waiting would skip the events that will reuse these seqs.
+            if since > tail.head {
+                return Err(JournalError::Ahead {
+                    since,
+                    head: tail.head,
+                });
+            }
             if since >= tail.start {
                 let skip = (since - tail.start) as usize;
                 let mut out = Vec::new();
-                let mut next = tail.head.max(since);
+                let mut next = tail.head;
                 for e in tail.events.iter().skip(skip) {
                     if filter.matches(e) {
                         out.push(e.clone());
@@ -911,6 +921,29 @@ mod tests {
         let (got, _) = j.read(floor, &f, 10).await.unwrap();
         assert_eq!(got.first().map(|e| e.seq), Some(floor + 1));
         assert_eq!(got.last().map(|e| e.seq), Some(10));
+        j.close();
+    }
+
+    /// After state.db is lost, an old cursor is ahead of the new journal: an error, not a
+    /// silent wait that would skip the events reusing those seqs.
+    #[tokio::test]
+    async fn cursors_ahead_of_the_head_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("o").join("s.db"), KEEP).unwrap();
+        j.publish(ev("x", "t")).await.unwrap();
+        let f = EventFilter::default();
+        assert!(matches!(
+            j.read(5, &f, 10).await,
+            Err(JournalError::Ahead { since: 5, head: 1 })
+        ));
+        let stopper = Stopper::default();
+        let waited = j
+            .wait(&f, Some(2), Duration::from_secs(10), stopper.subscribe())
+            .await;
+        assert!(matches!(waited, Err(JournalError::Ahead { .. })));
+        let (got, next) = j.read(1, &f, 10).await.unwrap();
+        assert!(got.is_empty());
+        assert_eq!(next, 1);
         j.close();
     }
 

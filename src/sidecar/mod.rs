@@ -9,6 +9,7 @@ pub mod journal;
 pub mod metrics;
 pub mod results;
 mod routes;
+pub mod secrets;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -60,6 +61,8 @@ struct Inner {
     started: Instant,
     tracker: Arc<Tracker>,
     stopping: Stopping,
+    /// The user's home, canonical: never served as a project (`context::check_project`).
+    home: Option<PathBuf>,
 }
 
 impl SidecarState {
@@ -94,6 +97,9 @@ impl SidecarState {
                 started: Instant::now(),
                 tracker,
                 stopping,
+                home: std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .and_then(|h| std::fs::canonicalize(h).ok()),
             }),
         };
         state.refresh_probes();

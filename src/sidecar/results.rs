@@ -1,6 +1,7 @@
 //! Agents' results: one file per issue and agent type, written atomically and durably
 //! (`paths::write_atomic`), with an in-memory index per issue so reads never touch the disk
 //! twice. Concurrent writers' fsyncs overlap, which the filesystem commits together.
+//! A store can be undone (`undo`) when the event announcing it cannot be published.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -8,7 +9,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::api::sidecar::StoredResult;
 use crate::api::{AgentType, IssueId};
@@ -38,12 +39,27 @@ impl StoreError {
 /// One issue's results, by agent type (serialized once, kept as JSON).
 type IssueResults = BTreeMap<AgentType, Arc<str>>;
 
+type ResultKey = (IssueId, AgentType);
+
+/// A stored result and what it replaced, so the store can be undone.
+#[derive(Debug)]
+pub struct Stored {
+    pub path: PathBuf,
+    issue_id: IssueId,
+    agent_type: AgentType,
+    json: Arc<str>,
+    /// The file's previous bytes and index entry (`None`: there was no file).
+    previous: Option<(Vec<u8>, Option<Arc<str>>)>,
+}
+
 #[derive(Debug)]
 pub struct ResultsStore {
     dir: PathBuf,
     index: RwLock<HashMap<IssueId, Arc<RwLock<IssueResults>>>>,
     files: AtomicU64,
     bytes: AtomicU64,
+    /// Serializes writes (and undos) of one result file, keeping file and index in step.
+    locks: Mutex<HashMap<ResultKey, Arc<Mutex<()>>>>,
 }
 
 impl ResultsStore {
@@ -73,6 +89,7 @@ impl ResultsStore {
             index: RwLock::new(HashMap::new()),
             files: AtomicU64::new(files),
             bytes: AtomicU64::new(bytes),
+            locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -89,9 +106,18 @@ impl ResultsStore {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    fn lock_of(&self, issue: &IssueId, agent_type: &AgentType) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("locks lock")
+            .entry((issue.clone(), agent_type.clone()))
+            .or_default()
+            .clone()
+    }
+
     /// Stores `result` (blocking: call from `spawn_blocking`). A failure leaves the previous
     /// file, or none, and never a partial one.
-    pub fn store(&self, result: &StoredResult) -> Result<PathBuf, StoreError> {
+    pub fn store(&self, result: &StoredResult) -> Result<Stored, StoreError> {
         let json: Arc<str> = serde_json::to_string(result)
             .expect("results serialize")
             .into();
@@ -112,24 +138,82 @@ impl ResultsStore {
         }
         let name = OsString::from(format!("{}.json", result.agent_type.as_str()));
         let target = issue_dir.join(&name);
-        let old = std::fs::metadata(&target).ok().map(|m| m.len());
+        let entry = self.issue(&result.issue_id);
+        let lock = self.lock_of(&result.issue_id, &result.agent_type);
+        let _held = lock.lock().expect("result lock");
+        let previous = std::fs::read(&target).ok().map(|bytes| {
+            let indexed = entry
+                .read()
+                .expect("results lock")
+                .get(&result.agent_type)
+                .cloned();
+            (bytes, indexed)
+        });
         paths::write_atomic(&issue_dir, &name, json.as_bytes(), 0o600)
             .map_err(|e| StoreError::io(&target, e))?;
-        match old {
-            Some(len) => {
-                self.bytes.fetch_sub(len, Ordering::Relaxed);
+        match &previous {
+            Some((old, _)) => {
+                self.bytes.fetch_sub(old.len() as u64, Ordering::Relaxed);
             }
             None => {
                 self.files.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.bytes.fetch_add(json.len() as u64, Ordering::Relaxed);
-        let entry = self.issue(&result.issue_id);
         entry
             .write()
             .expect("results lock")
-            .insert(result.agent_type.clone(), json);
-        Ok(target)
+            .insert(result.agent_type.clone(), json.clone());
+        Ok(Stored {
+            path: target,
+            issue_id: result.issue_id.clone(),
+            agent_type: result.agent_type.clone(),
+            json,
+            previous,
+        })
+    }
+
+    /// Puts back what `stored` replaced (blocking), unless a later store replaced it since:
+    /// a result whose announcement failed is not kept, an acknowledged later one is.
+    pub fn undo(&self, stored: Stored) -> Result<(), StoreError> {
+        let entry = self.issue(&stored.issue_id);
+        let lock = self.lock_of(&stored.issue_id, &stored.agent_type);
+        let _held = lock.lock().expect("result lock");
+        let current = entry
+            .read()
+            .expect("results lock")
+            .get(&stored.agent_type)
+            .cloned();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, &stored.json)) {
+            return Ok(());
+        }
+        let issue_dir = self.dir.join(stored.issue_id.as_str());
+        let name = OsString::from(format!("{}.json", stored.agent_type.as_str()));
+        match stored.previous {
+            Some((bytes, indexed)) => {
+                paths::write_atomic(&issue_dir, &name, &bytes, 0o600)
+                    .map_err(|e| StoreError::io(&stored.path, e))?;
+                self.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                let mut map = entry.write().expect("results lock");
+                match indexed {
+                    Some(json) => map.insert(stored.agent_type.clone(), json),
+                    None => map.remove(&stored.agent_type),
+                };
+            }
+            None => {
+                std::fs::remove_file(&stored.path)
+                    .and_then(|()| paths::sync_dir(&issue_dir))
+                    .map_err(|e| StoreError::io(&stored.path, e))?;
+                self.files.fetch_sub(1, Ordering::Relaxed);
+                entry
+                    .write()
+                    .expect("results lock")
+                    .remove(&stored.agent_type);
+            }
+        }
+        self.bytes
+            .fetch_sub(stored.json.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The index entry of an issue, loading it from disk on first use (blocking).
@@ -217,7 +301,7 @@ mod tests {
     fn store_list_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = ResultsStore::open(dir.path().join("results")).unwrap();
-        let p = s.store(&result("issue-1", "rust-specialist")).unwrap();
+        let p = s.store(&result("issue-1", "rust-specialist")).unwrap().path;
         assert!(p.ends_with("results/issue-1/rust-specialist.json"));
         s.store(&result("issue-1", "rust-specialist")).unwrap();
         s.store(&result("issue-1", "test-engineer")).unwrap();
@@ -228,6 +312,42 @@ mod tests {
         assert_eq!(again.bytes(), s.bytes());
         assert_eq!(again.list(&IssueId::parse("issue-1").unwrap()).len(), 2);
         assert!(again.list(&IssueId::parse("none").unwrap()).is_empty());
+    }
+
+    /// A store whose event could not be published is undone: the previous result (or
+    /// none) is back on disk and in the index — unless a later store replaced it since.
+    #[test]
+    fn undo_puts_back_what_a_store_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ResultsStore::open(dir.path().join("results")).unwrap();
+        let issue = IssueId::parse("i").unwrap();
+        let mut first = result("i", "t");
+        first.result = serde_json::json!({"status": "first"});
+        let mut second = result("i", "t");
+        second.result = serde_json::json!({"status": "second"});
+
+        let fresh = s.store(&first).unwrap();
+        let path = fresh.path.clone();
+        s.undo(fresh).unwrap();
+        assert!(!path.exists());
+        assert!(s.list(&issue).is_empty());
+        assert_eq!((s.files(), s.bytes()), (0, 0));
+
+        s.store(&first).unwrap();
+        let (files, bytes) = (s.files(), s.bytes());
+        let replacing = s.store(&second).unwrap();
+        s.undo(replacing).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("first"));
+        assert!(s.list(&issue)[0].contains("first"));
+        assert_eq!((s.files(), s.bytes()), (files, bytes));
+
+        // An undo that comes after a later store leaves the later one alone.
+        let stale = s.store(&second).unwrap();
+        s.store(&first).unwrap();
+        s.undo(stale).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("first"));
+        let again = ResultsStore::open(dir.path().join("results")).unwrap();
+        assert_eq!((again.files(), again.bytes()), (s.files(), s.bytes()));
     }
 
     #[test]

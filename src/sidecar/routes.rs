@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::context::{ProjectRefused, check_project};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
 use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent, Subscription};
@@ -39,6 +40,8 @@ pub const AGENT_COMPLETED: &str = "agent_completed";
 /// The events an agent status update publishes.
 pub const AGENT_STARTED: &str = "agent_started";
 pub const AGENT_FAILED: &str = "agent_failed";
+/// Lifecycle events only the sidecar publishes, so waiters can trust them.
+const RESERVED_EVENTS: [&str; 3] = [AGENT_STARTED, AGENT_COMPLETED, AGENT_FAILED];
 
 impl From<JournalError> for ApiError {
     fn from(e: JournalError) -> Self {
@@ -48,6 +51,7 @@ impl From<JournalError> for ApiError {
                 oldest: floor + 1,
                 floor,
             },
+            JournalError::Ahead { since, head } => ApiError::CursorAhead { since, head },
             JournalError::DiskFull => ApiError::DiskFull,
             JournalError::Closed => ApiError::Unavailable,
             e => ApiError::internal(e),
@@ -148,35 +152,45 @@ pub struct ContextQuery {
     project: Option<String>,
 }
 
-/// The project a context request reads: the token's `project`, or `?project=` inside it.
-fn project_root(claims: &Claims, asked: Option<&str>) -> Result<PathBuf, ApiError> {
+/// The project a context request reads: the token's `project`, or `?project=` inside it;
+/// for a token bound to no project, `?project=` naming a real project (see
+/// `context::check_project`). Never `/`, a system directory or the home directory itself.
+fn project_root(
+    claims: &Claims,
+    asked: Option<&str>,
+    home: Option<&Path>,
+) -> Result<PathBuf, ApiError> {
     let canon = |p: &str| {
         std::fs::canonicalize(p)
             .ok()
             .filter(|p| p.is_dir())
             .ok_or_else(|| ApiError::NotFound(format!("project directory {p:?} does not exist")))
     };
-    match (claims.project.as_deref(), asked) {
+    let refused = |e: ProjectRefused| ApiError::from(AuthError::OutOfScope(e.to_string()));
+    let (root, unbound) = match (claims.project.as_deref(), asked) {
         (Some(bound), Some(asked)) => {
             let (bound, asked) = (canon(bound)?, canon(asked)?);
-            if asked.starts_with(&bound) {
-                Ok(asked)
-            } else {
-                Err(AuthError::OutOfScope(format!(
+            if !asked.starts_with(&bound) {
+                return Err(AuthError::OutOfScope(format!(
                     "token is bound to project {}, not {}",
                     bound.display(),
                     asked.display()
                 ))
-                .into())
+                .into());
             }
+            (asked, false)
         }
-        (Some(bound), None) => canon(bound),
-        (None, Some(asked)) => canon(asked),
-        (None, None) => Err(ApiError::BadRequest(
-            "no project: pass ?project=DIR or use a token bound to one (`cco token --project DIR`)"
-                .into(),
-        )),
-    }
+        (Some(bound), None) => (canon(bound)?, false),
+        (None, Some(asked)) => (canon(asked)?, true),
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "no project: pass ?project=DIR or use a token bound to one (`cco token --project DIR`)"
+                    .into(),
+            ));
+        }
+    };
+    check_project(&root, home, unbound).map_err(refused)?;
+    Ok(root)
 }
 
 pub async fn get_context(
@@ -187,7 +201,7 @@ pub async fn get_context(
 ) -> Result<Response, ApiError> {
     claims.require(Scope::ContextRead)?;
     claims.check_binding(Some(issue_id.as_str()), Some(agent_type.as_str()))?;
-    let root = project_root(&claims, q.project.as_deref())?;
+    let root = project_root(&claims, q.project.as_deref(), s.inner.home.as_deref())?;
     let body = blocking(move || -> Result<String, ApiError> {
         let built = s
             .inner
@@ -250,11 +264,14 @@ pub async fn store_result(
         result: sub.result,
         stored_at: super::journal::rfc3339_now(),
     };
-    let (path, stored) = {
-        let s = s.clone();
-        blocking(move || s.inner.results.store(&stored).map(|p| (p, stored))).await??
+    // Written first, then announced; if the announcement fails the write is undone, so a 5xx
+    // means "nothing happened" and a retry is safe.
+    let written = {
+        let (s, stored) = (s.clone(), stored.clone());
+        blocking(move || s.inner.results.store(&stored)).await??
     };
-    let event = s
+    let path = written.path.clone();
+    let published = s
         .journal()
         .publish(NewEvent {
             event_type: EventType::parse(AGENT_COMPLETED).expect("valid event type"),
@@ -269,7 +286,23 @@ pub async fn store_result(
             }),
             correlation_id: None,
         })
-        .await?;
+        .await;
+    let event = match published {
+        Ok(event) => event,
+        Err(e) => {
+            let s = s.clone();
+            match blocking(move || s.inner.results.undo(written)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(undo)) => {
+                    tracing::error!(error = %undo, "cannot undo a result whose event failed")
+                }
+                Err(undo) => {
+                    tracing::error!(error = %undo, "cannot undo a result whose event failed")
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let body = ResultStored {
         stored: true,
         path: path.display().to_string(),
@@ -321,8 +354,19 @@ pub async fn publish_event(
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     claims.require(Scope::EventsPublish)?;
+    if RESERVED_EVENTS.contains(&event_type.as_str()) {
+        return Err(ApiError::ReservedEventType(event_type.to_string()));
+    }
     check_label("publisher", &req.publisher, true)?;
     check_label("topic", &req.topic, true)?;
+    if let Some(issue) = &claims.issue_id
+        && req.topic != *issue
+    {
+        return Err(AuthError::OutOfScope(format!(
+            "token is bound to issue {issue}; publish with \"topic\": \"{issue}\""
+        ))
+        .into());
+    }
     if let Some(c) = &req.correlation_id {
         check_label("correlation_id", c, false)?;
     }
@@ -366,6 +410,19 @@ fn parse_filter(filter: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The topic a reader may see: a token bound to an issue reads only that issue's topic
+/// (forced when no filter is given; another topic is 403).
+fn scoped_topic(claims: &Claims, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match (&claims.issue_id, asked) {
+        (Some(issue), Some(topic)) if topic != *issue => Err(AuthError::OutOfScope(format!(
+            "token is bound to issue {issue}; wait with filter=topic:{issue} or without a filter"
+        ))
+        .into()),
+        (Some(issue), _) => Ok(Some(issue.clone())),
+        (None, topic) => Ok(topic),
+    }
+}
+
 fn batch_json(events: &[Arc<JournalEvent>], next_since: u64) -> String {
     let size: usize = events.iter().map(|e| e.json.get().len() + 1).sum();
     let mut out = String::with_capacity(size + 40);
@@ -391,7 +448,7 @@ pub async fn wait_events(
     claims.require(Scope::EventsWait)?;
     let filter = EventFilter {
         event_type: Some(event_type.to_string()),
-        topic: parse_filter(q.filter.as_deref())?,
+        topic: scoped_topic(&claims, parse_filter(q.filter.as_deref())?)?,
     };
     let timeout = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let (events, next) = s
@@ -431,7 +488,7 @@ pub async fn stream_events(
     claims.require(Scope::EventsWait)?;
     let filter = EventFilter {
         event_type: q.event_type.map(|t| t.to_string()),
-        topic: parse_filter(q.filter.as_deref())?,
+        topic: scoped_topic(&claims, parse_filter(q.filter.as_deref())?)?,
     };
     // A reconnecting EventSource sends the last id it saw.
     let last_id = headers
@@ -444,6 +501,10 @@ pub async fn stream_events(
     let floor = s.journal().floor();
     if since < floor {
         return Err(JournalError::Gone { since, floor }.into());
+    }
+    let head = s.journal().head();
+    if since > head {
+        return Err(JournalError::Ahead { since, head }.into());
     }
     let state = StreamState {
         _sub: Subscription::new(s.journal()),

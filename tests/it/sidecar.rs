@@ -622,6 +622,73 @@ fn repeated_polls_see_every_event_once_in_order_through_the_daemon() {
     assert_eq!(b.join().unwrap(), published[1]);
 }
 
+/// Stopping the daemon (`cco daemon restart`) ends forwarded long polls and streams with
+/// complete answers at once — not a 10 s hang and a reset.
+#[test]
+fn daemon_stop_ends_forwarded_long_polls_and_streams_cleanly() {
+    use std::io::{Read, Write};
+    let sc = start_sidecar(Env::new());
+    let mut daemon = sc.env.start("daemon");
+    let port = sc.env.daemon_port;
+    let mut sse = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        sse,
+        "GET /api/events/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {}\r\n\r\n",
+        sc.token
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        sse.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    let poll = {
+        let t = sc.token.clone();
+        std::thread::spawn(move || {
+            let answer = api(
+                port,
+                "GET",
+                "/api/events/wait/never?timeout=60000",
+                &t,
+                None,
+            );
+            (answer, Instant::now())
+        })
+    };
+    // Both are parked in the sidecar.
+    let parked = Instant::now();
+    loop {
+        let (_, body) = get(sc.env.sidecar_port, "/status");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        if st["events"]["active_subscriptions"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(parked.elapsed() < Duration::from_secs(10), "{st}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = Instant::now();
+    assert!(daemon.terminate().success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "the daemon took {:?} to exit",
+        stopped.elapsed()
+    );
+    let ((status, e), answered) = poll.join().unwrap();
+    assert_error(status, &e, 503, "unavailable");
+    assert!(answered.duration_since(stopped) < Duration::from_secs(3));
+    let mut rest = Vec::new();
+    sse.read_to_end(&mut rest)
+        .expect("the stream ended cleanly, not with a reset");
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"),
+        "no final chunk: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 #[test]
 fn kill_9_and_restart_loses_nothing() {
     let sc = start_sidecar(Env::new());
@@ -709,6 +776,38 @@ fn retention_turns_old_cursors_into_410() {
     let (status, batch) = api(port, "GET", "/api/events/wait/e?since=9", &sc.token, None);
     assert_eq!(status, 200);
     assert_eq!(batch["events"][0]["seq"], 10);
+    // `cco events` without --since restarts from the oldest kept event.
+    let out = sc.env.run(["events", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"seq\":10"));
+
+    // A cursor from before the journal was reset (state.db lost) is ahead of the head: 410
+    // `cursor_ahead` at once, not a wait that would skip the events reusing those seqs.
+    for path in [
+        "/api/events/wait/e?since=11&timeout=60000",
+        "/api/events/stream?since=11",
+    ] {
+        let started = Instant::now();
+        let (status, e) = api(port, "GET", path, &sc.token, None);
+        assert_error(status, &e, 410, "cursor_ahead");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains("since="),
+            "cco events would retry: {message}"
+        );
+    }
+    let out = sc.env.run(["events", "--since", "11"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ahead"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One agent per type (119 generated names), all at once: context, results, events, status.
@@ -930,6 +1029,70 @@ fn security_regressions() {
     );
     assert_error(status, &e, 403, "missing_scope");
 
+    // A token bound to an issue publishes and reads only that issue's topic.
+    let issue_bound = token(&sc.env, &["--issue", "issue-1"]);
+    let publish = |tok: &str, ty: &str, topic: &str| {
+        api(
+            port,
+            "POST",
+            &format!("/api/events/{ty}"),
+            tok,
+            Some(&json!({"publisher":"p","topic":topic})),
+        )
+    };
+    let (status, own) = publish(&issue_bound, "progress", "issue-1");
+    assert_eq!(status, 201, "{own}");
+    let (status, e) = publish(&issue_bound, "progress", "issue-2");
+    assert_error(status, &e, 403, "out_of_scope");
+    let (status, other) = publish(t, "progress", "issue-2");
+    assert_eq!(status, 201, "{other}");
+    let (status, e) = api(
+        port,
+        "GET",
+        "/api/events/wait/progress?since=0&filter=topic:issue-2&timeout=0",
+        &issue_bound,
+        None,
+    );
+    assert_error(status, &e, 403, "out_of_scope");
+    // Without a filter the issue's topic is forced: issue-2's event stays invisible.
+    let (status, batch) = api(
+        port,
+        "GET",
+        "/api/events/wait/progress?since=0&timeout=0",
+        &issue_bound,
+        None,
+    );
+    assert_eq!(status, 200, "{batch}");
+    assert_eq!(batch["events"].as_array().unwrap().len(), 1, "{batch}");
+    assert_eq!(batch["events"][0]["seq"], own["seq"]);
+    let (status, e) = api(
+        port,
+        "GET",
+        "/api/events/stream?since=0&filter=topic:issue-2&follow=false",
+        &issue_bound,
+        None,
+    );
+    assert_error(status, &e, 403, "out_of_scope");
+    let (status, body) = http(
+        port,
+        "GET",
+        "/api/events/stream?since=0&follow=false",
+        &[("Authorization", &format!("Bearer {issue_bound}"))],
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("issue-1") && !body.contains("issue-2"),
+        "{body}"
+    );
+    // Lifecycle events come from the sidecar alone, whatever the token.
+    for ty in ["agent_started", "agent_completed", "agent_failed"] {
+        for tok in [t.as_str(), issue_bound.as_str()] {
+            let (status, e) = publish(tok, ty, "issue-1");
+            assert_error(status, &e, 403, "reserved_event_type");
+        }
+    }
+
     // Foreign Host (DNS rebinding) and Origin (a web page): 403, and no CORS headers ever.
     let (status, head, _) = raw(
         port,
@@ -1017,6 +1180,123 @@ fn security_regressions() {
     );
     let e: Value = serde_json::from_str(&text).unwrap();
     assert_error(status, &e, 413, "payload_too_large");
+}
+
+/// Context stays inside real projects, and never serves a secret by name or by content.
+#[test]
+fn context_stays_in_projects_and_serves_no_secrets() {
+    let sc = start_sidecar(Env::new());
+    let port = sc.env.sidecar_port;
+    let path = "/api/context/issue-1/rust-specialist";
+    let q = |p: &Path| format!("{path}?project={}", p.display());
+
+    // A token bound to no project may name only a real project: never /, /etc, $HOME, nor a
+    // directory that is neither a git work tree nor holds a project file.
+    let unbound = token(&sc.env, &["--any-project"]);
+    let bare = sc.env.tmp.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for p in [Path::new("/"), Path::new("/etc"), &sc.env.home, &bare] {
+        let (status, e) = api(port, "GET", &q(p), &unbound, None);
+        assert_error(status, &e, 403, "out_of_scope");
+    }
+    let (status, ctx) = api(port, "GET", &q(&sc.project), &unbound, None);
+    assert_eq!(status, 200, "{ctx}");
+    let (status, e) = api(port, "GET", path, &unbound, None);
+    assert_error(status, &e, 400, "bad_request");
+    // A token bound to the home directory itself reads nothing.
+    let home_bound = token(&sc.env, &["--project", sc.env.home.to_str().unwrap()]);
+    let (status, e) = api(port, "GET", path, &home_bound, None);
+    assert_error(status, &e, 403, "out_of_scope");
+
+    // Files the reviewer saw leak, each with a marker.
+    for d in ["k8s", "deploy"] {
+        std::fs::create_dir_all(sc.project.join(d)).unwrap();
+    }
+    let files = [
+        ("prod.tfvars", "db = \"LEAKED\""),
+        ("k8s/secret.yaml", "data: LEAKED"),
+        ("gcp-sa-key.json", "{\"k\":\"LEAKED\"}"),
+        ("token.json", "{\"t\":\"LEAKED\"}"),
+        (".envrc", "export K=LEAKED"),
+        ("prod.env.bak", "K=LEAKED"),
+        ("config.yml", "db:\n  password: LEAKED\n"),
+        ("deploy/server.json", "{\"private_key\": \"LEAKED\"}"),
+    ];
+    for (f, c) in files {
+        std::fs::write(sc.project.join(f), c).unwrap();
+    }
+    for t in [
+        "cloud-architect",
+        "gcp-specialist",
+        "sre",
+        "auth-specialist",
+        "secrets-scanner",
+        "rust-specialist",
+    ] {
+        let (status, ctx) = api(
+            port,
+            "GET",
+            &format!("/api/context/issue-1/{t}"),
+            &sc.token,
+            None,
+        );
+        assert_eq!(status, 200, "{ctx}");
+        let text = ctx.to_string();
+        assert!(!text.contains("LEAKED"), "{t}: {text}");
+        for name in [
+            ".envrc",
+            "prod.tfvars",
+            "secret.yaml",
+            "sa-key",
+            "token.json",
+            "prod.env",
+        ] {
+            assert!(!text.contains(name), "{t} names {name}: {text}");
+        }
+    }
+    let (_, ctx) = api(port, "GET", "/api/context/issue-1/sre", &sc.token, None);
+    let withheld: Vec<&str> = ctx["project"]["relevant_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["withheld"] == "looks like a secret")
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(withheld, ["config.yml", "deploy/server.json"], "{ctx}");
+}
+
+/// A project's own `.git/config` names a program; a context request must not run it.
+#[test]
+fn hostile_git_config_is_not_run_by_a_context_request() {
+    let sc = start_sidecar(Env::new());
+    let port = sc.env.sidecar_port;
+    let marker = sc.env.tmp.path().join("PWNED");
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(&sc.project)
+        .args([
+            "config",
+            "core.fsmonitor",
+            &format!("touch {}; false #", marker.display()),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let (status, ctx) = api(
+        port,
+        "GET",
+        "/api/context/issue-1/rust-specialist",
+        &sc.token,
+        None,
+    );
+    assert_eq!(status, 200, "{ctx}");
+    assert_eq!(ctx["project"]["git"]["branch"], "main", "{ctx}");
+    assert_eq!(
+        ctx["project"]["git"]["dirty_files"][0], "src/main.rs",
+        "{ctx}"
+    );
+    assert!(!marker.exists(), "the repository's core.fsmonitor ran");
 }
 
 /// Unmounts the tmpfs when the test ends, however it ends.
