@@ -82,28 +82,11 @@ const SHELL_META: &[char] = &[
     '"', '\'', '#', '=',
 ];
 
-/// File names whose content is a secret: never auto-allowed.
-pub fn looks_secret(path: &Path) -> bool {
-    path.components().any(|c| {
-        let Component::Normal(part) = c else {
-            return false;
-        };
-        let name = part.to_string_lossy().to_ascii_lowercase();
-        name.starts_with(".env")
-            || name.ends_with(".env")
-            || name.starts_with("id_")
-            || [
-                ".ssh", ".aws", ".gnupg", ".kube", ".netrc", ".npmrc", ".pypirc", ".docker",
-            ]
-            .contains(&name.as_str())
-            || name.contains("secret")
-            || name.contains("credential")
-            || name.contains("token")
-            || [
-                ".pem", ".key", ".p12", ".pfx", ".jks", ".tfvars", ".tfstate", ".kdbx", ".ovpn",
-            ]
-            .iter()
-            .any(|ext| name.ends_with(ext))
+/// A path any component of which names a credential file or directory.
+fn looks_secret(path: &Path) -> bool {
+    path.components().any(|c| match c {
+        Component::Normal(part) => crate::secrets::is_secret_name(&part.to_string_lossy()),
+        _ => false,
     })
 }
 

@@ -245,6 +245,10 @@ pub fn render_context(
                 break;
             }
             let path = f["path"].as_str().unwrap_or("?");
+            if let Some(why) = f["withheld"].as_str() {
+                s.push_str(&format!("- {path} (content withheld: {why})\n"));
+                continue;
+            }
             match f["content"].as_str() {
                 Some(content) => {
                     s.push_str(&format!("\n### {path}\n```\n{}\n```\n", content.trim_end()))
@@ -458,7 +462,7 @@ mod tests {
             "project": {
                 "root": "/p", "metadata": {"languages": {"rust": 3}},
                 "git": {"branch": "main", "head": "abc123", "dirty_files": ["src/x.rs"], "recent_commits": [{"hash": "abc123", "subject": "init"}]},
-                "relevant_files": [{"path": "src/lib.rs", "content": "pub fn f() {}"}],
+                "relevant_files": [{"path": "src/lib.rs", "content": "pub fn f() {}"}, {"path": "config.yml", "content": "", "withheld": "looks like a secret"}],
                 "structure": ["src/lib.rs", "Cargo.toml"],
             },
             "previous_results": [{"agent_type": "chief-architect", "result": {"status": "success", "summary": "use REST"}}],
@@ -475,6 +479,7 @@ mod tests {
             "Cargo.toml",
             "init",
             "rust (3)",
+            "config.yml (content withheld: looks like a secret)",
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }

@@ -11,10 +11,10 @@ use std::time::SystemTime;
 
 use ignore::overrides::OverrideBuilder;
 
-use super::secrets::{WITHHELD, is_secret_name, is_secret_path, looks_secret};
 use crate::api::AgentType;
 use crate::api::sidecar::{Commit, FileContent, GitState, ProjectContext, ProjectMetadata};
 use crate::roster::Roster;
+use crate::secrets::{WITHHELD, is_secret_name, is_secret_path, looks_secret};
 
 /// Globs for agent types the roster does not know: the files that describe any project.
 pub const DEFAULT_PATTERNS: &[&str] = &[

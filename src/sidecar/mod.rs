@@ -9,7 +9,6 @@ pub mod journal;
 pub mod metrics;
 pub mod results;
 mod routes;
-pub mod secrets;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

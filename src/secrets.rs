@@ -1,4 +1,4 @@
-//! What the context broker never serves: files whose name says "credential" (never listed,
+//! What cco never serves to an agent (context) or auto-allows it to read (`PreToolUse`): files whose name says "credential" (never listed,
 //! never read) and files whose text looks like one (listed as withheld, content dropped).
 //! Plain string scanning; a false positive costs an agent one file, a miss leaks a key.
 
@@ -73,6 +73,8 @@ pub fn is_secret_name(name: &str) -> bool {
         || (n.starts_with("credential") && !is_code)
         || (n.ends_with(".json")
             && (n.contains("token")
+                || n.contains("secret")
+                || n.contains("credential")
                 || n.contains("service-account")
                 || n.contains("service_account")
                 || n.ends_with("-key.json")
@@ -214,6 +216,8 @@ mod tests {
             "terraform.tfstate.backup",
             "token.json",
             "tokens.json",
+            "client_secret.json",
+            "gcp-credentials.json",
             "gcp-sa-key.json",
             "api_key.json",
             "my-service-account.json",
