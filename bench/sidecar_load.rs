@@ -85,16 +85,29 @@ async fn main() {
     });
     let types: Vec<String> = (0..agents).map(|i| format!("agent-type-{i:03}")).collect();
 
-    // 1. Warm context: one cold fetch each, then timed fetches — first paced (each agent
-    //    asks every ~100 ms, as busy agents do), then saturated (back to back).
+    // 1. Warm context: every agent type's context is built (cold) before any timing starts,
+    //    so cold builds do not compete with the warm requests being measured; then timed
+    //    fetches — first paced (each agent asks every ~100 ms, as busy agents do), then
+    //    saturated (back to back).
+    let mut cold = Vec::new();
+    for ty in types.iter().cloned() {
+        let t = target.clone();
+        cold.push(tokio::spawn(async move {
+            let (status, bytes) = t.call_raw("GET", &format!("/api/context/bench-issue/{ty}"), None).await;
+            assert_eq!(status, 200);
+            bytes.len()
+        }));
+    }
+    let mut size = 0;
+    for c in cold {
+        size = c.await.unwrap();
+    }
     for (label, pause_ms, rounds) in [("context", 100u64, 30), ("context_saturated", 0, 30)] {
         let mut tasks = Vec::new();
         for (i, ty) in types.iter().cloned().enumerate() {
             let t = target.clone();
             tasks.push(tokio::spawn(async move {
                 let path = format!("/api/context/bench-issue/{ty}");
-                let (status, bytes) = t.call_raw("GET", &path, None).await;
-                assert_eq!(status, 200);
                 // Spread the agents over the pause so they do not move in lockstep.
                 tokio::time::sleep(Duration::from_millis(pause_ms * i as u64 / 119)).await;
                 let mut lat = Vec::new();
@@ -105,15 +118,12 @@ async fn main() {
                     assert_eq!(status, 200);
                     tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 }
-                (lat, bytes.len())
+                lat
             }));
         }
         let mut lat = Vec::new();
-        let mut size = 0;
         for t in tasks {
-            let (l, n) = t.await.unwrap();
-            lat.extend(l);
-            size = n;
+            lat.extend(t.await.unwrap());
         }
         lat.sort();
         println!("{label}_requests {} (answer {size} bytes)", lat.len());
