@@ -249,6 +249,13 @@ fn check_owner_mode(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), P
 /// Opens an existing private file for reading: no symlink is followed, and the file must be
 /// a regular file owned by this user with no group/other access.
 pub fn open_private(path: &Path) -> Result<File, PathError> {
+    let (file, meta) = open_regular_nofollow(path)?;
+    check_owner_mode(path, &meta, 0o600)?;
+    Ok(file)
+}
+
+/// Opens `path` for reading without following a symlink; it must be a regular file.
+fn open_regular_nofollow(path: &Path) -> Result<(File, fs::Metadata), PathError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -264,8 +271,7 @@ pub fn open_private(path: &Path) -> Result<File, PathError> {
             want: "regular file",
         });
     }
-    check_owner_mode(path, &meta, 0o600)?;
-    Ok(file)
+    Ok((file, meta))
 }
 
 /// Opens a file that steers what cco runs (the config names the `claude` it execs): no
@@ -276,21 +282,7 @@ pub fn open_trusted(path: &Path) -> Result<File, PathError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         check_trusted_dir(dir)?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => PathError::Symlink { path: path.into() },
-            _ => PathError::io(path, e),
-        })?;
-    let meta = file.metadata().map_err(|e| PathError::io(path, e))?;
-    if !meta.is_file() {
-        return Err(PathError::WrongKind {
-            path: path.into(),
-            want: "regular file",
-        });
-    }
+    let (file, meta) = open_regular_nofollow(path)?;
     check_trusted_meta(path, &meta)?;
     Ok(file)
 }
