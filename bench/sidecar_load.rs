@@ -93,7 +93,9 @@ async fn main() {
     for ty in types.iter().cloned() {
         let t = target.clone();
         cold.push(tokio::spawn(async move {
-            let (status, bytes) = t.call_raw("GET", &format!("/api/context/bench-issue/{ty}"), None).await;
+            let (status, bytes) = t
+                .call_raw("GET", &format!("/api/context/bench-issue/{ty}"), None)
+                .await;
             assert_eq!(status, 200);
             bytes.len()
         }));

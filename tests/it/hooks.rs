@@ -311,6 +311,17 @@ fn a_port_held_by_another_user_gets_no_token() {
         .write_all(br#"{"session_id":"s"}"#)
         .unwrap();
     assert!(child.wait().unwrap().success());
+    // The daemon does not forward agents' tokens there either.
+    let auth = format!("Bearer {token}");
+    let (status, body) = crate::common::http(
+        env.daemon_port,
+        "GET",
+        "/api/agents",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("sidecar_untrusted"), "{body}");
     let _ = thief.kill();
     let _ = thief.wait();
     let stolen = std::fs::read_to_string(&got).unwrap();
