@@ -90,12 +90,11 @@ async fn main() {
     //    fetches — first paced (each agent asks every ~100 ms, as busy agents do), then
     //    saturated (back to back).
     let mut cold = Vec::new();
-    for ty in types.iter().cloned() {
+    for ty in &types {
         let t = target.clone();
+        let path = format!("/api/context/bench-issue/{ty}");
         cold.push(tokio::spawn(async move {
-            let (status, bytes) = t
-                .call_raw("GET", &format!("/api/context/bench-issue/{ty}"), None)
-                .await;
+            let (status, bytes) = t.call_raw("GET", &path, None).await;
             assert_eq!(status, 200);
             bytes.len()
         }));
