@@ -95,7 +95,7 @@ pub fn format_event(e: &Value) -> String {
     };
     format!(
         "{:>6}  {}  {:<20} {:<16} {:<24} {data}",
-        e["seq"],
+        e["seq"].as_u64().unwrap_or(0),
         e["timestamp"].as_str().unwrap_or(""),
         e["event_type"].as_str().unwrap_or("?"),
         e["topic"].as_str().unwrap_or(""),
@@ -235,6 +235,10 @@ mod tests {
                 && line.contains("issue-1")
                 && line.contains("success"),
             "{line}"
+        );
+        assert!(
+            line.starts_with("     7  "),
+            "seq is right-aligned under SEQ: {line:?}"
         );
         assert_eq!(floor_from("restart from `since=41` or without"), Some(41));
         assert_eq!(floor_from("nothing"), None);
