@@ -93,16 +93,22 @@ pub struct StoredResult {
     pub stored_at: String,
 }
 
-/// `201` answer to `POST /api/results`.
+/// `201` answer to `POST /api/results` (`200` when `unchanged`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultStored {
     pub stored: bool,
     pub path: String,
     pub issue_id: IssueId,
     pub agent_type: AgentType,
-    /// The `agent_completed` event this published.
-    pub event_id: String,
-    pub seq: u64,
+    /// The `agent_completed` event this published; absent when `unchanged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The same agent had already stored exactly this result: nothing was written or
+    /// published again (Claude Code can report one sub-agent's stop more than once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 /// `GET /api/results/{issue_id}`.

@@ -270,6 +270,15 @@ impl ResultsStore {
             .collect()
     }
 
+    /// The stored result of `agent_type` on `issue`, as JSON (blocking on first use of the issue).
+    pub fn get(&self, issue: &IssueId, agent_type: &AgentType) -> Option<Arc<str>> {
+        self.issue(issue)
+            .read()
+            .expect("results lock")
+            .get(agent_type)
+            .cloned()
+    }
+
     /// Whether `list` would answer from memory.
     pub fn is_loaded(&self, issue: &IssueId) -> bool {
         self.index.read().expect("index lock").contains_key(issue)

@@ -257,6 +257,33 @@ pub async fn store_result(
             ));
         }
     };
+    // A repeat of what this agent already stored (a retried hook, a stop reported twice) is
+    // acknowledged without a second write or a second `agent_completed`.
+    let existing = {
+        let (s, issue, ty) = (s.clone(), sub.issue_id.clone(), sub.agent_type.clone());
+        blocking(move || s.inner.results.get(&issue, &ty)).await?
+    };
+    if let Some(json) = existing
+        && let Ok(prev) = serde_json::from_str::<StoredResult>(&json)
+        && prev.agent_id == sub.agent_id
+        && prev.result == sub.result
+    {
+        let body = ResultStored {
+            stored: true,
+            path: s
+                .inner
+                .results
+                .path_of(&sub.issue_id, &sub.agent_type)
+                .display()
+                .to_string(),
+            issue_id: sub.issue_id,
+            agent_type: sub.agent_type,
+            event_id: None,
+            seq: None,
+            unchanged: true,
+        };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
     let stored = StoredResult {
         agent_id: sub.agent_id,
         agent_type: sub.agent_type,
@@ -308,8 +335,9 @@ pub async fn store_result(
         path: path.display().to_string(),
         issue_id: stored.issue_id,
         agent_type: stored.agent_type,
-        event_id: event.event().event_id,
-        seq: event.seq,
+        event_id: Some(event.event().event_id),
+        seq: Some(event.seq),
+        unchanged: false,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -125,6 +125,8 @@ fn session_and_subagent_lifecycle_reach_the_journal_and_results() {
     let stop = json!({"session_id": "sess-1", "hook_event_name": "SubagentStop", "agent_id": "a1b2",
         "agent_type": "rust-specialist", "last_assistant_message": "Implemented the parser; 12 tests pass."});
     inst.hook("subagent-stop", &stop);
+    // Claude Code may report the same stop again: stored once, announced once.
+    inst.hook("subagent-stop", &stop);
     let result: Value = serde_json::from_str(
         &std::fs::read_to_string(
             inst.env

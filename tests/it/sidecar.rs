@@ -205,6 +205,11 @@ fn results_context_events_and_agents_contract() {
     assert!(stored["seq"].as_u64().unwrap() >= 1);
     let on_disk: Value = serde_json::from_slice(&std::fs::read(&want).unwrap()).unwrap();
     assert_eq!(on_disk["result"]["status"], "success");
+    // The same submission again is acknowledged, not stored or announced twice.
+    let (status, again) = api(port, "POST", "/api/results", t, Some(&sub));
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["unchanged"], true);
+    assert!(again.get("seq").is_none());
 
     let (status, list) = api(port, "GET", "/api/results/issue-123", t, None);
     assert_eq!(status, 200);
