@@ -46,8 +46,10 @@ pub enum Decision {
     NoOpinion,
 }
 
-/// Tools that read one path (or, without one, the project).
-const READ_TOOLS: [&str; 5] = ["Read", "Grep", "Glob", "LS", "NotebookRead"];
+/// Tools that read the content of one file.
+const FILE_READ_TOOLS: [&str; 2] = ["Read", "NotebookRead"];
+/// Tools that list names only, never content.
+const LISTING_TOOLS: [&str; 2] = ["Glob", "LS"];
 /// Orchestration tools that touch no file themselves.
 const ORCHESTRATION_TOOLS: [&str; 4] = ["Agent", "Task", "SubagentHandback", "TodoWrite"];
 /// Tools that create, update or delete files.
@@ -62,7 +64,8 @@ const READ_PROGRAMS: [(&str, &str); 7] = [
     ("head", "nc"),
     ("tail", "nc"),
     ("wc", "lwcm"),
-    ("grep", "nirRlcvwEFHhoqsx"),
+    // No -r/-R: a recursive grep reads every file below, secrets included.
+    ("grep", "nilcvwEFHhoqsx"),
     ("pwd", ""),
 ];
 
@@ -127,16 +130,58 @@ fn inside_project(cwd: &Path, path: &str) -> bool {
     })
 }
 
-/// A read-only tool call inside the project.
-fn is_read_tool(tool: &str, input: &Value, cwd: &Path) -> bool {
-    if !READ_TOOLS.contains(&tool) {
+/// How much of a file is scanned for credential-looking content before a read is allowed.
+const SCAN_BYTES: u64 = 64 * 1024;
+
+/// A file whose content may be shown: inside the project, not a secret by name, and (when it
+/// exists) nothing in its first [`SCAN_BYTES`] looks like a credential — the same rule the
+/// context broker applies before it serves a file.
+fn readable(cwd: &Path, path: &str) -> bool {
+    if !inside_project(cwd, path) {
         return false;
     }
-    let target = ["file_path", "notebook_path", "path"]
-        .iter()
-        .find_map(|k| input[k].as_str())
-        .unwrap_or(".");
-    inside_project(cwd, target)
+    let full = cwd.join(path);
+    match std::fs::metadata(&full) {
+        Ok(m) if m.is_file() => {
+            use std::io::Read;
+            let mut head = Vec::new();
+            let read =
+                std::fs::File::open(&full).and_then(|f| f.take(SCAN_BYTES).read_to_end(&mut head));
+            let name = full
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            read.is_ok() && !crate::secrets::looks_secret(&name, &String::from_utf8_lossy(&head))
+        }
+        // A directory (an error for cat/head/grep) or nothing yet: no content to show.
+        Ok(_) | Err(_) => true,
+    }
+}
+
+/// A relative glob that cannot climb out of its directory.
+fn contained_glob(pattern: &str) -> bool {
+    !pattern.is_empty()
+        && !Path::new(pattern).is_absolute()
+        && !pattern.starts_with('~')
+        && !pattern.contains("..")
+}
+
+/// A read-only tool call inside the project.
+fn is_read_tool(tool: &str, input: &Value, cwd: &Path) -> bool {
+    let path = |k: &str| input[k].as_str();
+    if FILE_READ_TOOLS.contains(&tool) {
+        return path("file_path")
+            .or(path("notebook_path"))
+            .is_some_and(|p| readable(cwd, p) && cwd.join(p).is_file());
+    }
+    if LISTING_TOOLS.contains(&tool) {
+        return inside_project(cwd, path("path").unwrap_or("."))
+            && path("pattern").is_none_or(contained_glob);
+    }
+    // Grep searches content: only a single file, never a tree (it would read secrets in it).
+    tool == "Grep"
+        && input["glob"].is_null()
+        && path("path").is_some_and(|p| readable(cwd, p) && cwd.join(p).is_file())
 }
 
 /// One simple command of a read-only program, with known flags and paths inside the project.
@@ -152,6 +197,7 @@ fn is_read_command(cmd: &str, cwd: &Path) -> bool {
         return false;
     };
     let mut expect_number = false;
+    let mut pattern_seen = false;
     for arg in args {
         if expect_number {
             expect_number = false;
@@ -175,15 +221,11 @@ fn is_read_command(cmd: &str, cwd: &Path) -> bool {
             continue;
         }
         // grep's first operand is the pattern, not a path.
-        if *program == "grep"
-            && !args
-                .iter()
-                .take_while(|a| *a != arg)
-                .any(|a| !a.starts_with('-'))
-        {
+        if *program == "grep" && !pattern_seen {
+            pattern_seen = true;
             continue;
         }
-        if !inside_project(cwd, arg) {
+        if !readable(cwd, arg) {
             return false;
         }
     }
@@ -253,6 +295,14 @@ mod tests {
         std::fs::create_dir_all(tmp.path().join("src")).unwrap();
         std::fs::write(tmp.path().join("src/lib.rs"), "").unwrap();
         std::fs::write(tmp.path().join(".env"), "SECRET=1").unwrap();
+        std::fs::create_dir_all(tmp.path().join("cfg")).unwrap();
+        std::fs::write(
+            tmp.path().join("cfg/sa.json"),
+            "{\"private_key\": \"-----BEGIN PRIVATE KEY-----\\nMII\"}",
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join("cfg/app.yml"), "db:\n  password: hunter2\n").unwrap();
+        std::os::unix::fs::symlink("/etc", tmp.path().join("etclink")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", tmp.path().join("escape")).unwrap();
         tmp
     }
@@ -271,18 +321,15 @@ mod tests {
         };
         assert!(allow("Read", json!({"file_path": cwd.join("src/lib.rs")})));
         assert!(allow("Read", json!({"file_path": "src/lib.rs"})));
-        assert!(allow("Grep", json!({"pattern": "x"})));
+        assert!(allow("Grep", json!({"pattern": "x", "path": "src/lib.rs"})));
         assert!(allow("Glob", json!({"pattern": "**/*.rs", "path": "src"})));
-        assert!(
-            allow("Read", json!({"file_path": "src/new.rs"})),
-            "not yet existing, inside"
-        );
+        assert!(allow("LS", json!({"path": cwd.join("src")})));
         for cmd in [
             "ls -la src",
             "cat src/lib.rs",
             "head -n 5 src/lib.rs",
             "tail -20 src/lib.rs",
-            "grep -rn parse src",
+            "grep -n parse src/lib.rs",
             "wc -l src/lib.rs",
             "pwd",
         ] {
@@ -306,6 +353,13 @@ mod tests {
             ("Read", json!({"file_path": "escape"})),
             ("Read", json!({"file_path": ".env"})),
             ("Grep", json!({"pattern": "x", "path": "/etc"})),
+            ("Grep", json!({"pattern": "x"})),
+            ("Grep", json!({"pattern": "x", "path": "src"})),
+            ("Grep", json!({"pattern": "x", "glob": ".env*"})),
+            ("Glob", json!({"pattern": "/root/.ssh/*"})),
+            ("Glob", json!({"pattern": "../**"})),
+            ("Read", json!({"file_path": "cfg/sa.json"})),
+            ("Read", json!({"file_path": "cfg/app.yml"})),
             ("WebFetch", json!({"url": "x"})),
         ] {
             assert!(!allowed(tool, input.clone()), "{tool} {input}");
