@@ -274,7 +274,9 @@ pub fn render_context(
             cut -= 1;
         }
         s.truncate(cut);
-        s.push_str("\n[context truncated: ask the sidecar for more with GET $ORCHESTRATOR_API_URL/api/context/{issue}/{type}]\n");
+        s.push_str(&format!(
+            "\n[context truncated: the full answer is GET $ORCHESTRATOR_API_URL/api/context/{issue}/{agent_type}]\n"
+        ));
     }
     s
 }
@@ -330,12 +332,25 @@ fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, S
                     &json!({"status": "started", "agent_type": agent_type, "issue_id": issue, "message": format!("session {session}")}),
                 ),
             );
-            let ctx = call(
+            // Without the project part (refused, e.g. a session in the home directory, or
+            // failed), the agent still gets what earlier agents produced for the issue.
+            let ctx = match call(
                 env,
                 "GET",
                 &format!("/api/context/{issue}/{agent_type}"),
                 None,
-            )?;
+            ) {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    log_line(
+                        env,
+                        Event::SubagentStart,
+                        &format!("{e}; sending the issue's results only"),
+                    );
+                    let results = call(env, "GET", &format!("/api/results/{issue}"), None)?;
+                    json!({ "previous_results": results["results"] })
+                }
+            };
             register?;
             let text = render_context(&ctx, &issue, &agent_type, CONTEXT_BUDGET);
             Ok(Some(json!({"hookSpecificOutput": {

@@ -109,6 +109,10 @@ pub enum LaunchError {
     ConfigMissing,
     #[error("{0} — e.g. `cco --issue issue-123`")]
     BadIssue(crate::api::IdError),
+    #[error(
+        "ORCHESTRATOR_ISSUE_ID in your environment: {0} — fix it or `unset ORCHESTRATOR_ISSUE_ID`"
+    )]
+    BadIssueEnv(crate::api::IdError),
 }
 
 /// Polls `GET /health` until it answers or [`HEALTH_DEADLINE`] passes. A socket-activated
@@ -318,14 +322,21 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let secret = Secret::load(&inst.paths.secret_file())?;
     let verified = seal::verify(&inst.paths.runtime_dir, &secret)?;
 
-    let issue = match opts
-        .issue
-        .or_else(|| process_env("ORCHESTRATOR_ISSUE_ID").filter(|s| !s.is_empty()))
-    {
-        Some(s) => IssueId::parse(&s).map_err(LaunchError::BadIssue)?,
-        None => default_issue(),
+    let from_env = process_env("ORCHESTRATOR_ISSUE_ID").filter(|s| !s.is_empty());
+    let issue = match (opts.issue, from_env) {
+        (Some(s), _) => IssueId::parse(&s).map_err(LaunchError::BadIssue)?,
+        (None, Some(s)) => IssueId::parse(&s).map_err(LaunchError::BadIssueEnv)?,
+        (None, None) => default_issue(),
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    // The sidecar never reads a whole home directory (or `/`) as a project.
+    let home = process_env("HOME").map(PathBuf::from);
+    if cwd == Path::new("/") || home.as_deref() == Some(cwd.as_path()) {
+        eprintln!(
+            "⚠️  running in {}: sub-agents get earlier results but no project context (cco never reads a whole home directory) — `cd` into a project first",
+            cwd.display()
+        );
+    }
     let mut spec = TokenSpec::session(
         format!("session-{}", std::process::id()),
         inst.config.launcher.token_ttl,

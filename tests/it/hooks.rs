@@ -334,3 +334,38 @@ fn a_port_held_by_another_user_gets_no_token() {
     let log = std::fs::read_to_string(rt.join("hooks.log")).unwrap();
     assert!(log.contains("held by another user (uid 65534)"), "{log}");
 }
+
+/// A session started in the home directory gets no project context (the sidecar refuses to
+/// read a whole home), but its sub-agents still get the issue's earlier results.
+#[test]
+fn without_project_context_the_issue_results_still_reach_the_subagent() {
+    let mut inst = installation(false);
+    let out = inst
+        .env
+        .cmd(["token", "--ttl", "10m"])
+        .current_dir(&inst.env.home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    inst.token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let stop = json!({"session_id": "s", "hook_event_name": "SubagentStop", "agent_id": "arch-1",
+        "agent_type": "chief-architect", "last_assistant_message": "EARLIER-DECISION: use REST"});
+    inst.hook("subagent-stop", &stop);
+    let out = inst.hook(
+        "subagent-start",
+        &json!({"session_id": "s", "hook_event_name": "SubagentStart", "agent_id": "b2", "agent_type": "rust-specialist"}),
+    );
+    let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log")).unwrap_or_default();
+    assert!(!out.stdout.is_empty(), "no answer; hooks.log:\n{log}");
+    let context = stdout_json(&out)["hookSpecificOutput"]["additionalContext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(context.contains("EARLIER-DECISION: use REST"), "{context}");
+    assert!(!context.contains("## Git"), "{context}");
+    assert!(log.contains("results only"), "{log}");
+}

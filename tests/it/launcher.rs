@@ -371,3 +371,30 @@ fn a_roster_too_large_for_one_argument_is_left_out_with_a_warning() {
         "the rules still go"
     );
 }
+
+#[test]
+fn launching_from_home_warns_that_there_is_no_project_context() {
+    let env = with_claude(Env::new());
+    let _d = env.start("daemon");
+    let out = env
+        .cmd(["--quiet", "-p", "x"])
+        .current_dir(&env.home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no project context") && err.contains("`cd` into a project"),
+        "{err}"
+    );
+
+    let out = env
+        .cmd(["-p", "x"])
+        .env("ORCHESTRATOR_ISSUE_ID", "../x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ORCHESTRATOR_ISSUE_ID in your environment")
+    );
+}
