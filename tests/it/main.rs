@@ -6,6 +6,7 @@ mod common;
 mod daemon;
 mod e2e;
 mod fake_anthropic;
+mod foreign;
 mod hooks;
 mod launcher;
 mod service;
