@@ -18,6 +18,9 @@ use crate::secret::Secret;
 /// The stream sends a keep-alive comment every 15 s; silence much longer than that means
 /// the sidecar is gone.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lifetime of the token sent with each connection: it is checked when the stream opens,
+/// so a short one is enough, and one that leaks is soon useless.
+const TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -113,6 +116,8 @@ fn floor_from(message: &str) -> Option<u64> {
 }
 
 fn open_stream(port: u16, token: &str, path: &str) -> anyhow::Result<client::Streaming> {
+    // Never hand a token to a port another local user took first.
+    client::check_listener_owner(port).map_err(anyhow::Error::msg)?;
     let auth = format!("Bearer {token}");
     let headers = [
         ("Authorization", auth.as_str()),
@@ -135,7 +140,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         EventType::parse(t)?;
     }
     let secret = Secret::load(&inst.paths.secret_file())?;
-    let mut spec = TokenSpec::session("cco-events", Duration::from_secs(7 * 24 * 3600));
+    let mut spec = TokenSpec::session("cco-events", TOKEN_TTL);
     spec.scopes = vec![Scope::EventsWait];
     let token = Keys::new(&secret)?.mint(&spec);
     let port = inst.config.sidecar.port;

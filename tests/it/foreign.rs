@@ -143,3 +143,24 @@ fn a_dual_stack_listener_of_another_user_gets_no_token() {
     let log = std::fs::read_to_string(rt.join("hooks.log")).unwrap();
     assert!(log.contains("held by another user (uid 65534)"), "{log}");
 }
+
+#[test]
+fn cco_events_sends_no_token_to_another_users_listener() {
+    let env = Env::new();
+    // The daemon writes the secret `cco events` signs with.
+    let _daemon = env.start("daemon");
+    let Some(stranger) = Stranger::listen(&env, "127.0.0.1", env.sidecar_port, "{}") else {
+        return;
+    };
+    let out = env.run(["events"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("held by another user (uid 65534)") && stderr.contains("ss -ltnp"),
+        "{stderr}"
+    );
+    assert!(
+        !stranger.received().contains("Bearer"),
+        "cco events sent a token to another user's listener"
+    );
+}
