@@ -148,13 +148,18 @@ fn find_listener(
 /// machine someone else could take 127.0.0.1:3001 first and collect every hook's token.
 /// Root's sockets are trusted (`cco install --system`).
 pub fn check_listener_owner(port: u16) -> Result<(), String> {
-    match listener_uid(port) {
-        Some(uid) if uid != crate::paths::current_uid() && uid != 0 => Err(format!(
+    match foreign_listener(port) {
+        Some(uid) => Err(format!(
             "127.0.0.1:{port} is held by another user (uid {uid}), not by your cco — \
              see `ss -ltnp 'sport = :{port}'`; change the port in your config if it is legitimately theirs"
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// The uid of another user (not root) listening on 127.0.0.1:`port`, if any.
+pub fn foreign_listener(port: u16) -> Option<u32> {
+    listener_uid(port).filter(|&uid| uid != crate::paths::current_uid() && uid != 0)
 }
 
 /// Loopback address of a local service; always 127.0.0.1, never a name lookup.

@@ -138,6 +138,17 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
     let probes = health::both(inst, "/health");
     for probe in &probes {
         out.push(match &probe.result {
+            _ if let Some(uid) = probe.foreign_uid => fail(
+                format!(
+                    "127.0.0.1:{} is held by another user (uid {uid}), not by your cco {}",
+                    probe.port, probe.name
+                ),
+                format!(
+                    "see who owns it with `ss -ltnp 'sport = :{}'`; free it or change the port in {}",
+                    probe.port,
+                    p.config_file.display()
+                ),
+            ),
             Ok(_) if probe.healthy() => ok(format!("{} answers on 127.0.0.1:{}", probe.name, probe.port)),
             Ok(v) => fail(
                 format!("{} on 127.0.0.1:{} reports {}", probe.name, probe.port, v["status"]),

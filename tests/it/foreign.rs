@@ -164,3 +164,48 @@ fn cco_events_sends_no_token_to_another_users_listener() {
         "cco events sent a token to another user's listener"
     );
 }
+
+#[test]
+fn health_and_doctor_do_not_trust_another_users_listener() {
+    let env = Env::new();
+    let _sidecar = env.start("sidecar");
+    let healthy =
+        r#"{"status":"healthy","service":"cco-daemon","version":"0.0.0","uptime_seconds":1}"#;
+    let Some(_stranger) = Stranger::listen(&env, "::", env.daemon_port, healthy) else {
+        return;
+    };
+    let port = env.daemon_port;
+
+    let out = env.run(["health"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("daemon")).unwrap();
+    assert!(
+        row.contains("DOWN") && row.contains("held by another user (uid 65534)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("ss -ltnp 'sport = :{port}'")),
+        "{stderr}"
+    );
+    let out = env.run(["health", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["daemon"]["status"], "foreign_listener", "{v}");
+    assert_eq!(v["daemon"]["owner_uid"], NOBODY, "{v}");
+
+    let out = env.run(["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "❌ 127.0.0.1:{port} is held by another user (uid 65534), not by your cco daemon"
+        )) && text.contains(&format!(
+            "→ see who owns it with `ss -ltnp 'sport = :{port}'`"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("daemon answers on"), "{text}");
+}
