@@ -10,5 +10,6 @@ mod fake_anthropic;
 mod foreign;
 mod hooks;
 mod launcher;
+mod remedies;
 mod service;
 mod sidecar;
