@@ -320,9 +320,11 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     // When the sidecar went away; reset once a stream opens again.
     let mut outage: Option<Instant> = None;
     let mut pause = RECONNECT_FIRST_PAUSE;
+    let mut connected = false;
     loop {
         let lost = match open_stream(port, &keys, &stream_path(&args, since))? {
             Opened::Stream(mut s) => {
+                connected = true;
                 outage = None;
                 pause = RECONNECT_FIRST_PAUSE;
                 let before = since;
@@ -343,7 +345,8 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             }
             Opened::Unreachable(why) => why,
         };
-        if !args.follow {
+        // A sidecar that was never reached is not coming back: say so at once.
+        if !args.follow || !connected {
             bail!(
                 "the sidecar on 127.0.0.1:{port} is not reachable ({lost}) — `cco install` (or `cco daemon start`), then `cco health`"
             );

@@ -129,3 +129,21 @@ fn refusals_say_why() {
         "{stderr}"
     );
 }
+
+#[test]
+fn following_a_sidecar_that_never_answered_fails_at_once() {
+    let env = Env::new();
+    let mut daemon = env.start("daemon");
+    daemon.terminate();
+    let out = env.run(["events", "-f"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "the sidecar on 127.0.0.1:{} is not reachable",
+            env.sidecar_port
+        )) && stderr.trim_end().ends_with("then `cco health`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
+}
