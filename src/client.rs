@@ -75,17 +75,61 @@ impl<'a> Request<'a> {
     }
 }
 
-/// The uid owning the socket that listens on 127.0.0.1:`port` (or on all addresses), from
-/// `/proc/net/tcp`; `None` where that cannot be told (no such listener, not Linux).
+/// The uid owning the socket that accepts connections to 127.0.0.1:`port`, from
+/// `/proc/net/tcp` (127.0.0.1 or 0.0.0.0) and then `/proc/net/tcp6` (`::`, which is
+/// dual-stack by default, `::ffff:127.0.0.1` or `::1`); `None` where that cannot be told
+/// (no such listener, not Linux).
 pub fn listener_uid(port: u16) -> Option<u32> {
     // The kernel lists listening sockets first and builds the file as it is read: stopping
     // at the first non-listening line costs ~0.1 ms, where reading the whole file on a busy
     // machine (thousands of TIME_WAIT entries) costs milliseconds, on every hook call.
-    let file = std::fs::File::open("/proc/net/tcp").ok()?;
-    listener_uid_in(BufReader::with_capacity(4096, file), port)
+    // An IPv4 listener takes 127.0.0.1 first (and cannot coexist with a dual-stack `::`
+    // one), so tcp6 is only read when tcp has none.
+    let open = |path| {
+        std::fs::File::open(path)
+            .ok()
+            .map(|f| BufReader::with_capacity(4096, f))
+    };
+    open("/proc/net/tcp")
+        .and_then(|t| listener_uid_in(t, port))
+        .or_else(|| open("/proc/net/tcp6").and_then(|t| listener_uid_in6(t, port)))
 }
 
 fn listener_uid_in(table: impl BufRead, port: u16) -> Option<u32> {
+    find_listener(table, port, |addr| {
+        // The kernel prints the address as the raw in-memory u32, in host byte order.
+        let ip = u32::from_str_radix(addr, 16).ok()?.to_ne_bytes();
+        Some(matches!(ip, [127, 0, 0, 1] | [0, 0, 0, 0]))
+    })
+}
+
+fn listener_uid_in6(table: impl BufRead, port: u16) -> Option<u32> {
+    find_listener(table, port, |addr| {
+        // Four raw in-memory u32 words, each printed in host byte order.
+        if addr.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, word) in bytes.chunks_exact_mut(4).enumerate() {
+            let w = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+            word.copy_from_slice(&w.to_ne_bytes());
+        }
+        let ip = std::net::Ipv6Addr::from(bytes);
+        Some(
+            ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST),
+        )
+    })
+}
+
+/// The uid of the first listener on `port` whose hex address `ours` accepts, reading only
+/// the listening part of a `/proc/net/tcp{,6}` table.
+fn find_listener(
+    table: impl BufRead,
+    port: u16,
+    ours: impl Fn(&str) -> Option<bool>,
+) -> Option<u32> {
     for line in table.lines().skip(1) {
         let line = line.ok()?;
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -93,11 +137,7 @@ fn listener_uid_in(table: impl BufRead, port: u16) -> Option<u32> {
             return None; // past the listening sockets
         }
         let (addr, p) = f.get(1)?.split_once(':')?;
-        // The kernel prints the address as the raw in-memory u32, in host byte order.
-        let ip = u32::from_str_radix(addr, 16).ok()?.to_ne_bytes();
-        let ours =
-            u16::from_str_radix(p, 16).ok()? == port && matches!(ip, [127, 0, 0, 1] | [0, 0, 0, 0]);
-        if ours {
+        if u16::from_str_radix(p, 16).ok()? == port && ours(addr)? {
             return f.get(7)?.parse().ok();
         }
     }
@@ -108,13 +148,18 @@ fn listener_uid_in(table: impl BufRead, port: u16) -> Option<u32> {
 /// machine someone else could take 127.0.0.1:3001 first and collect every hook's token.
 /// Root's sockets are trusted (`cco install --system`).
 pub fn check_listener_owner(port: u16) -> Result<(), String> {
-    match listener_uid(port) {
-        Some(uid) if uid != crate::paths::current_uid() && uid != 0 => Err(format!(
+    match foreign_listener(port) {
+        Some(uid) => Err(format!(
             "127.0.0.1:{port} is held by another user (uid {uid}), not by your cco — \
              see `ss -ltnp 'sport = :{port}'`; change the port in your config if it is legitimately theirs"
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// The uid of another user (not root) listening on 127.0.0.1:`port`, if any.
+pub fn foreign_listener(port: u16) -> Option<u32> {
+    listener_uid(port).filter(|&uid| uid != crate::paths::current_uid() && uid != 0)
 }
 
 /// Loopback address of a local service; always 127.0.0.1, never a name lookup.
@@ -324,6 +369,67 @@ mod tests {
             assert_eq!(listener_uid(port), Some(crate::paths::current_uid()));
         }
         assert!(check_listener_owner(port).is_ok());
+    }
+
+    #[test]
+    fn listener_owner_from_proc_net_tcp6() {
+        // Each of the four words is printed as a raw host-order u32.
+        let hex = |ip: std::net::Ipv6Addr| -> String {
+            ip.octets()
+                .chunks_exact(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect()
+        };
+        let any = hex(std::net::Ipv6Addr::UNSPECIFIED);
+        let lo = hex(std::net::Ipv6Addr::LOCALHOST);
+        let mapped = hex(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        let other = hex("fe80::1".parse().unwrap());
+        let row = |sl: u32, addr: &str, port: u16, st: &str, uid: u32| {
+            format!(
+                "{sl:4}: {addr}:{port:04X} {any}:0000 {st} 00000000:00000000 00:00000000 00000000 {uid:5}        0 {sl} 1\n"
+            )
+        };
+        let table = [
+            "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n".to_string(),
+            row(0, &other, 3000, "0A", 1000),
+            row(1, &any, 3001, "0A", 65534),
+            row(2, &lo, 3002, "0A", 1002),
+            row(3, &mapped, 3003, "0A", 1003),
+            row(4, &any, 3004, "01", 1004),
+            row(5, &any, 3005, "0A", 1005),
+        ]
+        .concat();
+        let t = table.as_bytes();
+        assert_eq!(
+            listener_uid_in6(t, 3000),
+            None,
+            "another address is not ours"
+        );
+        assert_eq!(
+            listener_uid_in6(t, 3001),
+            Some(65534),
+            "`::` takes 127.0.0.1 too"
+        );
+        assert_eq!(listener_uid_in6(t, 3002), Some(1002));
+        assert_eq!(listener_uid_in6(t, 3003), Some(1003));
+        assert_eq!(listener_uid_in6(t, 3004), None, "not a listener");
+        assert_eq!(
+            listener_uid_in6(t, 3005),
+            None,
+            "the listeners end at the first other state"
+        );
+        assert_eq!(
+            listener_uid_in6("garbage\n0: zz:0BB8 x 0A".as_bytes(), 3000),
+            None
+        );
+        // A real dual-stack listener of ours is found, where the machine has IPv6.
+        if let Ok(l) = TcpListener::bind("[::]:0") {
+            let port = l.local_addr().unwrap().port();
+            if std::path::Path::new("/proc/net/tcp6").exists() {
+                assert_eq!(listener_uid(port), Some(crate::paths::current_uid()));
+            }
+            assert!(check_listener_owner(port).is_ok());
+        }
     }
 
     #[test]

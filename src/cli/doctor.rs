@@ -49,6 +49,16 @@ fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
     }
 }
 
+/// A failed check from an error written as "problem — fix": each is printed once, the fix
+/// on its own line; `fallback` is the fix for an error that names none.
+fn fail_from(error: impl std::fmt::Display, fallback: &str) -> Check {
+    let message = error.to_string();
+    match message.split_once(" — ") {
+        Some((what, fix)) => fail(what, fix),
+        None => fail(message, fallback),
+    }
+}
+
 /// Runs `claude --version` with a deadline; Claude Code is a Node program and may hang.
 fn claude_version(claude: &Path) -> Result<String, String> {
     let mut child = Command::new(claude)
@@ -108,9 +118,9 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
             format!("no secret at {} yet", p.secret_file().display()),
             "the daemon creates it on first start: `cco install` (or `cco daemon start`)",
         ),
-        Err(e) => fail(
-            e.to_string(),
-            format!(
+        Err(e) => fail_from(
+            e,
+            &format!(
                 "remove {} and run `cco daemon restart`",
                 p.secret_file().display()
             ),
@@ -129,15 +139,23 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
                 "the daemon creates it on start: `cco install` (or `cco daemon start`)",
             )
         }
-        Err(e) => fail(
-            e.to_string(),
-            "fix the permissions as shown, then `cco daemon restart`",
-        ),
+        Err(e) => fail_from(e, "fix its permissions, then run `cco daemon restart`"),
     });
 
     let probes = health::both(inst, "/health");
     for probe in &probes {
         out.push(match &probe.result {
+            _ if let Some(uid) = probe.foreign_uid => fail(
+                format!(
+                    "127.0.0.1:{} is held by another user (uid {uid}), not by your cco {}",
+                    probe.port, probe.name
+                ),
+                format!(
+                    "see who owns it with `ss -ltnp 'sport = :{}'`; free it or change the port in {}",
+                    probe.port,
+                    p.config_file.display()
+                ),
+            ),
             Ok(_) if probe.healthy() => ok(format!("{} answers on 127.0.0.1:{}", probe.name, probe.port)),
             Ok(v) => fail(
                 format!("{} on 127.0.0.1:{} reports {}", probe.name, probe.port, v["status"]),
@@ -192,7 +210,7 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
                 ),
                 _ => ok(format!("sealed runtime files verify (generation {})", v.generation)),
             },
-            Err(e) => fail(e.to_string(), "`cco daemon restart` rewrites them"),
+            Err(e) => fail_from(e, "run `cco daemon restart` to rewrite them"),
         });
     }
 
@@ -208,7 +226,10 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
                 "reinstall it: `npm install -g @anthropic-ai/claude-code`",
             ),
         }),
-        Err(e) => out.push(fail("Claude Code not found", e.to_string())),
+        Err(e) => out.push(fail_from(
+            e,
+            "install it with `npm install -g @anthropic-ai/claude-code`",
+        )),
     }
     out
 }
@@ -240,5 +261,25 @@ pub fn run(config: Option<&Path>, _args: Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("\n{failed} check(s) failed.");
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_says_its_problem_once_and_its_fix_once() {
+        let c = fail_from(
+            "secret /s has mode 0644; it must not be accessible — run `chmod 600 /s`",
+            "fallback",
+        );
+        assert_eq!(c.what, "secret /s has mode 0644; it must not be accessible");
+        assert_eq!(c.fix.as_deref(), Some("run `chmod 600 /s`"));
+        let c = fail_from("/s: Permission denied", "fallback");
+        assert_eq!(
+            (c.what.as_str(), c.fix.as_deref()),
+            ("/s: Permission denied", Some("fallback"))
+        );
     }
 }

@@ -4,9 +4,9 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::Value;
 
 use crate::api::EventType;
@@ -18,6 +18,9 @@ use crate::secret::Secret;
 /// The stream sends a keep-alive comment every 15 s; silence much longer than that means
 /// the sidecar is gone.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lifetime of the token sent with each connection: it is checked when the stream opens,
+/// so a short one is enough, and one that leaks is soon useless.
+const TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -112,8 +115,101 @@ fn floor_from(message: &str) -> Option<u64> {
         .ok()
 }
 
-fn open_stream(port: u16, token: &str, path: &str) -> anyhow::Result<client::Streaming> {
-    let auth = format!("Bearer {token}");
+/// How long `--follow` keeps trying to reach a sidecar that went away (a restart takes
+/// well under a second) before giving up.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// The first pause between reconnection attempts; it doubles up to `RECONNECT_MAX_PAUSE`.
+const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(2);
+/// How long the one-off head lookup before following may take.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+/// The sidecar's limit on labels (`check_label` in `sidecar/routes.rs`), checked here so a
+/// bad `--topic` fails before any request.
+const MAX_TOPIC: usize = 256;
+
+/// `--topic` obeys the sidecar's rules for labels.
+fn check_topic(topic: &str) -> anyhow::Result<()> {
+    if topic.is_empty() || topic.len() > MAX_TOPIC || topic.chars().any(char::is_control) {
+        bail!(
+            "invalid --topic {topic:?}: a topic is 1-{MAX_TOPIC} bytes without control characters — pass e.g. `--topic issue-42`"
+        );
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value: everything but RFC 3986 unreserved characters.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The stream's path and query.
+fn stream_path(args: &Args, since: Option<u64>) -> String {
+    let mut query = vec![format!("follow={}", args.follow)];
+    if let Some(s) = since {
+        query.push(format!("since={s}"));
+    }
+    if let Some(t) = &args.event_type {
+        query.push(format!("event_type={}", encode(t)));
+    }
+    if let Some(t) = &args.topic {
+        query.push(format!("filter={}", encode(&format!("topic:{t}"))));
+    }
+    format!("/api/events/stream?{}", query.join("&"))
+}
+
+/// The journal's newest seq, so that a follower that reconnects misses nothing published
+/// before its first event; `None` if the sidecar does not say.
+fn journal_head(port: u16) -> Option<u64> {
+    let r = client::send(client::local(port), &Request::get("/status"), HEAD_TIMEOUT).ok()?;
+    let v: Value = (r.status == 200).then(|| r.json().ok())??;
+    v["events"]["total_published"].as_u64()
+}
+
+/// The sidecar's message in an error answer: its JSON `error.message`, else the body, else
+/// the status text.
+fn error_message(status: u16, body: &str) -> String {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| body.trim().to_string());
+    if message.is_empty() {
+        axum::http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("no reason given")
+            .to_string()
+    } else {
+        message
+    }
+}
+
+/// What one attempt to open the stream gave.
+enum Opened {
+    Stream(client::Streaming),
+    /// No answer, or a 5xx: the sidecar is down or (re)starting.
+    Unreachable(String),
+    /// A 410 naming the oldest event kept.
+    Compacted {
+        floor: u64,
+        message: String,
+    },
+}
+
+fn open_stream(port: u16, keys: &Keys, path: &str) -> anyhow::Result<Opened> {
+    // Never hand a token to a port another local user took first.
+    client::check_listener_owner(port).map_err(anyhow::Error::msg)?;
+    // A fresh short-lived token per connection.
+    let mut spec = TokenSpec::session("cco-events", TOKEN_TTL);
+    spec.scopes = vec![Scope::EventsWait];
+    let auth = format!("Bearer {}", keys.mint(&spec).0);
     let headers = [
         ("Authorization", auth.as_str()),
         ("Accept", "text/event-stream"),
@@ -124,9 +220,74 @@ fn open_stream(port: u16, token: &str, path: &str) -> anyhow::Result<client::Str
         headers: &headers,
         body: None,
     };
-    client::open(client::local(port), &req, STREAM_READ_TIMEOUT).with_context(|| {
-        format!("the sidecar on 127.0.0.1:{port} is not reachable — `cco install` (or `cco daemon start`), then `cco health`")
-    })
+    let mut s = match client::open(client::local(port), &req, STREAM_READ_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => return Ok(Opened::Unreachable(e.to_string())),
+    };
+    if s.status == 200 {
+        return Ok(Opened::Stream(s));
+    }
+    let mut body = String::new();
+    let _ = s.body.read_to_string(&mut body);
+    let message = error_message(s.status, &body);
+    match (s.status, floor_from(&message)) {
+        (410, Some(floor)) => Ok(Opened::Compacted { floor, message }),
+        (500.., _) => Ok(Opened::Unreachable(format!("HTTP {}: {message}", s.status))),
+        _ => bail!(
+            "the sidecar refused the event stream (HTTP {}): {message}",
+            s.status
+        ),
+    }
+}
+
+/// Why printing a stream stopped.
+enum Stop {
+    /// The stream ended as asked (no `--follow`), or stdout was closed.
+    Done,
+    /// The connection went away; `--follow` reconnects.
+    Lost(String),
+}
+
+/// Prints the stream's events, keeping `since` at the last seq seen.
+fn print_events(
+    stream: &mut client::Streaming,
+    since: &mut Option<u64>,
+    out: &mut impl Write,
+    json: bool,
+    follow: bool,
+) -> anyhow::Result<Stop> {
+    let mut sidecar_error: Option<String> = None;
+    let mut output_error: Option<std::io::Error> = None;
+    let read = read_sse(&mut stream.body, |msg| {
+        if msg.event.as_deref() == Some("error") {
+            sidecar_error = Some(msg.data);
+            return false;
+        }
+        if let Some(seq) = msg.id.as_deref().and_then(|i| i.parse().ok()) {
+            *since = Some(seq);
+        }
+        let line = match serde_json::from_str::<Value>(&msg.data) {
+            Ok(v) if json => v.to_string(),
+            Ok(v) => format_event(&v),
+            Err(_) => msg.data,
+        };
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => true,
+            Err(e) => {
+                output_error = Some(e);
+                false
+            }
+        }
+    });
+    match (output_error, sidecar_error, read) {
+        (Some(e), ..) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Stop::Done),
+        (Some(e), ..) => Err(anyhow::Error::new(e).context("cannot write the events")),
+        (None, Some(e), _) if !follow => bail!("the sidecar ended the event stream: {e}"),
+        (None, Some(e), _) => Ok(Stop::Lost(e)),
+        (None, None, Err(e)) => Ok(Stop::Lost(e.to_string())),
+        (None, None, Ok(())) if follow => Ok(Stop::Lost("the stream ended".into())),
+        (None, None, Ok(())) => Ok(Stop::Done),
+    }
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
@@ -134,45 +295,20 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(t) = &args.event_type {
         EventType::parse(t)?;
     }
+    if let Some(t) = &args.topic {
+        check_topic(t)?;
+    }
     let secret = Secret::load(&inst.paths.secret_file())?;
-    let mut spec = TokenSpec::session("cco-events", Duration::from_secs(7 * 24 * 3600));
-    spec.scopes = vec![Scope::EventsWait];
-    let token = Keys::new(&secret)?.mint(&spec);
+    let keys = Keys::new(&secret)?;
     let port = inst.config.sidecar.port;
 
-    let mut since = args.since.or(if args.follow { None } else { Some(0) });
-    let mut stream = loop {
-        let mut query = vec![format!("follow={}", args.follow)];
-        if let Some(s) = since {
-            query.push(format!("since={s}"));
-        }
-        if let Some(t) = &args.event_type {
-            query.push(format!("event_type={t}"));
-        }
-        if let Some(t) = &args.topic {
-            query.push(format!("filter=topic:{t}"));
-        }
-        let path = format!("/api/events/stream?{}", query.join("&"));
-        let mut s = open_stream(port, &token.0, &path)?;
-        if s.status == 200 {
-            break s;
-        }
-        let mut body = String::new();
-        let _ = s.body.read_to_string(&mut body);
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(String::from))
-            .unwrap_or(body);
-        // Older events were compacted: without an explicit --since, start at the oldest kept.
-        match (s.status, args.since, floor_from(&message)) {
-            (410, None, Some(floor)) if since != Some(floor) => since = Some(floor),
-            _ => bail!(
-                "the sidecar refused the event stream (HTTP {}): {message}",
-                s.status
-            ),
-        }
+    let mut since = match args.since {
+        Some(s) => Some(s),
+        None if args.follow => journal_head(port),
+        None => Some(0),
     };
-
+    // A cursor the user gave is theirs to move; one of ours may skip to the oldest kept.
+    let mut cursor_is_ours = args.since.is_none();
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(
@@ -181,29 +317,52 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             "SEQ", "TIME", "TYPE", "TOPIC", "PUBLISHER"
         )?;
     }
-    let mut failure: Option<std::io::Error> = None;
-    read_sse(&mut stream.body, |msg| {
-        if msg.event.as_deref() == Some("error") {
-            failure = Some(std::io::Error::other(msg.data));
-            return false;
-        }
-        let line = match serde_json::from_str::<Value>(&msg.data) {
-            Ok(v) if args.json => v.to_string(),
-            Ok(v) => format_event(&v),
-            Err(_) => msg.data,
-        };
-        match writeln!(out, "{line}").and_then(|()| out.flush()) {
-            Ok(()) => true,
-            Err(e) => {
-                failure = Some(e);
-                false
+    // When the sidecar went away; reset once a stream opens again.
+    let mut outage: Option<Instant> = None;
+    let mut pause = RECONNECT_FIRST_PAUSE;
+    let mut connected = false;
+    loop {
+        let lost = match open_stream(port, &keys, &stream_path(&args, since))? {
+            Opened::Stream(mut s) => {
+                connected = true;
+                outage = None;
+                pause = RECONNECT_FIRST_PAUSE;
+                let before = since;
+                let stop = print_events(&mut s, &mut since, &mut out, args.json, args.follow)?;
+                cursor_is_ours |= since != before;
+                match stop {
+                    Stop::Done => return Ok(ExitCode::SUCCESS),
+                    Stop::Lost(why) => why,
+                }
             }
+            Opened::Compacted { floor, message } => {
+                // Older events were compacted: start at the oldest kept.
+                if !cursor_is_ours || since == Some(floor) {
+                    bail!("the sidecar refused the event stream (HTTP 410): {message}");
+                }
+                since = Some(floor);
+                continue;
+            }
+            Opened::Unreachable(why) => why,
+        };
+        // A sidecar that was never reached is not coming back: say so at once.
+        if !args.follow || !connected {
+            bail!(
+                "the sidecar on 127.0.0.1:{port} is not reachable ({lost}) — `cco install` (or `cco daemon start`), then `cco health`"
+            );
         }
-    })?;
-    match failure {
-        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Some(e) => Err(e.into()),
-        None => Ok(ExitCode::SUCCESS),
+        let started = *outage.get_or_insert_with(|| {
+            eprintln!("cco events: lost the sidecar on 127.0.0.1:{port} ({lost}); reconnecting…");
+            Instant::now()
+        });
+        if started.elapsed() >= RECONNECT_FOR {
+            bail!(
+                "the sidecar on 127.0.0.1:{port} did not come back within {} s ({lost}) — `cco health` shows why, `cco sidecar restart` restarts it",
+                RECONNECT_FOR.as_secs()
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RECONNECT_MAX_PAUSE);
     }
 }
 
@@ -242,5 +401,38 @@ mod tests {
         );
         assert_eq!(floor_from("restart from `since=41` or without"), Some(41));
         assert_eq!(floor_from("nothing"), None);
+    }
+
+    #[test]
+    fn query_values_are_encoded_and_topics_checked() {
+        let args = Args {
+            follow: true,
+            event_type: Some("agent_completed".into()),
+            topic: Some("a b&since=0#x".into()),
+            since: None,
+            json: false,
+        };
+        assert_eq!(
+            stream_path(&args, Some(7)),
+            "/api/events/stream?follow=true&since=7&event_type=agent_completed\
+             &filter=topic%3Aa%20b%26since%3D0%23x"
+        );
+        assert_eq!(encode("é"), "%C3%A9");
+        assert!(check_topic("issue-42").is_ok());
+        assert!(check_topic("a b").is_ok(), "the sidecar allows spaces");
+        for bad in ["", "a\nb", &"x".repeat(MAX_TOPIC + 1)] {
+            let e = check_topic(bad).unwrap_err().to_string();
+            assert!(e.contains("--topic issue-42"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_error_answer_always_says_something() {
+        let json =
+            r#"{"error":{"code":"bad_request","message":"`topic` must be 1-256 characters"}}"#;
+        assert_eq!(error_message(400, json), "`topic` must be 1-256 characters");
+        assert_eq!(error_message(400, "plain words\n"), "plain words");
+        assert_eq!(error_message(400, ""), "Bad Request");
+        assert_eq!(error_message(599, ""), "no reason given");
     }
 }

@@ -32,6 +32,8 @@ pub struct Probe {
     pub name: &'static str,
     pub port: u16,
     pub result: Result<Value, String>,
+    /// Another user listens on the port: its answer, if any, is not cco's.
+    pub foreign_uid: Option<u32>,
 }
 
 impl Probe {
@@ -43,12 +45,24 @@ impl Probe {
     fn as_json(&self) -> Value {
         match &self.result {
             Ok(v) => v.clone(),
-            Err(e) => json!({"status": "unreachable", "error": e}),
+            Err(e) => match self.foreign_uid {
+                Some(uid) => json!({"status": "foreign_listener", "owner_uid": uid, "error": e}),
+                None => json!({"status": "unreachable", "error": e}),
+            },
         }
     }
 }
 
 pub fn probe(name: &'static str, port: u16, path: &str) -> Probe {
+    // Whatever another user's listener answers, it is not this cco.
+    if let Some(uid) = client::foreign_listener(port) {
+        return Probe {
+            name,
+            port,
+            result: Err(format!("held by another user (uid {uid}), not by your cco")),
+            foreign_uid: Some(uid),
+        };
+    }
     let result = match client::send(client::local(port), &Request::get(path), TIMEOUT) {
         Ok(r) if r.status == 200 => r.json::<Value>().map_err(|e| e.to_string()),
         Ok(r) => Err(format!(
@@ -59,7 +73,12 @@ pub fn probe(name: &'static str, port: u16, path: &str) -> Probe {
         Err(ClientError::Refused) => Err("connection refused".into()),
         Err(e) => Err(e.to_string()),
     };
-    Probe { name, port, result }
+    Probe {
+        name,
+        port,
+        result,
+        foreign_uid: None,
+    }
 }
 
 pub fn both(inst: &Installation, path: &str) -> [Probe; 2] {
@@ -69,11 +88,16 @@ pub fn both(inst: &Installation, path: &str) -> [Probe; 2] {
     ]
 }
 
-fn fix_hint(probes: &[Probe]) -> &'static str {
-    if probes.iter().all(|p| p.result.is_err()) {
-        "fix: run `cco install` once (or `cco daemon start` where there is no service manager); `cco doctor` checks the rest"
+fn fix_hint(probes: &[Probe]) -> String {
+    if let Some(p) = probes.iter().find(|p| p.foreign_uid.is_some()) {
+        format!(
+            "fix: see who holds the port with `ss -ltnp 'sport = :{}'`; free it, or change the port in your config if it is legitimately theirs",
+            p.port
+        )
+    } else if probes.iter().all(|p| p.result.is_err()) {
+        "fix: run `cco install` once (or `cco daemon start` where there is no service manager); `cco doctor` checks the rest".into()
     } else {
-        "fix: `cco logs <service>` shows why; `cco daemon restart` / `cco sidecar restart` restarts it"
+        "fix: `cco logs <service>` shows why; `cco daemon restart` / `cco sidecar restart` restarts it".into()
     }
 }
 

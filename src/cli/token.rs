@@ -10,7 +10,8 @@ use anyhow::Context;
 use crate::api::{AgentType, IssueId};
 use crate::auth::{Keys, Scope, TokenSpec};
 use crate::paths::Installation;
-use crate::secret::Secret;
+use crate::paths::PathError;
+use crate::secret::{Secret, SecretError};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,11 +49,13 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config)?;
     let secret_file = inst.paths.secret_file();
-    let secret = Secret::load(&secret_file).with_context(|| {
-        format!(
-            "cannot read the secret {} — start the services once (`cco daemon start` or `cco install`)",
-            secret_file.display()
-        )
+    // Each secret error names its own fix (set up, chmod, rm); only a bare I/O error needs
+    // saying what was being read.
+    let secret = Secret::load(&secret_file).map_err(|e| match e {
+        SecretError::Path(PathError::Io { .. } | PathError::WrongKind { .. }) => {
+            anyhow::anyhow!("cannot read the secret: {e}")
+        }
+        e => e.into(),
     })?;
     let keys = Keys::new(&secret).map_err(|e| anyhow::anyhow!("{e}: {}", secret_file.display()))?;
     let project = if args.any_project {
