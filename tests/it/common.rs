@@ -21,14 +21,20 @@ pub fn current_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// A free loopback port. Another process could take it before we use it; tests that bind
-/// it themselves (socket activation) avoid even that.
+/// A free loopback port for a service, handed out once per test binary. Taken below the
+/// kernel's ephemeral range (32768+), where the tests' own outgoing connections could grab a
+/// port between our check and the service's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Different test processes start in different places.
+    let offset = (std::process::id() % 400) * 30;
+    loop {
+        let port = (20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One isolated installation.
