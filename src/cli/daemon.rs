@@ -45,7 +45,7 @@ pub enum Action {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Port to bind when not socket-activated (default: daemon.port 3000 / sidecar.port 3001).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Exit after this long with no open connection ("never", "10m", "30s").
     #[arg(long, value_name = "DURATION")]
