@@ -14,6 +14,14 @@ pub const EXAMPLE: &str = include_str!("../packaging/daemon.toml");
 /// re-activation costs a process start.
 pub const MIN_IDLE_EXIT: Duration = Duration::from_secs(1);
 
+/// `idle_exit_after` as the config spells it: `never`, or a duration such as `10m`.
+pub fn idle_label(idle: Option<Duration>) -> String {
+    match idle {
+        None => "never".into(),
+        Some(d) => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// `hooks.timeout_ms` bounds: zero makes every hook fail (a connect timeout cannot be
 /// zero), and a hook Claude waits on for over a minute stalls the session.
 pub const HOOK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;

@@ -192,13 +192,15 @@ fn run_daemon(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitC
             stopper.subscribe(),
         );
         let app = daemon::router(state);
-        let _ = listen::notify("READY=1");
+        // Logged before READY=1, so whoever waited for it finds the line.
         tracing::info!(
             port,
             listener = origin.as_str(),
             pid = std::process::id(),
+            idle_exit_after = %config::idle_label(idle),
             "daemon ready"
         );
+        let _ = listen::notify("READY=1");
         let exit =
             server::serve(listener, app, tracker, stopper, idle, server::termination()).await?;
         let _ = listen::notify("STOPPING=1");
