@@ -34,9 +34,11 @@ pub enum Action {
     /// Start it: through the service manager when installed, else detached (`cco daemon
     /// start` also starts the sidecar, which the daemon forwards to).
     Start(operate::Args),
-    /// Stop it and its socket (else the next connection starts it again).
+    /// Stop it and its socket (else the next connection starts it again). Detached (no
+    /// service manager), `cco daemon stop` stops the sidecar too.
     Stop(operate::Args),
-    /// Restart it; the socket keeps accepting meanwhile.
+    /// Restart it; the socket keeps accepting meanwhile. Detached (no service manager),
+    /// `cco daemon restart` restarts the sidecar too.
     Restart(operate::Args),
     /// Show socket and service state and whether the units start this binary.
     Status(operate::Args),

@@ -334,3 +334,17 @@ fn a_port_held_by_another_user_gets_no_token() {
     let log = std::fs::read_to_string(rt.join("hooks.log")).unwrap();
     assert!(log.contains("held by another user (uid 65534)"), "{log}");
 }
+
+/// Hooks never read the config, so their help must not offer `--config`.
+#[test]
+fn hook_help_does_not_offer_config() {
+    let env = Env::new();
+    let out = env.run(["hook", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("--config"), "{help}");
+    assert!(help.contains("ORCHESTRATOR_*"), "{help}");
+    // Other subcommands still offer it.
+    let out = env.run(["daemon", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config <FILE>"));
+}

@@ -278,3 +278,28 @@ fn detached_services_run_with_idle_exit_off() {
     );
     env.run(["daemon", "stop"]);
 }
+
+#[test]
+fn install_dry_run_without_a_service_manager_shows_the_units() {
+    let mut env = Env::new();
+    let calls = fake_systemctl(&mut env, "offline");
+    let out = env.run(["install", "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with("no service manager")
+            && stdout.contains("`cco daemon start`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("would write") && stdout.contains("cco-daemon.socket"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("would run: systemctl --user"), "{stdout}");
+    assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
+    assert!(!calls.exists(), "dry run ran systemctl");
+}
