@@ -14,6 +14,41 @@ pub const EXAMPLE: &str = include_str!("../packaging/daemon.toml");
 /// re-activation costs a process start.
 pub const MIN_IDLE_EXIT: Duration = Duration::from_secs(1);
 
+/// `idle_exit_after` as the config spells it: `never`, or a duration such as `10m`.
+pub fn idle_label(idle: Option<Duration>) -> String {
+    match idle {
+        None => "never".into(),
+        Some(d) => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// `hooks.timeout_ms` bounds: zero makes every hook fail (a connect timeout cannot be
+/// zero), and a hook Claude waits on for over a minute stalls the session.
+pub const HOOK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+/// Session tokens live at least a minute (shorter ones expire mid-start) and at most 30 days
+/// (a leaked one must not be good forever); `launcher.token_ttl` and `cco token --ttl`.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Checks a token lifetime against [`MIN_TOKEN_TTL`]..=[`MAX_TOKEN_TTL`]; the message says
+/// what is allowed.
+pub fn check_token_ttl(ttl: Duration) -> Result<Duration, String> {
+    if (MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&ttl) {
+        Ok(ttl)
+    } else {
+        Err("is out of range: a token lives from 1m to 30d".into())
+    }
+}
+
+/// Parses a `--ttl` flag ("1h", "7d") and checks it with [`check_token_ttl`]; a clap
+/// `value_parser`.
+pub fn parse_token_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}: expected a duration such as \"1h\" or \"7d\""))?;
+    check_token_ttl(ttl).map_err(|e| format!("{:?} {e}", s.trim()))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -160,8 +195,15 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
-    #[error("bad config: {0}")]
-    Invalid(String),
+    /// A key parsed but its value is not allowed.
+    #[error(
+        "bad config file {path}: {key} {problem} — fix `{key}` in {path}, or remove it to get the default back"
+    )]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
 }
 
 impl Config {
@@ -206,7 +248,15 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(env)?;
-        config.validate()?;
+        // The environment's values were checked as they were read: what fails here is the
+        // file's.
+        config
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Value {
+                path: path.to_owned(),
+                key,
+                problem,
+            })?;
         Ok(config)
     }
 
@@ -231,12 +281,19 @@ impl Config {
             self.sidecar.port = parse_port("CCO_SIDECAR_PORT", &v)?;
         }
         if let Some(v) = env("CCO_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-            self.runtime_dir = Some(v.into());
+            self.runtime_dir = Some(absolute("CCO_RUNTIME_DIR", v)?);
         }
         if let Some(v) = env("CCO_DATA_DIR").filter(|v| !v.is_empty()) {
-            self.data_dir = Some(v.into());
+            self.data_dir = Some(absolute("CCO_DATA_DIR", v)?);
         }
         if let Some(v) = env("CCO_CLAUDE").filter(|v| !v.is_empty()) {
+            if !is_program(Path::new(&v)) {
+                return Err(ConfigError::Env {
+                    var: "CCO_CLAUDE",
+                    value: v,
+                    expected: "an absolute path or a bare program name found on PATH",
+                });
+            }
             self.claude_path = Some(v.into());
         }
         if let Some(v) = env("CCO_LOG").filter(|v| !v.is_empty()) {
@@ -252,36 +309,113 @@ impl Config {
             self.hooks.enabled = parse_bool("CCO_HOOKS_ENABLED", &v)?;
         }
         if let Some(v) = env("CCO_IDLE_EXIT_AFTER") {
-            self.idle_exit_after = idle::parse(&v).map_err(|_| ConfigError::Env {
-                var: "CCO_IDLE_EXIT_AFTER",
-                value: v,
-                expected: "\"never\" or a duration such as \"10m\"",
-            })?;
+            match idle::parse(&v) {
+                Ok(d) if d.is_none_or(|d| d >= MIN_IDLE_EXIT) => self.idle_exit_after = d,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "CCO_IDLE_EXIT_AFTER",
+                        value: v,
+                        expected: "\"never\" or a duration of at least 1s such as \"10m\"",
+                    });
+                }
+            }
         }
         Ok(())
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// The first value that is not allowed, as (key, what is wrong with it).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, port) in [
+            ("daemon.port", self.daemon.port),
+            ("sidecar.port", self.sidecar.port),
+        ] {
+            if port == 0 {
+                return Err((key, "is 0; use a port from 1 to 65535".into()));
+            }
+        }
         if self.daemon.port == self.sidecar.port {
-            return Err(ConfigError::Invalid(format!(
-                "daemon.port and sidecar.port are both {}; give them different ports",
-                self.daemon.port
-            )));
+            return Err((
+                "sidecar.port",
+                format!(
+                    "is {}, the same as daemon.port; give the two services different ports \
+                     (CCO_DAEMON_PORT / CCO_SIDECAR_PORT override the file)",
+                    self.sidecar.port
+                ),
+            ));
         }
         if let Some(d) = self.idle_exit_after
             && d < MIN_IDLE_EXIT
         {
-            return Err(ConfigError::Invalid(format!(
-                "idle_exit_after must be at least {}s",
-                MIN_IDLE_EXIT.as_secs()
-            )));
+            return Err((
+                "idle_exit_after",
+                format!(
+                    "is {}; use \"never\" or at least {}s",
+                    humantime::format_duration(d),
+                    MIN_IDLE_EXIT.as_secs()
+                ),
+            ));
         }
         if self.sidecar.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid(
-                "sidecar.max_body_bytes must be at least 1024".into(),
+            return Err((
+                "sidecar.max_body_bytes",
+                format!("is {}; use at least 1024", self.sidecar.max_body_bytes),
+            ));
+        }
+        if !HOOK_TIMEOUT_MS.contains(&self.hooks.timeout_ms) {
+            return Err((
+                "hooks.timeout_ms",
+                format!(
+                    "is {}; use {} to {} (milliseconds)",
+                    self.hooks.timeout_ms,
+                    HOOK_TIMEOUT_MS.start(),
+                    HOOK_TIMEOUT_MS.end()
+                ),
+            ));
+        }
+        check_token_ttl(self.launcher.token_ttl).map_err(|e| ("launcher.token_ttl", e))?;
+        for (key, dir) in [
+            ("runtime_dir", &self.runtime_dir),
+            ("data_dir", &self.data_dir),
+        ] {
+            if let Some(d) = dir.as_deref().filter(|d| !d.is_absolute()) {
+                return Err((
+                    key,
+                    format!("is {:?}; use an absolute path", d.display().to_string()),
+                ));
+            }
+        }
+        if let Some(c) = self.claude_path.as_deref().filter(|c| !is_program(c)) {
+            return Err((
+                "claude_path",
+                format!(
+                    "is {:?}; use an absolute path, or a bare name looked up on PATH",
+                    c.display().to_string()
+                ),
             ));
         }
         Ok(())
+    }
+}
+
+/// An absolute path, or a bare program name (looked up on `PATH`); not a relative path,
+/// which would depend on the directory `cco` happens to run in.
+fn is_program(p: &Path) -> bool {
+    p.is_absolute()
+        || matches!(
+            p.components().collect::<Vec<_>>().as_slice(),
+            [std::path::Component::Normal(_)]
+        )
+}
+
+fn absolute(var: &'static str, v: String) -> Result<PathBuf, ConfigError> {
+    if Path::new(&v).is_absolute() {
+        Ok(v.into())
+    } else {
+        Err(ConfigError::Env {
+            var,
+            value: v,
+            expected: "an absolute path",
+        })
     }
 }
 
@@ -458,6 +592,114 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("different ports"));
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_file_the_key_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        for (text, key, want) in [
+            (
+                "[daemon]\nport = 0\n",
+                "daemon.port",
+                "is 0; use a port from 1 to 65535",
+            ),
+            ("[sidecar]\nport = 0\n", "sidecar.port", "is 0"),
+            (
+                "[hooks]\ntimeout_ms = 0\n",
+                "hooks.timeout_ms",
+                "is 0; use 100 to 60000",
+            ),
+            (
+                "[hooks]\ntimeout_ms = 60001\n",
+                "hooks.timeout_ms",
+                "is 60001",
+            ),
+            (
+                "[launcher]\ntoken_ttl = \"30s\"\n",
+                "launcher.token_ttl",
+                "from 1m to 30d",
+            ),
+            (
+                "[launcher]\ntoken_ttl = \"31d\"\n",
+                "launcher.token_ttl",
+                "out of range",
+            ),
+            (
+                "runtime_dir = \"rt\"\n",
+                "runtime_dir",
+                "use an absolute path",
+            ),
+            (
+                "data_dir = \"./data\"\n",
+                "data_dir",
+                "use an absolute path",
+            ),
+            (
+                "claude_path = \"bin/claude\"\n",
+                "claude_path",
+                "or a bare name",
+            ),
+            (
+                "idle_exit_after = \"0s\"\n",
+                "idle_exit_after",
+                "at least 1s",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path, &no_env).unwrap_err().to_string();
+            let p = path.display();
+            assert!(
+                err.starts_with(&format!("bad config file {p}: {key} "))
+                    && err.contains(want)
+                    && err.ends_with(&format!(
+                        "fix `{key}` in {p}, or remove it to get the default back"
+                    )),
+                "{text:?} → {err}"
+            );
+        }
+        for ok in [
+            "[hooks]\ntimeout_ms = 100\n[launcher]\ntoken_ttl = \"1m\"\n",
+            "[hooks]\ntimeout_ms = 60000\n[launcher]\ntoken_ttl = \"30d\"\n",
+            "claude_path = \"claude\"\nruntime_dir = \"/run/x\"\ndata_dir = \"/d\"\n",
+            "claude_path = \"/opt/claude/bin/claude\"\n",
+        ] {
+            std::fs::write(&path, ok).unwrap();
+            Config::load(&path, &no_env).unwrap_or_else(|e| panic!("{ok:?} → {e}"));
+        }
+    }
+
+    #[test]
+    fn relative_paths_in_the_environment_are_refused() {
+        for (var, value) in [
+            ("CCO_RUNTIME_DIR", "rt"),
+            ("CCO_DATA_DIR", "data"),
+            ("CCO_CLAUDE", "./claude"),
+            ("CCO_IDLE_EXIT_AFTER", "0s"),
+        ] {
+            let err = Config::load(Path::new("/nonexistent"), &|k| {
+                (k == var).then(|| value.to_string())
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(var) && err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn token_ttl_flag_is_capped() {
+        assert_eq!(parse_token_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_token_ttl("30d"), Ok(MAX_TOKEN_TTL));
+        assert_eq!(
+            parse_token_ttl("31d").unwrap_err(),
+            "\"31d\" is out of range: a token lives from 1m to 30d"
+        );
+        assert!(
+            parse_token_ttl("10s")
+                .unwrap_err()
+                .contains("from 1m to 30d")
+        );
+        assert!(parse_token_ttl("soon").unwrap_err().contains("such as"));
     }
 
     #[test]

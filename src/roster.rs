@@ -3,11 +3,13 @@
 //! at build time; files in `~/.config/cco/agents/*.md` add agents or override them by name.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::api::AgentType;
+use crate::paths::{self, PathError};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_agents.rs"));
 
@@ -189,19 +191,22 @@ impl Roster {
     pub fn load(user_dir: &Path) -> Result<(Roster, Vec<AgentError>), AgentError> {
         let mut roster = Roster::builtin()?;
         let mut problems = Vec::new();
+        // Agent prompts are sealed into every session: a directory another user can write
+        // to could smuggle one in, so none of its files is used.
+        if let Err(e) = paths::check_trusted_dir(user_dir) {
+            problems.push(untrusted(user_dir, &e));
+            return Ok((roster, problems));
+        }
         for path in user_files(user_dir) {
             let source = path.display().to_string();
-            match std::fs::read_to_string(&path) {
+            match read_agent_file(&path) {
                 Ok(text) => match Agent::parse(&source, &text) {
                     Ok(a) => {
                         roster.agents.insert(a.name.clone(), a);
                     }
                     Err(e) => problems.push(e),
                 },
-                Err(e) => problems.push(AgentError {
-                    source_name: source,
-                    message: e.to_string(),
-                }),
+                Err(e) => problems.push(untrusted(&path, &e)),
             }
         }
         Ok((roster, problems))
@@ -229,6 +234,36 @@ impl Roster {
             })
             .collect();
         serde_json::to_string(&map).expect("roster serializes")
+    }
+}
+
+/// Reads a user agent file as cco trusts it ([`paths::open_trusted`]): no symlink, owned by
+/// this user or root, not writable by group or others, in a directory that passes the same.
+pub fn read_agent_file(path: &Path) -> Result<String, PathError> {
+    let mut text = String::new();
+    paths::open_trusted(path)?
+        .read_to_string(&mut text)
+        .map_err(|e| PathError::io(path, e))?;
+    Ok(text)
+}
+
+/// A file (or directory) that cannot be read or trusted, as a problem of `path`. The error
+/// usually names `path` first; that is said once.
+pub fn untrusted(path: &Path, e: &PathError) -> AgentError {
+    let source_name = path.display().to_string();
+    let message = match e {
+        PathError::Io { source, .. } => format!("cannot read it: {source}"),
+        e => {
+            let text = e.to_string();
+            match text.strip_prefix(&source_name) {
+                Some(rest) => format!("not used: it{rest}"),
+                None => format!("not used: {text}"),
+            }
+        }
+    };
+    AgentError {
+        source_name,
+        message,
     }
 }
 
@@ -487,6 +522,72 @@ mod tests {
             let e = Agent::parse("t", text).unwrap_err().to_string();
             assert!(e.contains(want), "{text:?} → {e}");
         }
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    const EVIL: &str = "---\nname: evil\ndescription: d\n---\nObey me.\n";
+
+    #[test]
+    fn writable_or_foreign_agent_files_are_skipped_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agents");
+        std::fs::create_dir(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let evil = dir.join("evil.md");
+        std::fs::write(&evil, EVIL).unwrap();
+        set_mode(&evil, 0o666);
+        std::fs::write(dir.join("ok.md"), EVIL.replace("evil", "fine")).unwrap();
+        set_mode(&dir.join("ok.md"), 0o644);
+        std::os::unix::fs::symlink(dir.join("ok.md"), dir.join("link.md")).unwrap();
+
+        let (r, problems) = Roster::load(&dir).unwrap();
+        assert!(r.get("evil").is_none(), "a 666 file is not used");
+        assert!(r.get("fine").is_some());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with(&format!("{}: ", evil.display()))
+                    && s.contains(&format!("chmod go-w {}", evil.display()))),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("link.md") && s.contains("symlink")),
+            "{shown:#?}"
+        );
+
+        // Root can give the file away; another user's file is not trusted even when 0644.
+        if paths::current_uid() == 0 {
+            set_mode(&evil, 0o644);
+            std::os::unix::fs::chown(&evil, Some(65534), Some(65534)).unwrap();
+            let (r, problems) = Roster::load(&dir).unwrap();
+            assert!(r.get("evil").is_none(), "a foreign file is not used");
+            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert!(
+                shown.iter().any(|s| s.contains("owned by uid 65534")
+                    && s.contains(&format!("chown 0 {}", evil.display()))),
+                "{shown:#?}"
+            );
+        }
+
+        // A directory others can write to: none of its files is used.
+        set_mode(&dir, 0o777);
+        let (r, problems) = Roster::load(&dir).unwrap();
+        assert!(r.get("fine").is_none() && r.get("evil").is_none());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].source_name, dir.display().to_string());
+        assert!(
+            problems[0].to_string().contains("chmod go-w"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ const SECRET_NAMES: &[&str] = &[
     ".my.cnf",
     ".git-credentials",
     ".htpasswd",
+    ".dockercfg",
     ".dev.vars",
     "local.settings.json",
     ".ssh",
@@ -141,7 +142,22 @@ pub fn looks_secret(name: &str, text: &str) -> bool {
         || prefixed(text, &["sk_live_", "rk_live_"], 16, |b| {
             b.is_ascii_alphanumeric()
         })
+        // Anthropic, OpenAI project/service keys, GitLab personal access tokens.
+        || prefixed(
+            text,
+            &["sk-ant-", "sk-proj-", "sk-svcacct-", "glpat-"],
+            20,
+            |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
+        )
+        // OpenAI's older keys: `sk-` and 48 letters and digits.
+        || prefixed(text, &["sk-"], 40, |b| b.is_ascii_alphanumeric())
+        || prefixed(text, &["npm_"], 36, |b| b.is_ascii_alphanumeric())
+        // Slack incoming webhooks: the URL is the credential.
+        || prefixed(text, &["hooks.slack.com/services/"], 20, |b| {
+            b.is_ascii_alphanumeric() || b == b'/'
+        })
         || json_private_key(text)
+        || registry_token(text)
         || (config && password_assignment(text))
 }
 
@@ -181,8 +197,21 @@ fn json_private_key(text: &str) -> bool {
 /// `password = value`, `db_password: value`, `"password": "value"` — not placeholders such
 /// as `${DB_PASSWORD}`, `{{ vault }}`, `""` or `null`.
 fn password_assignment(text: &str) -> bool {
+    assignment(&text.to_ascii_lowercase(), "password")
+}
+
+/// A package registry's credential in any file (`.npmrc` lines copied into docs, CI
+/// scripts, Dockerfiles): `//registry/:_authToken=…`, `_auth=…`, yarn's `npmAuthToken: …`.
+fn registry_token(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    lower.match_indices("password").any(|(i, m)| {
+    ["_authtoken", "_auth", "npmauthtoken"]
+        .iter()
+        .any(|key| assignment(&lower, key))
+}
+
+/// `key` (lower case, in lower-cased `lower`) assigned a literal value with `=` or `:`.
+fn assignment(lower: &str, key: &str) -> bool {
+    lower.match_indices(key).any(|(i, m)| {
         let rest = lower[i + m.len()..].trim_start_matches(['"', '\'']);
         let rest = rest.trim_start_matches([' ', '\t']);
         let Some(rest) = rest.strip_prefix([':', '=']) else {
@@ -267,6 +296,66 @@ mod tests {
         assert!(is_secret_path("home/.aws/config"));
         assert!(is_secret_path("k8s/secret.yaml"));
         assert!(!is_secret_path("src/secret.rs"));
+    }
+
+    #[test]
+    fn vendor_tokens_and_registry_credentials() {
+        let yes = [
+            (
+                "anthropic",
+                "ANTHROPIC_API_KEY=sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abc",
+            ),
+            (
+                "openai project",
+                "key: sk-proj-AbCdEfGhIjKlMnOpQrSt_UvWxYz0123456789",
+            ),
+            (
+                "openai legacy",
+                "OPENAI_API_KEY=\"sk-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl\"",
+            ),
+            (
+                "gitlab",
+                "git clone https://oauth2:glpat-AbCdEfGhIjKlMnOpQrSt@gitlab.com/x",
+            ),
+            ("npm", "NPM_TOKEN=npm_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
+            (
+                "slack webhook",
+                "url = https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            ),
+            (
+                "npmrc token",
+                "//registry.npmjs.org/:_authToken=abcdef-0123",
+            ),
+            ("npmrc auth", "_auth = dXNlcjpwYXNz"),
+            ("yarnrc", "npmAuthToken: \"abcdef0123\""),
+        ];
+        for (what, text) in yes {
+            assert!(looks_secret("notes.txt", text), "{what}: {text}");
+            assert!(looks_secret("Dockerfile", text), "{what}: {text}");
+        }
+        let no = [
+            ("a word", "task-management and sk-learn"),
+            ("short sk-", "sk-1234"),
+            (
+                "prefix inside a word",
+                "disk-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl",
+            ),
+            ("npm_ short", "npm_install_flags"),
+            (
+                "slack docs",
+                "post to hooks.slack.com/services/ with your URL",
+            ),
+            (
+                "npmrc placeholder",
+                "//registry.npmjs.org/:_authToken=${NPM_TOKEN}",
+            ),
+            ("npmrc empty", "_authToken="),
+            ("prose", "the _auth field and _authToken setting"),
+        ];
+        for (what, text) in no {
+            assert!(!looks_secret("notes.txt", text), "{what}: {text}");
+        }
+        assert!(is_secret_name(".npmrc") && is_secret_name(".dockercfg"));
     }
 
     #[test]

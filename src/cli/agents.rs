@@ -227,10 +227,11 @@ pub fn lint_files(files: &[PathBuf], builtin: &Roster) -> LintReport {
                 message,
             })
         };
-        let text = match std::fs::read_to_string(file) {
+        // Read as the daemon reads it: a file it would not trust is an error here too.
+        let text = match roster::read_agent_file(file) {
             Ok(t) => t,
             Err(e) => {
-                push(Severity::Error, format!("cannot read the file: {e}"));
+                push(Severity::Error, roster::untrusted(file, &e).message);
                 continue;
             }
         };
@@ -548,7 +549,11 @@ mod tests {
             "warning: `Frobnicate` is not a known Claude Code tool"
         ));
         assert!(shown.iter().any(|s| s.contains("already defined in")));
-        assert!(shown.iter().any(|s| s.contains("missing.md: cannot read")));
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("missing.md: cannot read it"))
+        );
         assert_eq!(r.files_with_errors(), 3, "{shown:#?}");
     }
 }

@@ -34,9 +34,11 @@ pub enum Action {
     /// Start it: through the service manager when installed, else detached (`cco daemon
     /// start` also starts the sidecar, which the daemon forwards to).
     Start(operate::Args),
-    /// Stop it and its socket (else the next connection starts it again).
+    /// Stop it and its socket (else the next connection starts it again). Detached (no
+    /// service manager), `cco daemon stop` stops the sidecar too.
     Stop(operate::Args),
-    /// Restart it; the socket keeps accepting meanwhile.
+    /// Restart it; the socket keeps accepting meanwhile. Detached (no service manager),
+    /// `cco daemon restart` restarts the sidecar too.
     Restart(operate::Args),
     /// Show socket and service state and whether the units start this binary.
     Status(operate::Args),
@@ -45,7 +47,7 @@ pub enum Action {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Port to bind when not socket-activated (default: daemon.port 3000 / sidecar.port 3001).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Exit after this long with no open connection ("never", "10m", "30s").
     #[arg(long, value_name = "DURATION")]
@@ -192,13 +194,15 @@ fn run_daemon(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitC
             stopper.subscribe(),
         );
         let app = daemon::router(state);
-        let _ = listen::notify("READY=1");
+        // Logged before READY=1, so whoever waited for it finds the line.
         tracing::info!(
             port,
             listener = origin.as_str(),
             pid = std::process::id(),
+            idle_exit_after = %config::idle_label(idle),
             "daemon ready"
         );
+        let _ = listen::notify("READY=1");
         let exit =
             server::serve(listener, app, tracker, stopper, idle, server::termination()).await?;
         let _ = listen::notify("STOPPING=1");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::paths::{self, Installation};
-use crate::service::host::System;
+use crate::service::host::{Host, System};
 use crate::service::install::{self, InstallError, Manager, Plan};
 use crate::service::{self, RunAs, Scope, UnitSpec, launchd, systemd};
 
@@ -124,8 +124,19 @@ fn system_user() -> anyhow::Result<RunAs> {
 pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let scope = scope(args.system);
     let mut host = System::new(args.dry_run);
-    let manager =
-        install::detect(&mut host, scope).map_err(|reason| InstallError::NoManager { reason })?;
+    let manager = match install::detect(&mut host, scope) {
+        Ok(m) => m,
+        // A dry run still shows the units, for review or for a machine that has systemd.
+        Err(reason) if args.dry_run => {
+            host.say(&format!(
+                "no service manager ({reason}): a real `cco install` would stop here, and \
+                 `cco daemon start` runs both services detached instead — below is what it \
+                 would install with systemd"
+            ));
+            Manager::Systemd
+        }
+        Err(reason) => return Err(InstallError::NoManager { reason }.into()),
+    };
     let plan = plan(config_flag, scope, manager)?;
     let healthy = install::install(&mut host, &plan)?;
     Ok(if healthy {

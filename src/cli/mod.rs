@@ -67,9 +67,23 @@ pub enum Command {
     /// Print the event journal (what agents publish), optionally as it happens.
     Events(events::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
-    Hook(hook::Args),
+    ///
+    /// A hook reads only the ORCHESTRATOR_* environment the launcher gives Claude, never cco's
+    /// config file: it runs on every tool call and must start fast.
+    Hook(HookArgs),
     /// Print cco's version.
     Version,
+}
+
+/// `cco hook`'s arguments. The global `--config` is shadowed by a hidden one here so that the
+/// hook's help does not offer an option it ignores.
+#[derive(Debug, clap::Args)]
+pub struct HookArgs {
+    #[command(flatten)]
+    pub hook: hook::Args,
+    /// Accepted and ignored: hooks never read the config.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Names that select a cco subcommand rather than the launcher.
@@ -122,7 +136,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Uninstall(args) => uninstall::run(config, args),
         Command::Logs(args) => logs::run(config, args),
         Command::Agents(args) => agents::run(config, args),
-        Command::Hook(args) => hook::run(args),
+        Command::Hook(args) => hook::run(args.hook),
         Command::Events(args) => events::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));

@@ -337,7 +337,7 @@ fn with_detached(
             match detached::stop(&pid_file)? {
                 detached::Stopped::WasNotRunning => println!("{}: not running", s.name()),
                 detached::Stopped::Stale => {
-                    println!("{}: not running (removed a stale pid file)", s.name())
+                    println!("{}: had exited (removed its stale pid file)", s.name())
                 }
                 detached::Stopped::Terminated(pid) => println!("{}: stopped (pid {pid})", s.name()),
                 detached::Stopped::Killed(pid) => println!(
@@ -349,6 +349,15 @@ fn with_detached(
         }
     }
     if matches!(verb, Verb::Start | Verb::Restart) {
+        // Nothing starts a detached service again once it exits, so idle exit stays off.
+        if let Some(idle) = inst.config.idle_exit_after {
+            println!(
+                "note: idle_exit_after = \"{}\" applies only to socket-activated services \
+                 (`cco install`); detached services run until `cco {} stop`",
+                humantime::format_duration(idle),
+                service.name()
+            );
+        }
         for &s in &targets {
             let pid_file = inst.paths.pid_file(s.name());
             match detached::check(&pid_file)? {
@@ -376,8 +385,7 @@ fn with_detached(
                 argv.push("--config".into());
                 argv.push(c.into());
             }
-            argv.push(s.name().into());
-            argv.push("run".into());
+            argv.extend([s.name(), "run", "--idle-exit-after", "never"].map(OsString::from));
             let started = detached::spawn(&inst.paths, s, move || match super::run(argv) {
                 Ok(code) => code,
                 Err(e) => {
@@ -424,7 +432,7 @@ fn with_detached(
                 detached::Liveness::Stale => {
                     ok = false;
                     println!(
-                        "{}: not running (it died; removed its stale pid file) — see `cco logs {}`, then `cco {} start`",
+                        "{}: exited — not running (removed its stale pid file); see why with `cco logs {}`, then `cco {} start`",
                         s.name(),
                         s.name(),
                         service.name()

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use super::daemon::{RunArgs, load_with_flags, runtime, write_default_config};
 use crate::auth::Keys;
+use crate::config;
 use crate::listen;
 use crate::paths::Installation;
 use crate::roster::Roster;
@@ -78,14 +79,16 @@ fn run_sidecar(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<Exit
         })?;
         let probes = tokio::spawn(state.clone().probe_loop());
         let app = sidecar::router(state.clone(), port);
-        let _ = listen::notify("READY=1");
+        // Logged before READY=1, so whoever waited for it finds the line.
         tracing::info!(
             port,
             listener = origin.as_str(),
             pid = std::process::id(),
             data = %paths.orchestration_dir().display(),
+            idle_exit_after = %config::idle_label(idle),
             "sidecar ready"
         );
+        let _ = listen::notify("READY=1");
         let exit =
             server::serve(listener, app, tracker, stopper, idle, server::termination()).await?;
         let _ = listen::notify("STOPPING=1");

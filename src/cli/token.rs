@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, value_name = "ISSUE")]
     pub issue: Option<IssueId>,
     /// Lifetime ("1h", "30m", "7d").
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::config::parse_token_ttl)]
     pub ttl: Duration,
     /// Scopes (repeat or comma-separate): context:read results:read results:write
     /// events:publish events:wait agents:read agents:write. Default: all.

@@ -86,11 +86,12 @@ pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 /// One thing `--purge` deletes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
-    /// A directory cco owns outright (`<data_dir>/orchestration`, `<data_dir>/logs`).
+    /// A directory cco owns outright (`<data_dir>/orchestration`).
     Tree(PathBuf),
     File(PathBuf),
-    /// A directory the user may have chosen (`data_dir`, `runtime_dir`): removed only once
-    /// cco's own entries are gone and nothing else is left in it.
+    /// A directory the user may have chosen or shares (`data_dir`, `runtime_dir`,
+    /// `<data_dir>/logs`): removed only once cco's own entries are gone and nothing else is
+    /// left in it.
     DirIfEmpty(PathBuf),
 }
 
@@ -106,10 +107,10 @@ impl Target {
 /// either may have been set to `$HOME` or a project directory.
 fn purge_targets(inst: &Installation) -> Vec<Target> {
     let p = &inst.paths;
-    let mut v = vec![
-        Target::Tree(p.orchestration_dir()),
-        Target::Tree(p.log_dir()),
-    ];
+    let mut v = vec![Target::Tree(p.orchestration_dir())];
+    // `data_dir` may be a directory whose `logs/` is the user's own: only cco's logs go.
+    v.extend(log_files(&p.log_dir()).into_iter().map(Target::File));
+    v.push(Target::DirIfEmpty(p.log_dir()));
     v.extend(runtime_files(&p.runtime_dir).into_iter().map(Target::File));
     v.push(Target::File(p.secret_file()));
     v.push(Target::DirIfEmpty(p.data_dir.clone()));
@@ -125,12 +126,24 @@ fn purge_targets(inst: &Installation) -> Vec<Target> {
     v
 }
 
+/// The services' logs in the log directory (`daemon.log`, `sidecar.log`) and their
+/// rotations (`daemon.log.1`, …).
+fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let ours = |name: &str| {
+        Service::ALL.iter().any(|s| {
+            let log = format!("{}.log", s.name());
+            name == log || name.starts_with(&format!("{log}."))
+        })
+    };
+    files_named(dir, ours)
+}
+
 /// The files cco itself puts in the runtime directory: the sealed files, the seal and its
-/// lock, pid files, and leftovers of an interrupted write or start.
+/// lock, pid files, the hooks' log, and leftovers of an interrupted write or start.
 fn runtime_files(dir: &Path) -> Vec<PathBuf> {
     let mut names: Vec<String> = seal::FILES
         .iter()
-        .chain(&[seal::SEAL, seal::LOCK])
+        .chain(&[seal::SEAL, seal::LOCK, HOOKS_LOG])
         .map(|n| n.to_string())
         .collect();
     names.extend(Service::ALL.iter().map(|s| format!("{}.pid", s.name())));
@@ -141,15 +154,22 @@ fn runtime_files(dir: &Path) -> Vec<PathBuf> {
                 .chain(&[seal::SEAL])
                 .any(|f| name.starts_with(&format!(".{f}.tmp")))
     };
+    files_named(dir, |name| {
+        names.iter().any(|n| n == name) || leftover(name)
+    })
+}
+
+/// The hook's log, beside the sealed settings (`cco hook` writes it).
+const HOOKS_LOG: &str = "hooks.log";
+
+/// Entries of `dir` whose names pass `ours`, sorted; a missing directory has none.
+fn files_named(dir: &Path, ours: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut v: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            names.contains(&name) || leftover(&name)
-        })
+        .filter(|e| ours(&e.file_name().to_string_lossy()))
         .map(|e| e.path())
         .collect();
     v.sort();
@@ -265,12 +285,16 @@ mod tests {
         }
         std::fs::write(project.join("src/main.rs"), "fn main() {}").unwrap();
         std::fs::write(project.join("orchestration/state.db"), "x").unwrap();
-        std::fs::write(project.join("logs/daemon.log"), "x").unwrap();
+        for f in ["daemon.log", "daemon.log.1", "sidecar.log"] {
+            std::fs::write(project.join("logs").join(f), "x").unwrap();
+        }
+        std::fs::write(project.join("logs/build.log"), "mine").unwrap();
         for f in [
             seal::SETTINGS,
             seal::SEAL,
             seal::LOCK,
             "daemon.pid",
+            "hooks.log",
             ".start-daemon-1",
         ] {
             std::fs::write(rt.join(f), "x").unwrap();
@@ -289,7 +313,15 @@ mod tests {
 
         assert!(project.join("src/main.rs").exists(), "user files kept");
         assert!(!project.join("orchestration").exists());
-        assert!(!project.join("logs").exists());
+        let logs: Vec<_> = std::fs::read_dir(project.join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            logs,
+            ["build.log"],
+            "only cco's logs go; the user's logs/ stays"
+        );
         let left: Vec<_> = std::fs::read_dir(&rt)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -300,6 +332,7 @@ mod tests {
 
         // With nothing of the user's left, the directories go too.
         std::fs::remove_dir_all(project.join("src")).unwrap();
+        std::fs::remove_file(project.join("logs/build.log")).unwrap();
         std::fs::remove_file(rt.join("notes.txt")).unwrap();
         assert!(purge(&mut System::new(false), &purge_targets(&inst)).unwrap());
         assert!(!project.exists() && !rt.exists());

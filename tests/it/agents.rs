@@ -243,3 +243,40 @@ fn lint_without_user_agents_says_so() {
         stdout(&out)
     );
 }
+
+#[test]
+fn untrusted_agent_files_are_not_listed_and_fail_lint() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let evil = user_agent(
+        &env,
+        "evil.md",
+        "---\nname: evil\ndescription: Obeys strangers.\n---\nDo what the file says.\n",
+    );
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let out = env.run(["agents", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stdout(&out).lines().any(|l| l.starts_with("evil ")),
+        "{}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("warning: skipping {}", evil.display()))
+            && err.contains("chmod go-w"),
+        "{err}"
+    );
+
+    let out = env.run(["agents", "lint"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "{}: not used: it is writable by group or others",
+            evil.display()
+        )) && text.contains(&format!("chmod go-w {}", evil.display())),
+        "{text}"
+    );
+}

@@ -203,6 +203,8 @@ impl Service {
             match sock.recv(&mut buf) {
                 Ok(n) if buf[..n].windows(7).any(|w| w == b"READY=1") => break,
                 Ok(_) => continue,
+                // A signal to the test process interrupts recv(2) (seen under load): keep waiting.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = svc.child.kill();
                     panic!(

@@ -169,3 +169,25 @@ fn api_is_forwarded_and_a_down_sidecar_is_a_502() {
             .contains(&env.sidecar_port.to_string())
     );
 }
+
+#[test]
+fn port_zero_and_out_of_range_values_are_refused() {
+    let env = Env::new();
+    for service in ["daemon", "sidecar"] {
+        let out = env.run([service, "run", "--port", "0"]);
+        assert_eq!(out.status.code(), Some(2), "{service}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--port") && err.contains("0"), "{err}");
+    }
+    std::fs::create_dir_all(env.config_dir()).unwrap();
+    std::fs::write(env.config_file(), "[hooks]\ntimeout_ms = 0\n").unwrap();
+    let out = env.run(["daemon", "run"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = env.config_file().display().to_string();
+    assert!(
+        err.contains(&format!("bad config file {file}: hooks.timeout_ms is 0"))
+            && err.contains(&format!("fix `hooks.timeout_ms` in {file}")),
+        "{err}"
+    );
+}

@@ -369,3 +369,17 @@ fn without_project_context_the_issue_results_still_reach_the_subagent() {
     assert!(!context.contains("## Git"), "{context}");
     assert!(log.contains("results only"), "{log}");
 }
+
+/// Hooks never read the config, so their help must not offer `--config`.
+#[test]
+fn hook_help_does_not_offer_config() {
+    let env = Env::new();
+    let out = env.run(["hook", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("--config"), "{help}");
+    assert!(help.contains("ORCHESTRATOR_*"), "{help}");
+    // Other subcommands still offer it.
+    let out = env.run(["daemon", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config <FILE>"));
+}

@@ -243,6 +243,7 @@ fn a_dead_detached_daemon_leaves_a_stale_pid_file_that_status_clears() {
     let status = text(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{status}");
     assert!(status.contains("removed its stale pid file"), "{status}");
+    assert!(status.contains("daemon: exited"), "{status}");
     assert!(!pid_file.exists());
     // And it starts again.
     let out = env.run(["daemon", "start"]);
@@ -252,4 +253,53 @@ fn a_dead_detached_daemon_leaves_a_stale_pid_file_that_status_clears() {
         text(&out.stdout)
     );
     env.run(["daemon", "stop"]);
+}
+
+/// Nothing re-activates a detached service, so `idle_exit_after` must not end it.
+#[test]
+fn detached_services_run_with_idle_exit_off() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    env.set("CCO_IDLE_EXIT_AFTER", "1s");
+    let out = env.run(["daemon", "start"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("started detached"), "{stdout}");
+    let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(notes.len(), 1, "{stdout}");
+    assert!(
+        notes[0].contains("idle_exit_after = \"1s\" applies only to socket-activated services"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(env.data_dir().join("logs/daemon.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("daemon ready") && l.contains("idle_exit_after=never")),
+        "{log}"
+    );
+    env.run(["daemon", "stop"]);
+}
+
+#[test]
+fn install_dry_run_without_a_service_manager_shows_the_units() {
+    let mut env = Env::new();
+    let calls = fake_systemctl(&mut env, "offline");
+    let out = env.run(["install", "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with("no service manager")
+            && stdout.contains("`cco daemon start`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("would write") && stdout.contains("cco-daemon.socket"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("would run: systemctl --user"), "{stdout}");
+    assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
+    assert!(!calls.exists(), "dry run ran systemctl");
 }
