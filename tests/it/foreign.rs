@@ -95,12 +95,23 @@ fn token(env: &Env) -> String {
 }
 
 #[test]
+fn an_ipv4_listener_of_another_user_gets_no_token() {
+    hook_and_forwarder_send_no_token_to("127.0.0.1");
+}
+
+#[test]
 fn a_dual_stack_listener_of_another_user_gets_no_token() {
+    // `[::]` without IPV6_V6ONLY takes 127.0.0.1 connections too.
+    hook_and_forwarder_send_no_token_to("::");
+}
+
+/// Another user listens on the sidecar's port at `host`: neither a hook nor the daemon's
+/// forwarder sends it the token.
+fn hook_and_forwarder_send_no_token_to(host: &str) {
     let mut env = Env::new();
     let _daemon: Service = env.start("daemon");
     let token = token(&env);
-    // `[::]` without IPV6_V6ONLY takes 127.0.0.1 connections too.
-    let Some(stranger) = Stranger::listen(&env, "::", env.sidecar_port, "{}") else {
+    let Some(stranger) = Stranger::listen(&env, host, env.sidecar_port, "{}") else {
         return;
     };
     env.set("ORCHESTRATOR_TOKEN", token.clone());
@@ -138,7 +149,7 @@ fn a_dual_stack_listener_of_another_user_gets_no_token() {
     assert!(body.contains("sidecar_untrusted"), "{body}");
     assert!(
         !stranger.received().contains(&token),
-        "the token went to another user's IPv6 listener"
+        "the token went to another user's listener on {host}"
     );
     let log = std::fs::read_to_string(rt.join("hooks.log")).unwrap();
     assert!(log.contains("held by another user (uid 65534)"), "{log}");
