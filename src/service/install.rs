@@ -147,8 +147,12 @@ pub fn install(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
         plan.manager.as_str(),
         plan.spec.bin.display()
     ));
-    if let Some(w) = check_binary(&plan.spec.bin, &temp_dirs())? {
-        host.say(&w);
+    match check_binary(&plan.spec.bin, &temp_dirs()) {
+        Ok(Some(w)) => host.say(&w),
+        Ok(None) => {}
+        // A dry run shows everything it would do, and says what a real run would refuse.
+        Err(e) if host.dry_run() => host.say(&format!("a real install would stop here: {e}")),
+        Err(e) => return Err(e),
     }
     let outcome = match plan.manager {
         Manager::Systemd => systemd::install(
