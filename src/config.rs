@@ -182,8 +182,8 @@ pub enum ConfigError {
     )]
     Parse { path: PathBuf, message: String },
     #[error(
-        "config file {path} is a symlink; cco refuses to follow it (the config names the program \
-         cco runs) — put the file itself there: `cp \"$(readlink -f {path})\" {path}.new && mv {path}.new {path}`"
+        "config file {path} is a symlink owned by another user; cco refuses to follow it (the config \
+         names the program cco runs) — put your own file there: `cp \"$(readlink -f {path})\" {path}.new && mv {path}.new {path}`"
     )]
     Symlink { path: PathBuf },
     /// Owned by someone else, or writable by group/others (the file or its directory).
@@ -212,8 +212,24 @@ impl Config {
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         use crate::paths::{self, PathError};
         // The config names the program the launcher execs: read it only from a file (and a
-        // directory) that no other user can write, and never through a symlink.
-        let text = match paths::open_trusted(path) {
+        // directory) that no other user can write. A symlink of your own (a dotfile manager's)
+        // is followed to a target that passes the same checks; another user's is refused.
+        let source = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                use std::os::unix::fs::MetadataExt;
+                if m.uid() != paths::current_uid() && m.uid() != 0 {
+                    return Err(ConfigError::Symlink {
+                        path: path.to_owned(),
+                    });
+                }
+                path.canonicalize().map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            _ => path.to_owned(),
+        };
+        let text = match paths::open_trusted(&source) {
             Ok(mut f) => {
                 let mut text = String::new();
                 std::io::Read::read_to_string(&mut f, &mut text).map_err(|source| {
@@ -749,11 +765,26 @@ mod tests {
         mode(&dir, 0o700);
         assert_eq!(Config::load(&path, &no_env).unwrap(), Config::default());
 
+        // A symlink of your own (dotfile managers) is followed to a trusted target…
         let real = tmp.path().join("real.toml");
-        std::fs::write(&real, "").unwrap();
+        std::fs::write(&real, "[daemon]\nport = 4100\n").unwrap();
         std::os::unix::fs::symlink(&real, &path).unwrap();
-        let err = Config::load(&path, &no_env).unwrap_err();
-        assert!(matches!(err, ConfigError::Symlink { .. }), "{err}");
-        assert!(err.to_string().ends_with(".toml`"), "{err}");
+        assert_eq!(Config::load(&path, &no_env).unwrap().daemon.port, 4100);
+        // …but the target must pass the same checks.
+        mode(&real, 0o666);
+        assert!(matches!(
+            Config::load(&path, &no_env).unwrap_err(),
+            ConfigError::Untrusted(_)
+        ));
+        mode(&real, 0o644);
+        // Another user's symlink is refused (needs root to make one).
+        if crate::paths::current_uid() == 0 {
+            std::fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink(&real, &path).unwrap();
+            std::os::unix::fs::lchown(&path, Some(65534), Some(65534)).unwrap();
+            let err = Config::load(&path, &no_env).unwrap_err();
+            assert!(matches!(err, ConfigError::Symlink { .. }), "{err}");
+            assert!(err.to_string().ends_with(".toml`"), "{err}");
+        }
     }
 }
