@@ -31,6 +31,19 @@ pub const HOOK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// `--idle-exit-after`: `"never"` or a duration of at least [`MIN_IDLE_EXIT`].
+pub fn parse_idle_exit(s: &str) -> Result<Option<Duration>, String> {
+    let d = idle::parse(s)
+        .map_err(|e| format!("{s:?}: {e}: expected \"never\" or a duration such as \"10m\""))?;
+    match d {
+        Some(d) if d < MIN_IDLE_EXIT => Err(format!(
+            "{s:?} is shorter than the minimum of {}s",
+            MIN_IDLE_EXIT.as_secs()
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Checks a token lifetime against [`MIN_TOKEN_TTL`]..=[`MAX_TOKEN_TTL`]; the message says
 /// what is allowed.
 pub fn check_token_ttl(ttl: Duration) -> Result<Duration, String> {

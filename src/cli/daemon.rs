@@ -12,7 +12,7 @@ use crate::cli::operate::{self, Verb};
 use crate::config::{self, Config};
 use crate::daemon::{self, DaemonState, runtime};
 use crate::listen;
-use crate::paths::{self, Installation};
+use crate::paths::{self, Installation, Paths};
 use crate::roster::Roster;
 use crate::seal;
 use crate::secret::Secret;
@@ -78,34 +78,62 @@ pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         .dispatch(config_flag, Service::Daemon, run_daemon)
 }
 
-/// Loads the installation and applies flags (they win over all): `set_flags` for the
-/// service's own (`--port`), then `--idle-exit-after`.
-pub fn load_with_flags(
-    config_flag: Option<&Path>,
-    set_flags: impl FnOnce(&mut Config),
-    idle: Option<&str>,
-) -> anyhow::Result<Installation> {
-    let mut inst = Installation::from_process(config_flag)?;
-    set_flags(&mut inst.config);
-    if let Some(idle) = idle {
-        inst.config.idle_exit_after = match idle.trim() {
-            "never" | "off" => None,
-            d => Some(humantime::parse_duration(d).with_context(|| {
-                format!("--idle-exit-after {d:?}: expected \"never\" or a duration such as \"10m\"")
-            })?),
-        };
-        if inst
-            .config
-            .idle_exit_after
-            .is_some_and(|d| d < config::MIN_IDLE_EXIT)
-        {
-            anyhow::bail!(
-                "--idle-exit-after must be at least {}s",
-                config::MIN_IDLE_EXIT.as_secs()
-            );
+/// What both services have done before they serve: the installation with their flags
+/// applied (flags win over all), logging, the listener, the default config file written,
+/// the secret and the agent roster.
+pub struct Startup {
+    pub config: Config,
+    pub paths: Paths,
+    pub listener: std::net::TcpListener,
+    pub origin: listen::Origin,
+    pub secret: Secret,
+    pub roster: Roster,
+}
+
+impl Startup {
+    pub fn prepare(
+        config_flag: Option<&Path>,
+        service: Service,
+        args: RunArgs,
+    ) -> anyhow::Result<Startup> {
+        let Installation { mut config, paths } = Installation::from_process(config_flag)?;
+        if let Some(p) = args.port {
+            match service {
+                Service::Daemon => config.daemon.port = p,
+                Service::Sidecar => config.sidecar.port = p,
+            }
         }
+        if let Some(idle) = args.idle_exit_after.as_deref() {
+            config.idle_exit_after = config::parse_idle_exit(idle)
+                .map_err(|e| anyhow::anyhow!("--idle-exit-after {e}"))?;
+        }
+        crate::logging::init(&config.log_level);
+        let name = service.name();
+        let (listener, origin) = listen::acquire(
+            name,
+            service.port(&config),
+            if service == Service::Daemon {
+                "daemon.port"
+            } else {
+                "sidecar.port"
+            },
+            &paths.config_file.display().to_string(),
+        )?;
+        write_default_config(&paths.config_file);
+        let secret = Secret::load_or_create(&paths.secret_file())?;
+        let (roster, problems) = Roster::load(&paths.user_agents_dir())?;
+        for p in &problems {
+            tracing::warn!("skipping agent file {p} — check it with `cco agents lint`");
+        }
+        Ok(Startup {
+            config,
+            paths,
+            listener,
+            origin,
+            secret,
+            roster,
+        })
     }
-    Ok(inst)
 }
 
 /// Writes the commented example config on first start, so users find every key documented.
@@ -145,30 +173,14 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run_daemon(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let inst = load_with_flags(
-        config_flag,
-        |c| {
-            if let Some(p) = args.port {
-                c.daemon.port = p;
-            }
-        },
-        args.idle_exit_after.as_deref(),
-    )?;
-    crate::logging::init(&inst.config.log_level);
-    let Installation { config, paths } = inst;
-
-    let (std_listener, origin) = listen::acquire(
-        "daemon",
-        config.daemon.port,
-        "daemon.port",
-        &paths.config_file.display().to_string(),
-    )?;
-    write_default_config(&paths.config_file);
-    let secret = Secret::load_or_create(&paths.secret_file())?;
-    let (roster, problems) = Roster::load(&paths.user_agents_dir())?;
-    for p in &problems {
-        tracing::warn!("skipping agent file {p} — check it with `cco agents lint`");
-    }
+    let Startup {
+        config,
+        paths,
+        listener: std_listener,
+        origin,
+        secret,
+        roster,
+    } = Startup::prepare(config_flag, Service::Daemon, args)?;
     let files = runtime::render(&config, &roster, &daemon::current_exe());
     let sealed = seal::seal(&paths.runtime_dir, &secret, &files)?;
     tracing::info!(

@@ -7,13 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::daemon::{RunArgs, load_with_flags, runtime, write_default_config};
+use super::daemon::{RunArgs, Startup, runtime};
 use crate::auth::Keys;
 use crate::config;
 use crate::listen;
-use crate::paths::Installation;
-use crate::roster::Roster;
-use crate::secret::Secret;
 use crate::server::{self, Stopper, Tracker};
 use crate::service::Service;
 use crate::sidecar::{self, SidecarState};
@@ -26,36 +23,20 @@ pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn run_sidecar(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let inst = load_with_flags(
-        config_flag,
-        |c| {
-            if let Some(p) = args.port {
-                c.sidecar.port = p;
-            }
-        },
-        args.idle_exit_after.as_deref(),
-    )?;
-    crate::logging::init(&inst.config.log_level);
-    let Installation { config, paths } = inst;
-
-    let (std_listener, origin) = listen::acquire(
-        "sidecar",
-        config.sidecar.port,
-        "sidecar.port",
-        &paths.config_file.display().to_string(),
-    )?;
-    write_default_config(&paths.config_file);
-    let secret = Secret::load_or_create(&paths.secret_file())?;
+    let Startup {
+        config,
+        paths,
+        listener: std_listener,
+        origin,
+        secret,
+        roster,
+    } = Startup::prepare(config_flag, Service::Sidecar, args)?;
     let keys = Keys::new(&secret).map_err(|e| {
         anyhow::anyhow!(
             "{e}: {} — remove it and run `cco sidecar run` again to create a new one",
             paths.secret_file().display()
         )
     })?;
-    let (roster, problems) = Roster::load(&paths.user_agents_dir())?;
-    for p in &problems {
-        tracing::warn!("skipping agent file {p} — check it with `cco agents lint`");
-    }
 
     let idle = config.idle_exit_after;
     let port = config.sidecar.port;
