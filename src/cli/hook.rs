@@ -44,6 +44,9 @@ struct HookEnv {
     issue: Option<IssueId>,
     policy: Policy,
     log: Option<PathBuf>,
+    /// Whether the sidecar's port is owned by this user: read from /proc once per hook,
+    /// however many calls it makes.
+    owner_ok: std::cell::OnceCell<Result<(), String>>,
 }
 
 impl HookEnv {
@@ -67,6 +70,7 @@ impl HookEnv {
             // The log lives beside the sealed settings: the private runtime directory.
             log: var("ORCHESTRATOR_SETTINGS")
                 .and_then(|s| Path::new(&s).parent().map(|d| d.join("hooks.log"))),
+            owner_ok: std::cell::OnceCell::new(),
         }
     }
 }
@@ -97,7 +101,9 @@ fn call(env: &HookEnv, method: &str, path: &str, body: Option<&Value>) -> Result
         );
     };
     // Never hand the token to a listener another user owns.
-    client::check_listener_owner(port)?;
+    env.owner_ok
+        .get_or_init(|| client::check_listener_owner(port))
+        .clone()?;
     let auth = format!("Bearer {token}");
     let body = body.map(|b| b.to_string());
     let mut headers = vec![("Authorization", auth.as_str())];
