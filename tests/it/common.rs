@@ -308,6 +308,19 @@ fn dechunk(s: &str) -> String {
     out
 }
 
+/// Runs `cmd` with `input` on its stdin; captures stdout and stderr.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Writes an executable script.
 pub fn script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;

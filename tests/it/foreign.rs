@@ -1,7 +1,7 @@
 //! Another local user listening on a cco port: nothing sends it a token, whichever address
 //! family it took, and the health checks say so instead of reporting it healthy.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
@@ -116,26 +116,17 @@ fn hook_and_forwarder_send_no_token_to(host: &str) {
     };
     env.set("ORCHESTRATOR_TOKEN", token.clone());
     let rt = env.runtime_dir();
-    let mut child = env
-        .cmd(["hook", "session-start"])
-        .env(
-            "ORCHESTRATOR_SIDECAR_URL",
-            format!("http://127.0.0.1:{}", env.sidecar_port),
-        )
-        .env(
-            "ORCHESTRATOR_SETTINGS",
-            rt.join("orchestrator-settings.json"),
-        )
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"session_id":"s"}"#)
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "a hook never fails Claude");
+    let mut cmd = env.cmd(["hook", "session-start"]);
+    cmd.env(
+        "ORCHESTRATOR_SIDECAR_URL",
+        format!("http://127.0.0.1:{}", env.sidecar_port),
+    )
+    .env(
+        "ORCHESTRATOR_SETTINGS",
+        rt.join("orchestrator-settings.json"),
+    );
+    let out = crate::common::run_with_stdin(&mut cmd, br#"{"session_id":"s"}"#);
+    assert!(out.status.success(), "a hook never fails Claude");
     // The daemon does not forward agents' tokens there either.
     let auth = format!("Bearer {token}");
     let (status, body) = crate::common::http(

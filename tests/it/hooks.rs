@@ -2,13 +2,12 @@
 //! sends: the session and sub-agent lifecycle lands in the journal, sub-agents get context,
 //! results are stored, and a down sidecar never breaks the hook.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Env, Service};
+use crate::common::{Env, Service, run_with_stdin};
 
 struct Installation {
     env: Env,
@@ -42,32 +41,19 @@ impl Installation {
     fn hook(&self, event: &str, input: &Value) -> Output {
         let rt = self.env.runtime_dir();
         let hooks = std::fs::read_to_string(rt.join("hooks-sealed.json")).unwrap();
-        let mut child = self
-            .env
-            .cmd(["hook", event])
-            .env(
-                "ORCHESTRATOR_SIDECAR_URL",
-                format!("http://127.0.0.1:{}", self.env.sidecar_port),
-            )
-            .env("ORCHESTRATOR_TOKEN", &self.token)
-            .env("ORCHESTRATOR_ISSUE_ID", "issue-7")
-            .env("ORCHESTRATOR_HOOKS_CONFIG", hooks)
-            .env(
-                "ORCHESTRATOR_SETTINGS",
-                rt.join("orchestrator-settings.json"),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut cmd = self.env.cmd(["hook", event]);
+        cmd.env(
+            "ORCHESTRATOR_SIDECAR_URL",
+            format!("http://127.0.0.1:{}", self.env.sidecar_port),
+        )
+        .env("ORCHESTRATOR_TOKEN", &self.token)
+        .env("ORCHESTRATOR_ISSUE_ID", "issue-7")
+        .env("ORCHESTRATOR_HOOKS_CONFIG", hooks)
+        .env(
+            "ORCHESTRATOR_SETTINGS",
+            rt.join("orchestrator-settings.json"),
+        );
+        let out = run_with_stdin(&mut cmd, input.to_string().as_bytes());
         assert!(
             out.status.success(),
             "hook {event} failed: {}",
@@ -239,14 +225,8 @@ fn a_down_sidecar_never_breaks_claude() {
     let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log")).unwrap();
     assert!(log.contains("connection refused"), "{log}");
     // Garbage on stdin is logged, not fatal.
-    let mut child = inst
-        .env
-        .cmd(["hook", "session-start"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"not json").unwrap();
-    assert!(child.wait().unwrap().success());
+    let out = run_with_stdin(&mut inst.env.cmd(["hook", "session-start"]), b"not json");
+    assert!(out.status.success());
 }
 
 /// A session started in the home directory gets no project context (the sidecar refuses to
