@@ -145,7 +145,9 @@ pub enum PathError {
          make it yours: `sudo chown {me} {path}`"
     )]
     ForeignOwner { path: PathBuf, owner: u32, me: u32 },
-    #[error("{path} is not a {want}")]
+    #[error(
+        "{path} is not a {want} — move it out of the way (`mv {path} {path}.old`) and run the command again"
+    )]
     WrongKind { path: PathBuf, want: &'static str },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },

@@ -267,21 +267,14 @@ mod tests {
                 }
             }
         }
-        for f in systemd_units(&spec) {
-            assert_eq!(
-                repo(&format!("systemd/{}", f.name)),
-                f.text,
-                "systemd/{}",
-                f.name
-            );
-        }
-        for f in launchd_plists(&spec) {
-            assert_eq!(
-                repo(&format!("launchd/{}", f.name)),
-                f.text,
-                "launchd/{}",
-                f.name
-            );
+        for (dir, files) in [
+            ("systemd", systemd_units(&spec)),
+            ("launchd", launchd_plists(&spec)),
+        ] {
+            for f in files {
+                let path = format!("{dir}/{}", f.name);
+                assert_eq!(repo(&path), f.text, "{path}");
+            }
         }
     }
 
