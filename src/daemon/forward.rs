@@ -46,23 +46,22 @@ const DROP: [header::HeaderName; 7] = [
 /// How long a good owner check of the sidecar's port is trusted before `/proc/net/tcp` is
 /// read again (it grows with every connection on the machine).
 const OWNER_RECHECK_SECS: u64 = 5;
-static OWNER_CHECKED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn owner_checked(port: u16) -> Result<(), String> {
+fn owner_checked(state: &DaemonState, port: u16) -> Result<(), String> {
+    let checked_at = &state.inner.sidecar_owner_checked_at;
     use std::sync::atomic::Ordering;
     let now = crate::auth::now_secs();
-    if now.saturating_sub(OWNER_CHECKED_AT.load(Ordering::Relaxed)) < OWNER_RECHECK_SECS {
+    if now.saturating_sub(checked_at.load(Ordering::Relaxed)) < OWNER_RECHECK_SECS {
         return Ok(());
     }
     crate::client::check_listener_owner(port)?;
-    OWNER_CHECKED_AT.store(now, Ordering::Relaxed);
+    checked_at.store(now, Ordering::Relaxed);
     Ok(())
 }
 
 pub async fn forward(State(state): State<DaemonState>, mut req: Request) -> Response {
     let port = state.inner.config.sidecar.port;
     // Requests carry agents' tokens: never forward them to a listener another user owns.
-    if let Err(msg) = owner_checked(port) {
+    if let Err(msg) = owner_checked(&state, port) {
         tracing::warn!(port, "{msg}");
         return error_response(StatusCode::BAD_GATEWAY, "sidecar_untrusted", msg);
     }

@@ -36,6 +36,8 @@ struct Inner {
     client: forward::HttpClient,
     /// Ends forwarded long polls and streams when the daemon stops.
     stopping: Stopping,
+    /// When the sidecar port's owner was last found to be this user (unix seconds).
+    sidecar_owner_checked_at: std::sync::atomic::AtomicU64,
 }
 
 impl DaemonState {
@@ -57,6 +59,7 @@ impl DaemonState {
                 tracker,
                 client: forward::client(),
                 stopping,
+                sidecar_owner_checked_at: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
