@@ -5,6 +5,7 @@
 //! - [`config`]: the one config tree and its loader (defaults < file < `CCO_*` env < flags).
 //! - [`paths`]: every on-disk location, and the checks that keep private directories private.
 //! - [`secret`]: the per-installation 32-byte secret that signs seals and tokens.
+//! - [`untrusted`]: bounded reads of files others can shape (regular files only, size-capped).
 //! - [`secrets`]: what is never served to an agent or auto-allowed: credential files by name and content.
 //! - [`seal`]: the sealed runtime files the daemon writes and the launcher verifies.
 //! - [`auth`]: session and agent JWTs (HS256 under the secret), scopes and bindings.
@@ -36,3 +37,4 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod sidecar;
+pub mod untrusted;
