@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::api::{ErrorBody, ErrorDetail};
+use crate::api::ErrorBody;
 
 /// How long in-flight requests get to finish after a stop was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -314,12 +314,7 @@ pub async fn termination() {
 
 /// A JSON error response.
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code.into(),
-            message: message.into(),
-        },
-    };
+    let body = ErrorBody::new(code, message);
     (status, axum::Json(body)).into_response()
 }
 

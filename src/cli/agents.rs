@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::paths::Installation;
 use crate::roster::MAX_ARG_BYTES;
-use crate::cli::inert;
+use crate::api::inert;
 use crate::roster::{self, Agent, AgentError, LoadReport, Roster};
 
 /// Table width when stdout is not a terminal (or its width is unknown).

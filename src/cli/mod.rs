@@ -7,7 +7,6 @@ pub mod doctor;
 pub mod events;
 pub mod health;
 pub mod hook;
-pub mod inert;
 pub mod install;
 pub mod launch;
 pub mod logs;

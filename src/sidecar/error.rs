@@ -4,9 +4,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::IdError;
+use crate::api::{ErrorBody, IdError};
 use crate::auth::AuthError;
-use crate::server::error_response;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -112,7 +111,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut resp = error_response(status, self.code(), self.to_string());
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        // Clients restart from the floor: a field, not a number inside `message`.
+        if let ApiError::CursorGone { floor, .. } = &self {
+            body.error.floor = Some(*floor);
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
