@@ -256,7 +256,11 @@ impl Roster {
                 )));
                 continue;
             }
-            if self.agents.get(&agent.name).is_some_and(|a| a.source.starts_with("builtin:")) {
+            if self
+                .agents
+                .get(&agent.name)
+                .is_some_and(|a| a.source.starts_with("builtin:"))
+            {
                 report.warnings.push(note(format!(
                     "overrides the built-in agent `{}` (allowed; remove this file to use the built-in again)",
                     agent.name

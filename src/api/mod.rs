@@ -38,6 +38,16 @@ pub struct ErrorDetail {
     pub floor: Option<u64>,
 }
 
+/// The part of `GET /health` both services answer with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthSummary {
+    /// `healthy`, or what is wrong.
+    pub status: String,
+    pub service: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+}
+
 /// `GET /health` on the daemon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonHealth {

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::api::inert;
 use crate::paths::Installation;
 use crate::roster::MAX_ARG_BYTES;
-use crate::api::inert;
 use crate::roster::{self, Agent, AgentError, LoadReport, Roster};
 
 /// Table width when stdout is not a terminal (or its width is unknown).
@@ -112,8 +112,13 @@ fn show(user_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
 fn lint(user_dir: &Path, args: LintArgs) -> anyhow::Result<ExitCode> {
     // The daemon's own loader: lint reports exactly what it would skip or warn about.
     let (roster, report, checked) = if args.files.is_empty() {
-        let files = roster::user_files(user_dir)
-            .with_context(|| format!("cannot list {} — check its permissions with `ls -ld {}`", user_dir.display(), user_dir.display()))?;
+        let files = roster::user_files(user_dir).with_context(|| {
+            format!(
+                "cannot list {} — check its permissions with `ls -ld {}`",
+                user_dir.display(),
+                user_dir.display()
+            )
+        })?;
         let (roster, report) = Roster::load_checked(user_dir)?;
         if files.is_empty() && report.problems.is_empty() {
             println!(
@@ -437,7 +442,10 @@ mod tests {
     fn the_table_prints_file_text_inert() {
         let a = agent("a", "/tmp/x\u{1b}]0;t\u{7}.md", "evil \u{9b}2J \u{202e}txt");
         let table = render_table(&[&a], 200);
-        assert!(!table.chars().any(|c| inert::is_unsafe(c) && c != '\n'), "{table:?}");
+        assert!(
+            !table.chars().any(|c| inert::is_unsafe(c) && c != '\n'),
+            "{table:?}"
+        );
         assert!(table.contains("evil \\u009b2J \\u202etxt"), "{table}");
     }
 
@@ -476,7 +484,10 @@ mod tests {
 
         let (roster, report) =
             Roster::load_files(&[good, bad.clone(), over.clone(), dup.clone(), missing]).unwrap();
-        let shown: Vec<String> = diagnostics(&report).iter().map(ToString::to_string).collect();
+        let shown: Vec<String> = diagnostics(&report)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let has = |path: &Path, text: &str| {
             shown
                 .iter()
@@ -492,7 +503,11 @@ mod tests {
             "warning: `Frobnicate` is not a known Claude Code tool"
         ));
         assert!(has(&dup, "already defined in"), "{shown:#?}");
-        assert_eq!(roster.get("mine").unwrap().description, "d", "the first definition is used");
+        assert_eq!(
+            roster.get("mine").unwrap().description,
+            "d",
+            "the first definition is used"
+        );
         assert!(
             shown
                 .iter()
@@ -510,17 +525,25 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let big = tmp.path().join("big.md");
         let prompt = "x".repeat(roster::MAX_AGENT_FILE_BYTES as usize);
-        std::fs::write(&big, format!("---\nname: big\ndescription: d\n---\n{prompt}\n")).unwrap();
+        std::fs::write(
+            &big,
+            format!("---\nname: big\ndescription: d\n---\n{prompt}\n"),
+        )
+        .unwrap();
         // The loader returns at once (a FIFO without a writer would block a plain open).
         let (roster, problems) = Roster::load(tmp.path()).unwrap();
         assert!(roster.get("big").is_none());
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
-            shown.iter().any(|s| s.contains("fifo.md") && s.contains("FIFO")),
+            shown
+                .iter()
+                .any(|s| s.contains("fifo.md") && s.contains("FIFO")),
             "{shown:#?}"
         );
         assert!(
-            shown.iter().any(|s| s.contains("big.md") && s.contains("larger than")),
+            shown
+                .iter()
+                .any(|s| s.contains("big.md") && s.contains("larger than")),
             "{shown:#?}"
         );
     }

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use crate::api::EventType;
 use crate::api::inert;
 use crate::api::sidecar::Event;
@@ -15,6 +14,7 @@ use crate::client::sidecar::EventStream;
 use crate::client::{ServiceError, SidecarClient, StreamItem, StreamQuery};
 use crate::paths::Installation;
 use crate::secret::Secret;
+use anyhow::bail;
 
 /// The stream sends a keep-alive comment every 15 s; silence much longer than that means
 /// the sidecar is gone.
@@ -112,7 +112,10 @@ enum Opened {
     /// No answer, or a 5xx: the sidecar is down or (re)starting.
     Unreachable(String),
     /// A 410 naming the oldest event kept.
-    Compacted { floor: u64, message: String },
+    Compacted {
+        floor: u64,
+        message: String,
+    },
 }
 
 fn open_stream(port: u16, keys: &Keys, query: &StreamQuery) -> anyhow::Result<Opened> {
@@ -131,7 +134,9 @@ fn open_stream(port: u16, keys: &Keys, query: &StreamQuery) -> anyhow::Result<Op
             })
         }
         Err(e @ ServiceError::Foreign { .. }) => Err(e.into()),
-        Err(ServiceError::Unreachable { source, .. }) => Ok(Opened::Unreachable(source.to_string())),
+        Err(ServiceError::Unreachable { source, .. }) => {
+            Ok(Opened::Unreachable(source.to_string()))
+        }
         Err(e) if e.is_transient() => Ok(Opened::Unreachable(e.to_string())),
         Err(e) => bail!("the sidecar refused the event stream ({e})"),
     }
@@ -198,7 +203,11 @@ fn print_events(
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config)?;
-    let event_type = args.event_type.as_deref().map(EventType::parse).transpose()?;
+    let event_type = args
+        .event_type
+        .as_deref()
+        .map(EventType::parse)
+        .transpose()?;
     if let Some(t) = &args.topic {
         check_topic(t)?;
     }

@@ -15,7 +15,9 @@ use crate::api::sidecar::{
     AgentList, AgentRecord, AgentStatusUpdate, Context, Event, EventBatch, PublishRequest,
     ResultList, ResultStored, ResultSubmission, SidecarHealth, SidecarStatus,
 };
-use crate::api::{AgentId, AgentType, DaemonHealth, DaemonStatus, ErrorBody, EventType, IssueId};
+use crate::api::{
+    AgentId, AgentType, DaemonHealth, DaemonStatus, ErrorBody, EventType, HealthSummary, IssueId,
+};
 
 /// Long enough for a socket-activated cold start, short enough for a script.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,7 +37,7 @@ pub enum ServiceError {
     )]
     NoToken,
     /// No answer: refused, timed out, or the connection broke.
-    #[error("127.0.0.1:{port} did not answer: {source}")]
+    #[error("{source}")]
     Unreachable {
         port: u16,
         #[source]
@@ -70,8 +72,7 @@ impl ServiceError {
 
     /// Down, or (re)starting: worth retrying later, unlike a refusal.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ServiceError::Unreachable { .. })
-            || self.status().is_some_and(|s| s >= 500)
+        matches!(self, ServiceError::Unreachable { .. }) || self.status().is_some_and(|s| s >= 500)
     }
 }
 
@@ -95,7 +96,10 @@ impl Local {
     }
 
     fn check_owner(&self) -> Result<(), ServiceError> {
-        match *self.foreign.get_or_init(|| super::foreign_listener(self.port)) {
+        match *self
+            .foreign
+            .get_or_init(|| super::foreign_listener(self.port))
+        {
             Some(uid) => Err(ServiceError::Foreign {
                 port: self.port,
                 uid,
@@ -181,6 +185,13 @@ pub fn decode_error(status: u16, body: &[u8]) -> ServiceError {
 
 fn to_json(body: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(body).expect("wire types serialize")
+}
+
+/// `GET /health` of whichever cco service listens on `port`: what both answer.
+pub fn health_summary(port: u16, timeout: Duration) -> Result<HealthSummary, ServiceError> {
+    let mut local = Local::new(port);
+    local.timeout = timeout;
+    local.call("GET", "/health", None, None)
 }
 
 /// The daemon's open routes (`/health`, `/status`).
@@ -276,7 +287,11 @@ impl SidecarClient {
     }
 
     /// `GET /api/context/{issue}/{agent_type}`.
-    pub fn context(&self, issue: &IssueId, agent_type: &AgentType) -> Result<Context, ServiceError> {
+    pub fn context(
+        &self,
+        issue: &IssueId,
+        agent_type: &AgentType,
+    ) -> Result<Context, ServiceError> {
         self.api("GET", &format!("/api/context/{issue}/{agent_type}"), None)
     }
 
@@ -371,11 +386,7 @@ impl SidecarClient {
             return Ok(EventStream { inner: s });
         }
         let mut body = Vec::new();
-        let _ = s
-            .body
-            .by_ref()
-            .take(64 * 1024)
-            .read_to_end(&mut body);
+        let _ = s.body.by_ref().take(64 * 1024).read_to_end(&mut body);
         Err(decode_error(s.status, &body))
     }
 }
@@ -537,13 +548,20 @@ mod tests {
 
     #[test]
     fn an_error_answer_always_says_something() {
-        let json = br#"{"error":{"code":"bad_request","message":"`topic` must be 1-256 characters"}}"#;
+        let json =
+            br#"{"error":{"code":"bad_request","message":"`topic` must be 1-256 characters"}}"#;
         let e = decode_error(400, json);
         assert_eq!(e.code(), Some("bad_request"));
         assert_eq!(e.to_string(), "HTTP 400: `topic` must be 1-256 characters");
-        assert_eq!(decode_error(400, b"plain words\n").to_string(), "HTTP 400: plain words");
+        assert_eq!(
+            decode_error(400, b"plain words\n").to_string(),
+            "HTTP 400: plain words"
+        );
         assert_eq!(decode_error(400, b"").to_string(), "HTTP 400: Bad Request");
-        assert_eq!(decode_error(599, b"").to_string(), "HTTP 599: no reason given");
+        assert_eq!(
+            decode_error(599, b"").to_string(),
+            "HTTP 599: no reason given"
+        );
         let hostile = decode_error(500, "x\u{9b}2J".as_bytes()).to_string();
         assert!(!hostile.chars().any(inert::is_unsafe), "{hostile:?}");
     }
@@ -578,11 +596,20 @@ mod tests {
             .with_deadline(Instant::now());
         let e = c.agents().unwrap_err();
         assert!(
-            matches!(e, ServiceError::Unreachable { source: ClientError::Timeout, .. }),
+            matches!(
+                e,
+                ServiceError::Unreachable {
+                    source: ClientError::Timeout,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         l.set_nonblocking(true).unwrap();
         assert!(l.accept().is_err(), "nothing was sent");
-        assert!(!format!("{c:?}").contains("\"t\""), "the token stays hidden");
+        assert!(
+            !format!("{c:?}").contains("\"t\""),
+            "the token stays hidden"
+        );
     }
 }
