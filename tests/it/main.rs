@@ -3,6 +3,7 @@
 mod agents;
 mod claude;
 mod common;
+mod contract;
 mod daemon;
 mod e2e;
 mod events;
