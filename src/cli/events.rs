@@ -206,7 +206,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let event_type = args
         .event_type
         .as_deref()
-        .map(EventType::parse)
+        .map(|t| {
+            EventType::parse(t)
+                .map_err(|e| anyhow::anyhow!("{e} — pass e.g. `--type agent_completed`"))
+        })
         .transpose()?;
     if let Some(t) = &args.topic {
         check_topic(t)?;

@@ -2,6 +2,7 @@
 
 mod agents;
 mod claude;
+mod cli;
 mod common;
 mod contract;
 mod daemon;
