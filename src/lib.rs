@@ -10,8 +10,10 @@
 //! - [`seal`]: the sealed runtime files the daemon writes and the launcher verifies.
 //! - [`auth`]: session and agent JWTs (HS256 under the secret), scopes and bindings.
 //! - [`listen`]: socket-activated or self-bound listeners, readiness notification.
-//! - [`client`]: a tiny blocking HTTP/1.1 client for the hot paths (launcher, hooks).
-//! - [`api`]: wire types shared by the CLI, the daemon and the sidecar.
+//! - [`client`]: a tiny blocking HTTP/1.1 client for the hot paths (launcher, hooks), and the
+//!   typed `SidecarClient`/`DaemonClient` built on it from the `api` types.
+//! - [`api`]: wire types shared by the CLI, the daemon and the sidecar; `api::inert` makes
+//!   untrusted text safe to print.
 //! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents.
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the Host/Origin guard.
