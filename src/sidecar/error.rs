@@ -23,7 +23,7 @@ pub enum ApiError {
         "cursor {since} is older than the journal's retention (oldest kept: {oldest}); restart from `since={floor}` or without `since`"
     )]
     CursorGone { since: u64, oldest: u64, floor: u64 },
-    /// No `since=` in the message: `cco events` would retry from it.
+    /// No `floor`: there is no older cursor to restart from.
     #[error(
         "cursor {since} is ahead of the journal's newest event ({head}): the journal was reset (its database lost or replaced); restart without `since` (or from 0) and drop cursors saved before"
     )]
