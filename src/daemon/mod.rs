@@ -1,14 +1,20 @@
 //! The daemon (`:3000`): seals the runtime files at start-up, answers `/health` and
 //! `/status`, and forwards `/api/*` to the sidecar.
 
+pub mod error;
 pub mod forward;
+pub mod run;
 pub mod runtime;
+
+pub use error::DaemonError;
+pub use run::run;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::{Method, Uri};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 
@@ -30,6 +36,8 @@ struct Inner {
     config: Config,
     paths: Paths,
     origin: Origin,
+    /// The port the listener really has: the Host check and `/status` use it.
+    port: u16,
     started: Instant,
     generation: u64,
     tracker: Arc<Tracker>,
@@ -45,6 +53,7 @@ impl DaemonState {
         config: Config,
         paths: Paths,
         origin: Origin,
+        port: u16,
         generation: u64,
         tracker: Arc<Tracker>,
         stopping: Stopping,
@@ -54,6 +63,7 @@ impl DaemonState {
                 config,
                 paths,
                 origin,
+                port,
                 started: Instant::now(),
                 generation,
                 tracker,
@@ -71,14 +81,13 @@ impl DaemonState {
 
 /// Every route of the daemon.
 pub fn router(state: DaemonState) -> Router {
-    let guard_state = (
-        GuardPort(state.inner.config.daemon.port),
-        state.inner.tracker.clone(),
-    );
+    let guard_state = (GuardPort(state.inner.port), state.inner.tracker.clone());
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/api/{*rest}", any(forward::forward))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
 }
@@ -103,7 +112,7 @@ async fn status(State(state): State<DaemonState>) -> Json<DaemonStatus> {
         pid: std::process::id(),
         uptime_seconds: s.started.elapsed().as_secs(),
         listener: s.origin.as_str().into(),
-        port: s.config.daemon.port,
+        port: s.port,
         sidecar_port: s.config.sidecar.port,
         runtime_dir: s.paths.runtime_dir.display().to_string(),
         config_file: s.paths.config_file.display().to_string(),
@@ -114,6 +123,19 @@ async fn status(State(state): State<DaemonState>) -> Json<DaemonStatus> {
         idle_exit_after_seconds: s.config.idle_exit_after.map(|d: Duration| d.as_secs()),
         memory_rss_mb: (crate::api::rss_mb() * 10.0).round() / 10.0,
     })
+}
+
+async fn not_found(uri: Uri) -> DaemonError {
+    DaemonError::NotFound {
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> DaemonError {
+    DaemonError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
 }
 
 /// The path hooks call back into: this very binary, even if it was replaced on disk since.
