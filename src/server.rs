@@ -706,7 +706,6 @@ mod tests {
     /// `Connection: close`), not a reset: what keeps restarts under load error-free.
     #[tokio::test]
     async fn stop_answers_the_next_request_on_open_connections_then_closes() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let app = Router::new().route("/x", axum::routing::get(|| async { "ok" }));
@@ -738,6 +737,167 @@ mod tests {
             "{second}"
         );
         assert_eq!(server.await.unwrap().unwrap(), Exit::Shutdown);
+    }
+
+    /// A server on a loopback port with `/x` (answers at once) and `/block` (answers when
+    /// `release` is notified, after signalling `entered`).
+    struct Edge {
+        port: u16,
+        tracker: Arc<Tracker>,
+        entered: Arc<Notify>,
+        release: Arc<Notify>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<io::Result<Exit>>,
+    }
+
+    async fn edge(server: Server) -> Edge {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let entered = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let (e, r) = (entered.clone(), release.clone());
+        let app = Router::new()
+            .route("/x", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/block",
+                axum::routing::get(move || async move {
+                    e.notify_one();
+                    r.notified().await;
+                    "released"
+                }),
+            );
+        let tracker = server.tracker();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, app, async {
+            let _ = rx.await;
+        }));
+        Edge {
+            port,
+            tracker,
+            entered,
+            release,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    impl Edge {
+        async fn connect(&self) -> TcpStream {
+            TcpStream::connect(("127.0.0.1", self.port)).await.unwrap()
+        }
+        async fn open(&self, n: u64) {
+            let mut rx = self.tracker.open.subscribe();
+            let _ = rx.wait_for(|o| *o == n).await;
+        }
+        async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            assert_eq!(self.task.await.unwrap().unwrap(), Exit::Shutdown);
+        }
+    }
+
+    /// Everything the peer sends until it closes, or None if it stays open past `limit`.
+    async fn read_until_closed(c: &mut TcpStream, limit: Duration) -> Option<String> {
+        let mut all = Vec::new();
+        let done = tokio::time::timeout(limit, async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        done.ok()
+            .map(|()| String::from_utf8_lossy(&all).to_lowercase())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_head_is_cut_off_after_the_header_timeout() {
+        let e = edge(Server::new()).await;
+        let mut slow = e.connect().await;
+        slow.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+            .await
+            .unwrap();
+        let t0 = tokio::time::Instant::now();
+        let got = read_until_closed(&mut slow, HEADER_READ_TIMEOUT * 3).await;
+        assert!(got.is_some(), "a slow head kept its connection open");
+        let waited = t0.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT * 2,
+            "closed after {waited:?}"
+        );
+        e.open(0).await;
+        e.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+        let e = edge(Server::new()).await;
+        let mut c = e.connect().await;
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+        let t0 = tokio::time::Instant::now();
+        let rest = read_until_closed(&mut c, IDLE_TIMEOUT * 3).await;
+        assert_eq!(rest.as_deref(), Some(""), "an idle connection stayed open");
+        assert!(t0.elapsed() >= IDLE_TIMEOUT, "closed after {:?}", t0.elapsed());
+        e.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused_431() {
+        let e = edge(Server::new()).await;
+        let mut c = e.connect().await;
+        let mut head = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
+        head.resize(head.len() + MAX_HEADER_BYTES + 1024, b'a');
+        // The server may close before reading it all; what matters is its answer.
+        let _ = c.write_all(&head).await;
+        let got = read_until_closed(&mut c, Duration::from_secs(10)).await.unwrap();
+        assert!(got.contains("431"), "{got}");
+        e.stop().await;
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_longest_idle_connection_makes_room() {
+        let e = edge(Server::new().max_connections(2)).await;
+        let mut first = e.connect().await;
+        e.open(1).await;
+        let _second = e.connect().await;
+        e.open(2).await;
+        let mut third = e.connect().await;
+        third
+            .write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until_closed(&mut third, Duration::from_secs(10)).await.unwrap();
+        assert!(got.contains("200 ok"), "{got}");
+        let evicted = read_until_closed(&mut first, Duration::from_secs(10)).await;
+        assert_eq!(evicted.as_deref(), Some(""), "the oldest idle one was kept");
+        e.stop().await;
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_with_every_connection_busy_a_new_one_gets_503_json() {
+        let e = edge(Server::new().max_connections(1)).await;
+        let mut busy = e.connect().await;
+        busy.write_all(b"GET /block HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        e.entered.notified().await;
+        let mut refused = e.connect().await;
+        let got = read_until_closed(&mut refused, Duration::from_secs(10)).await.unwrap();
+        assert!(got.starts_with("http/1.1 503"), "{got}");
+        let body: serde_json::Value =
+            serde_json::from_str(got.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["error"]["code"], "overloaded");
+        e.release.notify_one();
+        let done = read_until_closed(&mut busy, Duration::from_secs(10)).await.unwrap();
+        assert!(done.contains("released"), "{done}");
+        e.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
