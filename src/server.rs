@@ -630,8 +630,9 @@ pub async fn guard(
     req: Request,
     next: Next,
 ) -> Response {
-    if let Err(msg) = check_host_origin(req.headers(), port.0) {
-        return error_response(StatusCode::FORBIDDEN, "forbidden_host", msg);
+    if let Err(e) = check_host_origin(req.headers(), port.0) {
+        tracing::debug!(error = %e, "request refused");
+        return error_response(StatusCode::FORBIDDEN, "forbidden_host", e.to_string());
     }
     tracker.count_request();
     next.run(req).await
@@ -645,15 +646,25 @@ fn loopback_authority(value: &str, port: u16) -> bool {
     matches!(host, Some("127.0.0.1" | "localhost" | "[::1]"))
 }
 
-pub fn check_host_origin(headers: &HeaderMap, port: u16) -> Result<(), String> {
+/// Why the guard refused a request (DNS rebinding or a web page).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("Host {host:?} is not allowed; use http://127.0.0.1:{port}")]
+    ForeignHost { host: String, port: u16 },
+    #[error("cross-origin requests are not allowed")]
+    ForeignOrigin,
+}
+
+pub fn check_host_origin(headers: &HeaderMap, port: u16) -> Result<(), HostError> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     if !loopback_authority(host, port) {
-        return Err(format!(
-            "Host {host:?} is not allowed; use http://127.0.0.1:{port}"
-        ));
+        return Err(HostError::ForeignHost {
+            host: host.to_string(),
+            port,
+        });
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let ok = origin
@@ -662,7 +673,7 @@ pub fn check_host_origin(headers: &HeaderMap, port: u16) -> Result<(), String> {
             .and_then(|o| o.strip_prefix("http://"))
             .is_some_and(|a| loopback_authority(a, port));
         if !ok {
-            return Err("cross-origin requests are not allowed".into());
+            return Err(HostError::ForeignOrigin);
         }
     }
     Ok(())

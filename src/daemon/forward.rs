@@ -135,3 +135,64 @@ pub async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::listen::Origin;
+    use crate::paths::Paths;
+    use crate::server::{Stopper, Tracker};
+
+    fn state_for(sidecar_port: u16) -> DaemonState {
+        let mut config = Config::default();
+        config.sidecar.port = sidecar_port;
+        let paths = Paths {
+            config_file: "/nonexistent/daemon.toml".into(),
+            runtime_dir: "/nonexistent/run".into(),
+            data_dir: "/nonexistent/data".into(),
+        };
+        DaemonState::new(
+            config,
+            paths,
+            Origin::Bound,
+            3000,
+            1,
+            std::sync::Arc::new(Tracker::default()),
+            Stopper::default().subscribe(),
+        )
+    }
+
+    /// "Nobody listens" is not remembered: whoever binds the port next is checked.
+    #[test]
+    fn an_empty_port_is_not_cached_as_trusted() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let state = state_for(port);
+        assert!(owner_checked(&state, port).is_ok());
+        assert_eq!(
+            state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+            0,
+            "a negative check was cached"
+        );
+    }
+
+    #[test]
+    fn our_own_listener_is_cached_and_forgotten_after_a_failure() {
+        if !std::path::Path::new("/proc/net/tcp").exists() {
+            // Without /proc the owner is unknown and nothing is ever cached.
+            let state = state_for(1);
+            assert!(owner_checked(&state, 1).is_ok());
+            assert_eq!(state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed), 0);
+            return;
+        }
+        let ours = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = ours.local_addr().unwrap().port();
+        let state = state_for(port);
+        assert!(owner_checked(&state, port).is_ok());
+        assert_ne!(state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed), 0);
+        forget_owner(&state);
+        assert_eq!(state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed), 0);
+    }
+}

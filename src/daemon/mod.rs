@@ -147,3 +147,120 @@ pub fn current_exe() -> PathBuf {
         None => exe,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router in process, through `oneshot`: no socket.
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    const PORT: u16 = 3999;
+
+    fn state() -> DaemonState {
+        let paths = Paths {
+            config_file: "/nonexistent/cco/daemon.toml".into(),
+            runtime_dir: "/nonexistent/run/cco".into(),
+            data_dir: "/nonexistent/.cco".into(),
+        };
+        let stopper = crate::server::Stopper::default();
+        DaemonState::new(
+            Config::default(),
+            paths,
+            Origin::Bound,
+            PORT,
+            7,
+            Arc::new(Tracker::default()),
+            stopper.subscribe(),
+        )
+    }
+
+    async fn send(method: &str, path: &str, host: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(state()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn local() -> String {
+        format!("127.0.0.1:{PORT}")
+    }
+
+    #[tokio::test]
+    async fn health_answers_on_the_listening_port() {
+        let (status, body) = send("GET", "/health", &local()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["service"], SERVICE);
+        assert_eq!(body["settings_generation"], 7);
+        let (status, body) = send("GET", "/status", &local()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["port"], PORT);
+    }
+
+    /// The Host check uses the port the daemon listens on, not the config's (3000).
+    #[tokio::test]
+    async fn the_configured_port_is_not_the_one_checked() {
+        let (status, body) = send("GET", "/health", "127.0.0.1:3000").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"]["code"], "forbidden_host");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let (status, body) = send("GET", "/nope", &local()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("/nope"),
+            "{body}"
+        );
+        let (status, body) = send("POST", "/health", &local()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+    }
+
+    /// The cause of an unreachable sidecar is logged, not sent.
+    #[tokio::test]
+    async fn a_down_sidecar_is_a_502_without_its_cause() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let mut config = Config::default();
+        config.sidecar.port = port;
+        let s = state();
+        let s = DaemonState::new(
+            config,
+            s.inner.paths.clone(),
+            Origin::Bound,
+            PORT,
+            1,
+            s.tracker(),
+            s.inner.stopping.clone(),
+        );
+        let req = Request::builder()
+            .uri("/api/agents")
+            .header(header::HOST, local())
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(s).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "sidecar_unavailable");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&port.to_string()) && msg.contains("cco sidecar start"));
+        assert!(!msg.to_lowercase().contains("connect"), "{msg}");
+    }
+}
