@@ -5,6 +5,7 @@ mod claude;
 mod common;
 mod daemon;
 mod e2e;
+mod edge;
 mod events;
 mod fake_anthropic;
 mod foreign;
