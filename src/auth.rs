@@ -337,7 +337,10 @@ mod tests {
                 matches!(&err, AuthError::Invalid(m) if m.contains(claim) && m.contains("cco token")),
                 "{claim}: {err}"
             );
-            assert!(k.verify(&with(claim, near)).is_ok(), "{claim} within the leeway");
+            assert!(
+                k.verify(&with(claim, near)).is_ok(),
+                "{claim} within the leeway"
+            );
         }
         assert!(k.verify(&with("nbf", now_secs() - 60)).is_ok());
     }

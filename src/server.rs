@@ -91,7 +91,7 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// How many connections fit in `fd_limit` descriptors, at most [`MAX_CONNECTIONS`].
@@ -855,7 +855,11 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let rest = read_until_closed(&mut c, IDLE_TIMEOUT * 3).await;
         assert_eq!(rest.as_deref(), Some(""), "an idle connection stayed open");
-        assert!(t0.elapsed() >= IDLE_TIMEOUT, "closed after {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= IDLE_TIMEOUT,
+            "closed after {:?}",
+            t0.elapsed()
+        );
         e.stop().await;
     }
 
@@ -867,7 +871,9 @@ mod tests {
         head.resize(head.len() + MAX_HEADER_BYTES + 1024, b'a');
         // The server may close before reading it all; what matters is its answer.
         let _ = c.write_all(&head).await;
-        let got = read_until_closed(&mut c, Duration::from_secs(10)).await.unwrap();
+        let got = read_until_closed(&mut c, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(got.contains("431"), "{got}");
         e.stop().await;
     }
@@ -884,7 +890,9 @@ mod tests {
             .write_all(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let got = read_until_closed(&mut third, Duration::from_secs(10)).await.unwrap();
+        let got = read_until_closed(&mut third, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(got.contains("200 ok"), "{got}");
         let evicted = read_until_closed(&mut first, Duration::from_secs(10)).await;
         assert_eq!(evicted.as_deref(), Some(""), "the oldest idle one was kept");
@@ -900,13 +908,17 @@ mod tests {
             .unwrap();
         e.entered.notified().await;
         let mut refused = e.connect().await;
-        let got = read_until_closed(&mut refused, Duration::from_secs(10)).await.unwrap();
+        let got = read_until_closed(&mut refused, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(got.starts_with("http/1.1 503"), "{got}");
         let body: serde_json::Value =
             serde_json::from_str(got.split_once("\r\n\r\n").unwrap().1).unwrap();
         assert_eq!(body["error"]["code"], "overloaded");
         e.release.notify_one();
-        let done = read_until_closed(&mut busy, Duration::from_secs(10)).await.unwrap();
+        let done = read_until_closed(&mut busy, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert!(done.contains("released"), "{done}");
         e.stop().await;
     }

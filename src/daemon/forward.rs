@@ -52,9 +52,8 @@ const OWNER_RECHECK_SECS: u64 = 5;
 
 /// Idle pooled connections to the sidecar are closed before the sidecar's own idle timeout,
 /// so a request never lands on a connection the sidecar is closing.
-const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(
-    crate::server::IDLE_TIMEOUT.as_secs() / 2,
-);
+const POOL_IDLE: std::time::Duration =
+    std::time::Duration::from_secs(crate::server::IDLE_TIMEOUT.as_secs() / 2);
 
 fn owner_checked(state: &DaemonState, port: u16) -> Result<(), DaemonError> {
     let checked_at = &state.inner.sidecar_owner_checked_at;
@@ -184,15 +183,24 @@ mod tests {
             // Without /proc the owner is unknown and nothing is ever cached.
             let state = state_for(1);
             assert!(owner_checked(&state, 1).is_ok());
-            assert_eq!(state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed), 0);
+            assert_eq!(
+                state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+                0
+            );
             return;
         }
         let ours = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = ours.local_addr().unwrap().port();
         let state = state_for(port);
         assert!(owner_checked(&state, port).is_ok());
-        assert_ne!(state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed), 0);
+        assert_ne!(
+            state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+            0
+        );
         forget_owner(&state);
-        assert_eq!(state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+            0
+        );
     }
 }

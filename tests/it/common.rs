@@ -337,8 +337,8 @@ impl Env {
         unsafe {
             c.pre_exec(move || {
                 let lim = libc::rlimit {
-                    rlim_cur: nofile as libc::rlim_t,
-                    rlim_max: nofile as libc::rlim_t,
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());

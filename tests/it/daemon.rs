@@ -208,7 +208,8 @@ fn socket_activation_on_another_port_than_the_configured_one() {
         assert_eq!(status, 200, "{service}: {body}\n{}", svc.log_text());
         let log = svc.log_text();
         assert!(
-            log.contains(&format!("port={other}")) && log.contains(&format!("configured={configured}")),
+            log.contains(&format!("port={other}"))
+                && log.contains(&format!("configured={configured}")),
             "{service}: {log}"
         );
         if service == "daemon" {

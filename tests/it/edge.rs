@@ -68,7 +68,8 @@ fn survives_a_flood(service: &str) {
     let mut oversized = Vec::with_capacity(OVERSIZED);
     for _ in 0..OVERSIZED {
         let mut s = connect(port);
-        let mut head = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: ").into_bytes();
+        let mut head =
+            format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: ").into_bytes();
         head.resize(head.len() + OVERSIZED_HEAD_BYTES, b'a');
         // The service stops reading at its limit; a failed write is part of the refusal.
         let _ = s.write_all(&head);
