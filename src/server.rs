@@ -65,6 +65,10 @@ pub const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// Refusals are logged at most once per this period (with a count), not once per connection.
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a request body may take to arrive after its head: a client dripping a body keeps
+/// its connection busy (not evictable), so it must not do so for long.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Back-off after a failed `accept` (out of descriptors and similar) instead of spinning.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -287,12 +291,13 @@ impl Conns {
     /// Closes the connection idle the longest; false when every connection is busy.
     fn evict_oldest_idle(&self) -> bool {
         let open = self.open.lock().expect("connections lock");
+        // Ids break ties within a millisecond: the one accepted first is the older.
         let oldest = open
-            .values()
-            .filter(|c| c.busy.load(Ordering::Acquire) == 0)
-            .min_by_key(|c| c.idle_since.load(Ordering::Relaxed));
+            .iter()
+            .filter(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+            .min_by_key(|(id, c)| (c.idle_since.load(Ordering::Relaxed), **id));
         match oldest {
-            Some(c) => {
+            Some((_, c)) => {
                 c.evict.notify_one();
                 true
             }
@@ -497,7 +502,7 @@ impl Server {
                 let router = router.clone();
                 async move {
                     use tower::ServiceExt;
-                    let resp = router.oneshot(req.map(Body::new)).await?;
+                    let resp = router.oneshot(req.map(Deadlined::wrap)).await?;
                     // The connection stays busy until the body (an SSE stream, say) is done.
                     Ok::<_, std::convert::Infallible>(resp.map(|body| {
                         Body::new(body.map_frame(move |frame| {
@@ -542,6 +547,56 @@ impl Server {
             }
             conns.remove(id);
         });
+    }
+}
+
+/// A request body that must arrive within [`BODY_READ_TIMEOUT`]; past it, reading it fails
+/// (the handler answers 4xx) and the connection closes.
+struct Deadlined {
+    inner: hyper::body::Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Deadlined {
+    fn wrap(inner: hyper::body::Incoming) -> Body {
+        use hyper::body::Body as _;
+        if inner.is_end_stream() {
+            return Body::new(inner);
+        }
+        Body::new(Deadlined {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT)),
+        })
+    }
+}
+
+impl hyper::body::Body for Deadlined {
+    type Data = <hyper::body::Incoming as hyper::body::Body>::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(format!(
+                "the request body did not arrive within {}s",
+                BODY_READ_TIMEOUT.as_secs()
+            )
+            .into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -770,6 +825,10 @@ mod tests {
         let app = Router::new()
             .route("/x", axum::routing::get(|| async { "ok" }))
             .route(
+                "/echo",
+                axum::routing::post(|body: String| async move { body }),
+            )
+            .route(
                 "/block",
                 axum::routing::get(move || async move {
                     e.notify_one();
@@ -863,6 +922,27 @@ mod tests {
         e.stop().await;
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_dripping_request_body_is_cut_off_after_the_body_timeout() {
+        let e = edge(Server::new()).await;
+        let mut c = e.connect().await;
+        c.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nonly ten.",
+        )
+        .await
+        .unwrap();
+        let t0 = tokio::time::Instant::now();
+        let got = read_until_closed(&mut c, BODY_READ_TIMEOUT * 3).await;
+        let got = got.expect("a dripping body kept its connection open");
+        assert!(got.starts_with("http/1.1 4"), "{got}");
+        assert!(
+            t0.elapsed() >= BODY_READ_TIMEOUT,
+            "cut off after {:?}",
+            t0.elapsed()
+        );
+        e.stop().await;
+    }
+
     #[tokio::test]
     async fn an_oversized_request_head_is_refused_431() {
         let e = edge(Server::new()).await;
@@ -883,7 +963,7 @@ mod tests {
         let e = edge(Server::new().max_connections(2)).await;
         let mut first = e.connect().await;
         e.open(1).await;
-        let _second = e.connect().await;
+        let second = e.connect().await;
         e.open(2).await;
         let mut third = e.connect().await;
         third
@@ -896,6 +976,7 @@ mod tests {
         assert!(got.contains("200 ok"), "{got}");
         let evicted = read_until_closed(&mut first, Duration::from_secs(10)).await;
         assert_eq!(evicted.as_deref(), Some(""), "the oldest idle one was kept");
+        drop(second);
         e.stop().await;
     }
 
