@@ -57,7 +57,7 @@ pub const FDS_PER_CONNECTION: u64 = 2;
 
 /// At most this many refused connections are being answered 503 at once; beyond, they are
 /// closed at accept.
-pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 16;
 
 /// How long a refused connection is given to read its 503 before it is closed.
 pub const REFUSAL_LINGER: Duration = Duration::from_millis(500);
