@@ -16,7 +16,9 @@
 //!   untrusted text safe to print.
 //! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents.
-//! - [`server`]: what both services share: serve/shutdown/idle exit, the Host/Origin guard.
+//! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
+//! - [`startup`]: what both services do before they serve (installation, listener, secret, roster).
+//! - [`pidlock`]: one process per directory (an RAII `flock` holding the owner's pid).
 //! - [`service`]: systemd/launchd unit rendering (pure) and operations.
 //! - [`policy`]: the `PreToolUse` permission policy of `cco hook`.
 //! - [`roster`]: the built-in agent roster and orchestrator rules.
@@ -31,6 +33,7 @@ pub mod daemon;
 pub mod listen;
 pub mod logging;
 pub mod paths;
+pub mod pidlock;
 pub mod policy;
 pub mod roster;
 pub mod seal;
@@ -39,4 +42,5 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod sidecar;
+pub mod startup;
 pub mod untrusted;

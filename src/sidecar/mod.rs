@@ -9,6 +9,7 @@ pub mod journal;
 pub mod metrics;
 pub mod results;
 mod routes;
+pub mod run;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -25,6 +26,7 @@ use crate::roster::Roster;
 use crate::server::{GuardPort, Stopping, Tracker, guard};
 
 pub use error::ApiError;
+pub use run::run;
 
 pub const SERVICE: &str = "orchestration-sidecar";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

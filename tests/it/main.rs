@@ -7,6 +7,7 @@ mod common;
 mod contract;
 mod daemon;
 mod e2e;
+mod edge;
 mod events;
 mod fake_anthropic;
 mod foreign;
