@@ -609,12 +609,10 @@ fn refuse(mut stream: TcpStream, conns: &Arc<Conns>) {
     }
     let conns = conns.clone();
     tokio::spawn(async move {
-        let body = serde_json::to_string(&ErrorBody {
-            error: ErrorDetail {
-                code: "overloaded".into(),
-                message: "too many open connections; retry in a moment".into(),
-            },
-        })
+        let body = serde_json::to_string(&ErrorBody::new(
+            "overloaded",
+            "too many open connections; retry in a moment",
+        ))
         .expect("error body serializes");
         let head = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
