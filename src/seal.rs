@@ -12,8 +12,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::paths::{self, PathError};
 use crate::secret::Secret;
+use crate::securefs::{self, PathError};
 
 pub const SETTINGS: &str = "orchestrator-settings.json";
 pub const AGENTS: &str = "agents-sealed.json";
@@ -141,7 +141,7 @@ fn open_lock(dir: &Path) -> Result<File, SealError> {
 
 fn read_seal(dir: &Path) -> Result<SealDoc, SealError> {
     let path = dir.join(SEAL);
-    let bytes = match paths::read_private(&path) {
+    let bytes = match securefs::read_private(&path) {
         Ok(b) => b,
         Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Err(SealError::NotSealed { dir: dir.into() });
@@ -167,7 +167,7 @@ fn verify_locked(dir: &Path, secret: &Secret) -> Result<(u64, RuntimeFiles), Sea
     let mut contents = Vec::with_capacity(FILES.len());
     for name in FILES {
         let path = dir.join(name);
-        let content = match paths::read_private(&path) {
+        let content = match securefs::read_private(&path) {
             Ok(c) => c,
             Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Err(SealError::Missing { path });
@@ -196,7 +196,7 @@ fn verify_locked(dir: &Path, secret: &Secret) -> Result<(u64, RuntimeFiles), Sea
 /// Writes the files that changed and a new seal; a no-op (same generation) when the
 /// directory already holds exactly `files` under a valid seal.
 pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOutcome, SealError> {
-    paths::ensure_private_dir(dir)?;
+    securefs::ensure_private_dir(dir)?;
     let lock = open_lock(dir)?;
     lock.lock().map_err(|e| SealError::Write {
         path: dir.join(LOCK),
@@ -225,7 +225,7 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
     }
 
     for (name, content) in files.entries() {
-        paths::write_atomic(dir, name.as_ref(), content, 0o600).map_err(|cause| {
+        securefs::write_atomic(dir, name.as_ref(), content, 0o600).map_err(|cause| {
             SealError::Write {
                 path: dir.join(name),
                 cause,
@@ -239,9 +239,11 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
         files: tags,
     };
     let bytes = serde_json::to_vec_pretty(&doc).expect("seal serializes");
-    paths::write_atomic(dir, SEAL.as_ref(), &bytes, 0o600).map_err(|cause| SealError::Write {
-        path: dir.join(SEAL),
-        cause,
+    securefs::write_atomic(dir, SEAL.as_ref(), &bytes, 0o600).map_err(|cause| {
+        SealError::Write {
+            path: dir.join(SEAL),
+            cause,
+        }
     })?;
     Ok(SealOutcome {
         generation,
@@ -251,7 +253,7 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
 
 /// Verifies the runtime directory and every sealed file under a shared lock.
 pub fn verify(dir: &Path, secret: &Secret) -> Result<Verified, SealError> {
-    paths::check_private_dir(dir).map_err(|e| match e {
+    securefs::check_private_dir(dir).map_err(|e| match e {
         PathError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
             SealError::NotSealed { dir: dir.into() }
         }
