@@ -17,7 +17,8 @@ pub struct ParseError {
     pub at: Option<(usize, usize)>,
     /// toml's own message, on one line.
     pub message: String,
-    pub cause: toml::de::Error,
+    /// Boxed: toml's error is large, and this one travels in every `Result` of the loader.
+    pub cause: Box<toml::de::Error>,
 }
 
 impl Config {
@@ -48,7 +49,7 @@ impl Config {
             at: cause.span().map(|s| line_col(text, s.start)),
             // toml's message is multi-line with a source excerpt; keep it on one line.
             message: cause.message().trim().to_string(),
-            cause,
+            cause: Box::new(cause),
         })
     }
 

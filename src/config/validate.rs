@@ -76,9 +76,9 @@ pub fn show_duration(d: Duration) -> String {
     match s {
         _ if d.subsec_nanos() != 0 => humantime::format_duration(d).to_string(),
         0 => "0s".into(),
-        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ if s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }
@@ -349,8 +349,10 @@ mod tests {
             "\"0s\" is out of range: use \"never\" or at least 1s"
         );
         // The file's value goes through the same check.
-        let mut c = Config::default();
-        c.idle_exit_after = Some(Duration::ZERO);
+        let c = Config {
+            idle_exit_after: Some(Duration::ZERO),
+            ..Config::default()
+        };
         assert_eq!(
             validate(&c).unwrap_err(),
             (
