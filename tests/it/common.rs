@@ -47,11 +47,20 @@ fn reserve_port(port: u16) -> std::io::Result<(OwnedFd, u16)> {
     // SAFETY: plain socket calls on a descriptor this function owns; `addr` is a valid
     // sockaddr_in of `len` bytes.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        // Close-on-exec at creation where the platform can (Linux); macOS lacks
+        // SOCK_CLOEXEC, so there a child forked in between may inherit it until its exec.
+        #[cfg(target_os = "linux")]
+        let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+        #[cfg(not(target_os = "linux"))]
+        let kind = libc::SOCK_STREAM;
+        let fd = libc::socket(libc::AF_INET, kind, 0);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let fd = OwnedFd::from_raw_fd(fd);
+        if libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let one: libc::c_int = 1;
         let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         if libc::setsockopt(
