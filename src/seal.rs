@@ -80,6 +80,15 @@ impl Verified {
 
 const RESTART: &str = "run `cco daemon restart` to rewrite them";
 
+/// Why `seal.json` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSeal {
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("seal version {0}")]
+    Version(u32),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error(
@@ -91,7 +100,7 @@ pub enum SealError {
     #[error("sealed runtime file {path} was modified since the daemon wrote it — {RESTART}")]
     Tampered { path: PathBuf },
     #[error("{path} is unreadable or from another cco version ({reason}) — {RESTART}")]
-    BadSeal { path: PathBuf, reason: String },
+    BadSeal { path: PathBuf, reason: BadSeal },
     #[error(transparent)]
     Insecure(#[from] PathError),
     #[error("cannot write runtime file {path}: {cause}")]
@@ -150,12 +159,12 @@ fn read_seal(dir: &Path) -> Result<SealDoc, SealError> {
     };
     let doc: SealDoc = serde_json::from_slice(&bytes).map_err(|e| SealError::BadSeal {
         path: path.clone(),
-        reason: e.to_string(),
+        reason: BadSeal::Json(e),
     })?;
     if doc.version != SEAL_VERSION {
         return Err(SealError::BadSeal {
             path,
-            reason: format!("seal version {}", doc.version),
+            reason: BadSeal::Version(doc.version),
         });
     }
     Ok(doc)
@@ -404,6 +413,36 @@ mod tests {
         assert!(matches!(
             verify(&dir, &secret),
             Err(SealError::Insecure(PathError::Symlink { .. }))
+        ));
+    }
+
+    /// A seal from another version or not JSON at all says which, and how to fix it.
+    #[test]
+    fn a_seal_of_another_version_or_not_json_is_named() {
+        let (_tmp, dir, secret) = setup();
+        seal(&dir, &secret, &files("a")).unwrap();
+        let text = std::fs::read_to_string(dir.join(SEAL)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut other = v.clone();
+        other["version"] = (SEAL_VERSION + 1).into();
+        securefs::write_atomic(&dir, SEAL.as_ref(), other.to_string().as_bytes(), 0o600).unwrap();
+        let err = verify(&dir, &secret).unwrap_err();
+        assert!(
+            matches!(&err, SealError::BadSeal { reason: BadSeal::Version(n), .. } if *n == SEAL_VERSION + 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("run `cco daemon restart` to rewrite them"),
+            "{err}"
+        );
+        securefs::write_atomic(&dir, SEAL.as_ref(), b"{", 0o600).unwrap();
+        assert!(matches!(
+            verify(&dir, &secret).unwrap_err(),
+            SealError::BadSeal {
+                reason: BadSeal::Json(_),
+                ..
+            }
         ));
     }
 }
