@@ -202,11 +202,14 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
     match fs::symlink_metadata(dir) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let created = crate::service::marker::missing_dirs(dir);
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| PathError::io(dir, e))?;
+            // Marked as cco's, so `cco uninstall --purge` may delete them and nothing else.
+            crate::service::marker::mark_created(&created);
         }
         Err(e) => return Err(PathError::io(dir, e)),
     }

@@ -6,6 +6,8 @@ pub mod detached;
 pub mod host;
 pub mod install;
 pub mod launchd;
+pub mod marker;
+pub mod purge;
 pub mod render;
 pub mod systemd;
 

@@ -137,7 +137,8 @@ fn install_without_a_service_manager_points_to_detached_mode() {
 fn purge_never_reads_a_non_terminal_stdin() {
     let mut env = Env::new();
     fake_systemctl(&mut env, "offline");
-    std::fs::create_dir_all(env.data_dir()).unwrap();
+    // As cco creates it: marked as cco's, so the purge may remove it.
+    cco::service::marker::create_dir_all_marked(&env.data_dir()).unwrap();
     let out = env.run(["uninstall", "--purge"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -156,12 +157,36 @@ fn purge_of_a_data_dir_shared_with_a_project_keeps_the_project() {
     let mut env = Env::new();
     fake_systemctl(&mut env, "offline");
     let data = env.data_dir();
-    std::fs::create_dir_all(data.join("orchestration/results")).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    cco::service::marker::create_dir_all_marked(&data.join("orchestration/results")).unwrap();
     std::fs::write(data.join("Cargo.toml"), "[package]").unwrap();
     let out = env.run(["uninstall", "--purge", "--yes"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!data.join("orchestration").exists());
     assert!(data.join("Cargo.toml").exists(), "{}", text(&out.stdout));
+}
+
+/// `data_dir = $HOME`: the user's own `~/orchestration` and `~/logs` are not cco's (no mark),
+/// so they stay, and so does `$HOME`; the secret still goes, and the run says what it kept.
+#[test]
+fn purge_with_data_dir_home_deletes_nothing_of_the_users() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let home = env.home.clone();
+    env.set("CCO_DATA_DIR", home.display().to_string());
+    std::fs::create_dir_all(home.join("orchestration")).unwrap();
+    std::fs::write(home.join("orchestration/plan.md"), "mine").unwrap();
+    std::fs::create_dir_all(home.join("logs")).unwrap();
+    std::fs::write(home.join("logs/daemon.log.2024-notes"), "mine").unwrap();
+    let out = env.run(["uninstall", "--purge", "--yes"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(home.join("orchestration/plan.md").exists(), "{stdout}");
+    assert!(home.join("logs/daemon.log.2024-notes").exists(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("kept {}", home.join("orchestration").display())),
+        "{stdout}"
+    );
 }
 
 #[test]
