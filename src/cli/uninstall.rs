@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use crate::paths::Installation;
 use crate::service::host::{Host, System};
-use crate::service::install::{self};
+use crate::service::install;
 use crate::service::purge::{self, Step};
 use crate::service::{Service, detached};
 
@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config_flag)?;
-    let scope = super::install::scope(args.system);
+    let scope = crate::service::plan::scope(args.system);
     let mut host = System::new(args.dry_run);
 
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -49,7 +49,7 @@ pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let mut did = false;
     match install::detect(&mut host, scope) {
         Ok(manager) => {
-            let plan = super::install::plan(config_flag, scope, manager)?;
+            let plan = crate::service::plan::plan(config_flag, scope, manager)?;
             host.say(&format!("cco uninstall: {}", manager.as_str()));
             did |= install::uninstall(&mut host, &plan)?;
         }

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
 
+use super::trust::TrustError;
 use crate::paths;
 
 /// A command line to run (`systemctl --user …`, `launchctl …`).
@@ -99,6 +100,8 @@ pub trait Host {
     fn port_free(&mut self, port: u16) -> bool;
     /// `GET /health` on 127.0.0.1:`port`: the status word, or why there is none.
     fn health(&mut self, port: u16) -> Result<String, String>;
+    /// [`super::trust::check_program_owned_by`]: may `owners` alone change `program`?
+    fn check_program(&mut self, program: &Path, owners: &[u32]) -> Result<(), TrustError>;
     /// Waits `ms` milliseconds (polling for launchd's bootout).
     fn sleep_ms(&mut self, ms: u64);
     /// One line of the report for the user.
@@ -193,6 +196,9 @@ impl Host for System {
             Err(e) => Err(e),
         }
     }
+    fn check_program(&mut self, program: &Path, owners: &[u32]) -> Result<(), TrustError> {
+        super::trust::check_program_owned_by(program, owners)
+    }
     fn sleep_ms(&mut self, ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -233,6 +239,8 @@ pub mod fake {
         pub changes: Vec<String>,
         pub lines: Vec<String>,
         pub unhealthy: Vec<u16>,
+        /// Programs the trust check refuses, with the mode it reports.
+        pub untrusted: Vec<(PathBuf, u32)>,
     }
 
     impl Fake {
@@ -307,6 +315,16 @@ pub mod fake {
                 Err("connection refused".into())
             } else {
                 Ok("healthy".into())
+            }
+        }
+        fn check_program(&mut self, program: &Path, _owners: &[u32]) -> Result<(), TrustError> {
+            match self.untrusted.iter().find(|(p, _)| p == program) {
+                Some((p, mode)) => Err(TrustError::Writable {
+                    path: p.clone(),
+                    mode: *mode,
+                    program: p.clone(),
+                }),
+                None => Ok(()),
             }
         }
         fn sleep_ms(&mut self, _ms: u64) {}

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
-use super::install::{InstallError, Outcome};
 use super::render;
 use super::systemd::must;
+use super::{InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
 
 /// How long `bootout` may take to remove a job before we give up waiting.

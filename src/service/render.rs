@@ -356,6 +356,7 @@ mod tests {
             run_as: Some(RunAs {
                 name: "alice".into(),
                 uid: 1000,
+                gid: 1000,
                 home: "/home/alice".into(),
             }),
             ..UnitSpec::reference()

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
 use super::render::{self, UnitFile};
+use super::{InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
-use crate::service::install::{InstallError, Outcome};
 
 /// Where distribution packages put user units (`cargo deb` ships ours there).
 pub const PACKAGED_USER_DIR: &str = "/usr/lib/systemd/user";

@@ -331,3 +331,53 @@ fn install_dry_run_without_a_service_manager_shows_the_units() {
     assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
     assert!(!calls.exists(), "dry run ran systemctl");
 }
+
+/// `sudo cco install --system` by someone who has run cco: their config is theirs, not
+/// root's, and must be trusted for what it is — never "chown it to root". Runs as root (CI
+/// does) to act as the account `nobody`.
+#[test]
+fn sudo_install_system_trusts_the_invoking_users_own_config() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test acts as another account and needs root (CI runs as root)"
+    );
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let base = env.tmp.path();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg_dir = base.join("nobody-cfg");
+    std::fs::create_dir(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("daemon.toml");
+    std::fs::write(&cfg, "[daemon]\nport = 3999\n").unwrap();
+    for p in [&cfg_dir, &cfg] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(&cfg_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.set("SUDO_USER", "nobody").set("SUDO_UID", "65534");
+    let out = env
+        .cmd([
+            "--config",
+            &cfg.display().to_string(),
+            "install",
+            "--system",
+            "--dry-run",
+        ])
+        .env_remove("CCO_DAEMON_PORT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("chown 0") && !stdout.contains("chown 0"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("User=nobody"), "{stdout}");
+    assert!(
+        stdout.contains("ListenStream=127.0.0.1:3999"),
+        "the user's config was read: {stdout}"
+    );
+}
