@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::paths::Installation;
 use crate::service::host::{Host, System};
 use crate::service::install;
 use crate::service::purge::{self, Step};
@@ -28,8 +27,8 @@ pub struct Args {
 }
 
 pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
-    let inst = Installation::from_process(config_flag)?;
     let scope = crate::service::plan::scope(args.system);
+    let inst = crate::service::plan::installation(config_flag, scope)?;
     let mut host = System::new(args.dry_run);
 
     let home = std::env::var_os("HOME").map(PathBuf::from);

@@ -100,6 +100,9 @@ pub trait Host {
     fn port_free(&mut self, port: u16) -> bool;
     /// `GET /health` on 127.0.0.1:`port`: the status word, or why there is none.
     fn health(&mut self, port: u16) -> Result<String, String>;
+    /// Holds an exclusive lock on the directory `dir` (created if missing) until the
+    /// returned file is dropped: concurrent installs take turns. None in a dry run.
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>>;
     /// [`super::trust::check_program_owned_by`]: may `owners` alone change `program`?
     fn check_program(&mut self, program: &Path, owners: &[u32]) -> Result<(), TrustError>;
     /// Waits `ms` milliseconds (polling for launchd's bootout).
@@ -196,6 +199,19 @@ impl Host for System {
             Err(e) => Err(e),
         }
     }
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>> {
+        if self.dry_run {
+            return Ok(None);
+        }
+        let trusted = |dir: &Path| paths::check_trusted_path(dir).map_err(io::Error::other);
+        trusted(dir)?;
+        std::fs::create_dir_all(dir)?;
+        trusted(dir)?;
+        // flock(2) on the directory itself: no lock file is left behind in the unit dir.
+        let f = std::fs::File::open(dir)?;
+        f.lock()?;
+        Ok(Some(f))
+    }
     fn check_program(&mut self, program: &Path, owners: &[u32]) -> Result<(), TrustError> {
         super::trust::check_program_owned_by(program, owners)
     }
@@ -241,6 +257,8 @@ pub mod fake {
         pub unhealthy: Vec<u16>,
         /// Programs the trust check refuses, with the mode it reports.
         pub untrusted: Vec<(PathBuf, u32)>,
+        /// Directories locked with [`Host::lock_dir`].
+        pub locks: Vec<PathBuf>,
     }
 
     impl Fake {
@@ -317,6 +335,10 @@ pub mod fake {
                 Ok("healthy".into())
             }
         }
+        fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>> {
+            self.locks.push(dir.into());
+            Ok(None)
+        }
         fn check_program(&mut self, program: &Path, _owners: &[u32]) -> Result<(), TrustError> {
             match self.untrusted.iter().find(|(p, _)| p == program) {
                 Some((p, mode)) => Err(TrustError::Writable {
@@ -338,6 +360,31 @@ pub mod fake {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Concurrent installs serialize: while one holds the unit directory, another cannot.
+    #[test]
+    fn the_unit_dir_lock_is_exclusive_until_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("systemd/user");
+        let held = System::new(false).lock_dir(&dir).unwrap().unwrap();
+        let other = std::fs::File::open(&dir).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().unwrap();
+        assert!(
+            System::new(true)
+                .lock_dir(&tmp.path().join("dry"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !tmp.path().join("dry").exists(),
+            "a dry run creates nothing"
+        );
+    }
 
     #[test]
     fn units_are_never_written_through_a_directory_others_can_write() {

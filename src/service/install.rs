@@ -105,6 +105,11 @@ pub fn install(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
         Err(e) if host.dry_run() => host.say(&format!("a real install would stop here: {e}")),
         Err(e) => return Err(e),
     }
+    // One install at a time: a second one waits, then finds the first one's work in place
+    // (held through the health probes, so no install restarts what another is probing).
+    let _lock = host
+        .lock_dir(&plan.unit_dir)
+        .map_err(|e| InstallError::io(&plan.unit_dir, e))?;
     let outcome = match plan.manager {
         Manager::Systemd => systemd::install(
             host,
@@ -153,6 +158,13 @@ pub fn install(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
 
 /// Removes what `install` set up; true when there was something to remove.
 pub fn uninstall(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
+    // Nothing to lock (and no directory to create) when there is no unit directory.
+    let _lock = if std::fs::symlink_metadata(&plan.unit_dir).is_ok() {
+        host.lock_dir(&plan.unit_dir)
+            .map_err(|e| InstallError::io(&plan.unit_dir, e))?
+    } else {
+        None
+    };
     match plan.manager {
         Manager::Systemd => systemd::uninstall(host, plan.spec.scope, &plan.unit_dir),
         Manager::Launchd => launchd::uninstall(host, &plan.unit_dir, &plan.domain),
@@ -272,6 +284,11 @@ mod tests {
             linger_user: Some("alice".into()),
         };
         assert!(install(&mut f, &plan).unwrap());
+        assert_eq!(
+            f.locks,
+            [plan.unit_dir.clone()],
+            "installs serialize on the unit dir"
+        );
         assert!(
             f.transcript().contains("`loginctl enable-linger alice`"),
             "{}",

@@ -63,22 +63,7 @@ pub fn plan(config_flag: Option<&Path>, scope: Scope, manager: Manager) -> Resul
         Scope::User => None,
         Scope::System => Some(system_user()?),
     };
-    // System units serve one account: resolve that account's installation, not root's, and
-    // read it as that account, so their own files pass the owner checks (root trusting a
-    // user's file is no risk to the user; telling them to chown it to root locks them out).
-    let inst = match &run_as {
-        Some(u) => {
-            let home = u.home.display().to_string();
-            let user_env = move |k: &str| match k {
-                "HOME" => Some(home.clone()),
-                "XDG_CONFIG_HOME" | "XDG_RUNTIME_DIR" => None,
-                k => env(k),
-            };
-            let _as_user = ActingAs::user(u)?;
-            Installation::load(config_flag, &user_env)?
-        }
-        None => Installation::from_process(config_flag)?,
-    };
+    let inst = installation_of(config_flag, run_as.as_ref())?;
     let home = match &run_as {
         Some(u) => u.home.clone(),
         None => PathBuf::from(env("HOME").ok_or(PlanError::NoHome)?),
@@ -107,6 +92,36 @@ pub fn plan(config_flag: Option<&Path>, scope: Scope, manager: Manager) -> Resul
         domain: launchd::domain(scope, paths::current_uid()),
         linger_user,
     })
+}
+
+/// The installation `scope`'s units serve: the caller's own, or under `--system` that of
+/// the account that called sudo.
+pub fn installation(config_flag: Option<&Path>, scope: Scope) -> Result<Installation, PlanError> {
+    match scope {
+        Scope::User => Ok(Installation::from_process(config_flag)?),
+        Scope::System => installation_of(config_flag, Some(&system_user()?)),
+    }
+}
+
+fn installation_of(
+    config_flag: Option<&Path>,
+    run_as: Option<&RunAs>,
+) -> Result<Installation, PlanError> {
+    let env = paths::process_env;
+    let Some(u) = run_as else {
+        return Ok(Installation::from_process(config_flag)?);
+    };
+    // System units serve one account: resolve that account's installation, not root's, and
+    // read it as that account, so their own files pass the owner checks (root trusting a
+    // user's file is no risk to the user; telling them to chown it to root locks them out).
+    let home = u.home.display().to_string();
+    let user_env = move |k: &str| match k {
+        "HOME" => Some(home.clone()),
+        "XDG_CONFIG_HOME" | "XDG_RUNTIME_DIR" => None,
+        k => env(k),
+    };
+    let _as_user = ActingAs::user(u)?;
+    Ok(Installation::load(config_flag, &user_env)?)
 }
 
 /// `--system` runs the services as the user who called sudo.
