@@ -286,7 +286,7 @@ mod tests {
         assert!(install(&mut f, &plan).unwrap());
         assert_eq!(
             f.locks,
-            [plan.unit_dir.clone()],
+            vec![plan.unit_dir],
             "installs serialize on the unit dir"
         );
         assert!(

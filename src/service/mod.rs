@@ -1,6 +1,6 @@
-//! Service-manager integration: unit rendering (pure, [`render`]), the side effects behind a
-//! small [`host::Host`] trait, and what `cco install|uninstall|daemon start…` do with them
-//! on systemd ([`systemd`]), launchd ([`launchd`]) or with no manager at all ([`detached`]).
+//! Service-manager integration: what to install ([`plan`]), unit rendering (pure, [`render`]),
+//! side effects behind [`host::Host`], the sequences on systemd ([`systemd`]), launchd
+//! ([`launchd`]) or none ([`detached`]); program trust ([`trust`]) and the purge ([`purge`]).
 
 pub mod detached;
 pub mod host;
