@@ -19,7 +19,8 @@ pub enum TrustError {
     )]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "{path} is not a regular file, so cco will not run it — point cco at the program itself"
+        "{path} is not a regular file, so cco will not run it — point cco at the program file \
+         itself (`ls -l {path}` shows what is there)"
     )]
     NotAFile { path: PathBuf },
     #[error(
