@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
+use super::must;
 use super::render;
-use super::systemd::must;
 use super::{InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
 

@@ -87,6 +87,22 @@ impl InstallError {
     }
 }
 
+/// Runs a change and turns a failure into an error that shows the command.
+pub fn must(host: &mut dyn host::Host, cmd: &host::Cmd) -> Result<(), InstallError> {
+    let out = host.change(cmd).map_err(|e| InstallError::Command {
+        cmd: cmd.to_string(),
+        message: e.to_string(),
+    })?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(InstallError::Command {
+            cmd: cmd.to_string(),
+            message: out.message(),
+        })
+    }
+}
+
 /// What a manager-specific install did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {

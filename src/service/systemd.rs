@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
 use super::render::{self, UnitFile};
+// `must` lives in service/mod.rs, shared with launchd; re-exported for the operate commands.
+pub use super::must;
 use super::{InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
 
@@ -264,22 +266,6 @@ pub fn install(
     Ok(Outcome {
         changed: any_changed || !all_enabled,
     })
-}
-
-/// Runs a change and turns a failure into an error that shows the command.
-pub fn must(host: &mut dyn Host, cmd: &Cmd) -> Result<(), InstallError> {
-    let out = host.change(cmd).map_err(|e| InstallError::Command {
-        cmd: cmd.to_string(),
-        message: e.to_string(),
-    })?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(InstallError::Command {
-            cmd: cmd.to_string(),
-            message: out.message(),
-        })
-    }
 }
 
 /// Stops and disables everything, removes our unit files, reloads, forgets failures.
