@@ -20,9 +20,11 @@
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
 //! - [`startup`]: what both services do before they serve (installation, listener, secret, roster).
 //! - [`pidlock`]: one process per directory (an RAII `flock` holding the owner's pid).
+//! - [`trust`]: whether a program cco runs or registers could be changed by someone else.
 //! - [`service`]: systemd/launchd unit rendering (pure) and operations.
 //! - [`policy`]: the `PreToolUse` permission policy of `cco hook`.
 //! - [`roster`]: the built-in agent roster and orchestrator rules.
+//! - [`marker`]: the mark in every directory cco creates, so a purge deletes only those.
 //! - [`logging`]: tracing set-up (journald when the journal owns stderr).
 
 pub mod api;
@@ -33,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod listen;
 pub mod logging;
+pub mod marker;
 pub mod paths;
 pub mod pidlock;
 pub mod policy;
@@ -45,4 +48,5 @@ pub mod server;
 pub mod service;
 pub mod sidecar;
 pub mod startup;
+pub mod trust;
 pub mod untrusted;
