@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod journal;
 pub mod metrics;
+pub mod registry;
 pub mod results;
 mod routes;
 

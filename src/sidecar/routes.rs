@@ -54,6 +54,11 @@ impl From<JournalError> for ApiError {
             JournalError::Ahead { since, head } => ApiError::CursorAhead { since, head },
             JournalError::DiskFull => ApiError::DiskFull,
             JournalError::Closed => ApiError::Unavailable,
+            JournalError::Commit(cause) => ApiError::JournalFailed {
+                reason: cause
+                    .sqlite_error()
+                    .map_or_else(|| "database error".to_string(), |f| f.to_string()),
+            },
             e => ApiError::internal(e),
         }
     }

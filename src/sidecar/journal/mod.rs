@@ -1,13 +1,17 @@
-//! The event journal and the agent registry, in SQLite (WAL) so a restart loses nothing.
-//! One writer thread commits whatever writes are queued in one transaction (group commit);
-//! an in-memory tail of recent events and a `watch` on the head seq wake waiters at once.
+//! The event journal, in SQLite (WAL) so a restart loses nothing: `schema` (layout and
+//! versions), `writer` (the one writer thread, group commit, retention), `tail` (recent
+//! events in memory and waiter wake-ups). The agent registry lives in `super::registry`.
+
+mod schema;
+mod tail;
+mod writer;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
@@ -17,14 +21,15 @@ use crate::api::sidecar::{AgentCounts, AgentRecord, AgentStatusUpdate, Event};
 use crate::api::{AgentId, EventType};
 use crate::server::Stopping;
 
-/// Recent events kept in memory; waiters further behind read SQLite.
-pub const TAIL_CAPACITY: usize = 4096;
-/// Most writes committed in one transaction.
-const MAX_BATCH: usize = 512;
+use super::registry::Registry;
+pub use super::registry::counts;
+pub use schema::VERSION as SCHEMA_VERSION;
+pub use tail::TAIL_CAPACITY;
+use tail::{Tail, Waiters, Wakeup};
+use writer::{Command, Writer};
+
 /// Most events one `wait` answer carries; the cursor continues from the last one.
 pub const MAX_EVENTS_PER_ANSWER: usize = 1000;
-/// How often age-based retention runs when nothing is written.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -37,24 +42,32 @@ pub enum JournalError {
     DiskFull,
     #[error("the journal writer has stopped")]
     Closed,
+    /// A commit failed for a reason other than a full disk; the cause is kept.
+    #[error("the journal could not commit: {0}")]
+    Commit(#[source] Arc<rusqlite::Error>),
     #[error("journal database {path}: {source}")]
     Open {
         path: String,
         source: rusqlite::Error,
     },
+    #[error(
+        "journal database {p} is corrupt (not a readable SQLite database); it was left as it is — move it aside (`mv {p} {p}.corrupt`: events and the agent registry start empty, results are kept) and run `cco sidecar run` again",
+        p = path.display()
+    )]
+    Corrupt { path: PathBuf },
+    #[error(
+        "journal database {} has schema version {found}, newer than this cco understands ({}); upgrade cco, or move the file aside and run `cco sidecar run` again",
+        path.display(), schema::VERSION
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("cannot recover the pending result {key}: {cause}")]
+    Recover { key: String, cause: String },
     #[error("journal: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Dir(#[from] crate::paths::PathError),
     #[error("cannot start the journal writer: {0}")]
     Thread(std::io::Error),
-}
-
-fn classify(e: rusqlite::Error) -> JournalError {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => JournalError::DiskFull,
-        _ => JournalError::Sqlite(e),
-    }
 }
 
 /// Retention limits (from `[sidecar]` in the config).
@@ -103,26 +116,14 @@ impl EventFilter {
     }
 }
 
-enum Command {
-    Publish(
-        NewEvent,
-        oneshot::Sender<Result<Arc<JournalEvent>, JournalError>>,
-    ),
-    Agent(
-        AgentId,
-        AgentStatusUpdate,
-        oneshot::Sender<Result<AgentRecord, JournalError>>,
-    ),
-    Stop,
+/// A result recorded before its files were written, not yet announced.
+#[derive(Debug, Clone)]
+pub struct PendingResult {
+    pub key: String,
+    pub json: String,
 }
 
-/// Events with seq in `(start, head]`, contiguous.
-struct Tail {
-    events: VecDeque<Arc<JournalEvent>>,
-    start: u64,
-    head: u64,
-}
-
+/// What the writer thread and the readers share.
 struct Shared {
     tail: RwLock<Tail>,
     head: watch::Sender<u64>,
@@ -130,32 +131,10 @@ struct Shared {
     pending: AtomicU64,
     subscribers: AtomicU64,
     writer_alive: AtomicBool,
-    agents: RwLock<HashMap<AgentId, AgentRecord>>,
+    registry: Registry,
     /// Per (event type, topic filter) wake-ups, so a publish wakes only its own waiters
     /// instead of every parked long poll.
-    waiters: Mutex<HashMap<WaitKey, watch::Sender<u64>>>,
-}
-
-type WaitKey = (String, Option<String>);
-
-/// A waiter's wake-up channel; unregisters its key when the last waiter on it leaves.
-struct Wakeup {
-    rx: Option<watch::Receiver<u64>>,
-    key: WaitKey,
-    shared: Arc<Shared>,
-}
-
-impl Drop for Wakeup {
-    fn drop(&mut self) {
-        self.rx.take();
-        let mut waiters = self.shared.waiters.lock().expect("waiters lock");
-        if waiters
-            .get(&self.key)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            waiters.remove(&self.key);
-        }
-    }
+    waiters: Mutex<Waiters>,
 }
 
 pub struct Journal {
@@ -183,60 +162,72 @@ pub fn rfc3339_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn open_conn(path: &Path) -> Result<Connection, JournalError> {
-    let open = |path: &Path| -> Result<Connection, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk when `publish` returns; group commit pays for it.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        Ok(conn)
-    };
-    open(path).map_err(|source| JournalError::Open {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    event_type TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_type ON events(event_type, seq);
-CREATE TABLE IF NOT EXISTS agents (agent_id TEXT PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-";
+/// Finishes a pending result found at start-up: makes its files whole and returns the
+/// event announcing it, or a reason it cannot.
+pub type Recover<'a> = dyn FnMut(&PendingResult) -> Result<NewEvent, String> + 'a;
 
 impl Journal {
-    /// Opens (creating) the journal at `path` and starts its writer thread.
+    /// Opens (creating) the journal at `path` and starts its writer thread. Pending results
+    /// stay pending (see [`Journal::open_recovering`]).
     pub fn open(path: &Path, retention: Retention) -> Result<Journal, JournalError> {
+        Journal::open_recovering(path, retention, &mut |p| {
+            Err(format!("no recovery for {}", p.key))
+        })
+        .or_else(|e| match e {
+            JournalError::Recover { .. } => Journal::open_inner(path, retention, None),
+            e => Err(e),
+        })
+    }
+
+    /// Opens the journal and finishes every pending result with `recover` before anything
+    /// else can read or write: each one's event and the removal of its pending row commit
+    /// together, so a crash during recovery is recovered again on the next start.
+    pub fn open_recovering(
+        path: &Path,
+        retention: Retention,
+        recover: &mut Recover<'_>,
+    ) -> Result<Journal, JournalError> {
+        Journal::open_inner(path, retention, Some(recover))
+    }
+
+    fn open_inner(
+        path: &Path,
+        retention: Retention,
+        recover: Option<&mut Recover<'_>>,
+    ) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent() {
             crate::paths::ensure_private_dir(dir)?;
         }
-        let mut conn = open_conn(path)?;
-        conn.execute_batch(SCHEMA).map_err(classify)?;
+        let mut conn = schema::open_conn(path)?;
+        schema::migrate(&mut conn, path)?;
+        let on_open = |e| schema::on_open(path, e);
         let floor: u64 = conn
             .query_row("SELECT value FROM meta WHERE key = 'floor'", [], |r| {
                 r.get::<_, i64>(0)
             })
-            .optional()?
+            .optional()
+            .map_err(on_open)?
             .unwrap_or(0) as u64;
-        let max_seq: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64;
-        let head = max_seq.max(floor);
-        let floor = retain(&mut conn, head, floor, retention)?;
+        let (max_seq, last_ts): (i64, i64) = conn
+            .query_row(
+                "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(ts_ms), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(on_open)?;
+        let mut head = (max_seq as u64).max(floor);
+        let mut last_ts = last_ts as u64;
+        if let Some(recover) = recover {
+            (head, last_ts) = recover_pending(&mut conn, head, last_ts, recover)?;
+        }
+        let floor = writer::retain(&mut conn, head, floor, retention)?;
 
         let mut events = VecDeque::new();
         {
             let mut stmt = conn.prepare(
                 "SELECT seq, event_type, topic, json FROM events ORDER BY seq DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map([TAIL_CAPACITY as i64], row_event)?;
+            let rows = stmt.query_map([TAIL_CAPACITY as i64], schema::row_event)?;
             for r in rows {
                 events.push_front(Arc::new(r?));
             }
@@ -246,16 +237,7 @@ impl Journal {
         } else {
             events.front().map_or(head, |e| e.seq - 1)
         };
-        let mut agents = HashMap::new();
-        {
-            let mut stmt = conn.prepare("SELECT json FROM agents")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            for json in rows {
-                if let Ok(rec) = serde_json::from_str::<AgentRecord>(&json?) {
-                    agents.insert(rec.agent_id.clone(), rec);
-                }
-            }
-        }
+        let registry = Registry::load(&conn).map_err(on_open)?;
         let shared = Arc::new(Shared {
             tail: RwLock::new(Tail {
                 events,
@@ -267,16 +249,21 @@ impl Journal {
             pending: AtomicU64::new(0),
             subscribers: AtomicU64::new(0),
             writer_alive: AtomicBool::new(true),
-            agents: RwLock::new(agents),
+            registry,
             waiters: Mutex::new(HashMap::new()),
         });
-        let reader = open_conn(path)?;
+        let reader = schema::open_conn(path)?;
         let (tx, rx) = mpsc::channel();
         let writer = {
-            let shared = shared.clone();
+            let w = Writer {
+                conn,
+                shared: shared.clone(),
+                retention,
+                last_ts,
+            };
             std::thread::Builder::new()
                 .name("journal-writer".into())
-                .spawn(move || writer_loop(conn, rx, shared, retention))
+                .spawn(move || w.run(rx))
                 .map_err(JournalError::Thread)?
         };
         Ok(Journal {
@@ -326,11 +313,52 @@ impl Journal {
         })
     }
 
+    async fn call<T>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<T, JournalError>>) -> Command,
+    ) -> Result<T, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(cmd(tx))?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// Appends an event; returns once it is committed (durable) and visible to waiters.
     pub async fn publish(&self, event: NewEvent) -> Result<Arc<JournalEvent>, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Publish(event, tx))?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.call(|reply| Command::Publish {
+            event,
+            completes: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Records a result as pending (durably) before its files are written.
+    pub async fn intend(&self, pending: PendingResult) -> Result<(), JournalError> {
+        self.call(|reply| Command::Intend {
+            key: pending.key,
+            json: pending.json,
+            reply,
+        })
+        .await
+    }
+
+    /// Publishes the event announcing the pending result `key` and clears it, in one commit.
+    pub async fn complete(
+        &self,
+        key: String,
+        event: NewEvent,
+    ) -> Result<Arc<JournalEvent>, JournalError> {
+        self.call(|reply| Command::Publish {
+            event,
+            completes: Some(key),
+            reply,
+        })
+        .await
+    }
+
+    /// Drops the pending result `key` (its files were not written, or were undone).
+    pub async fn forget(&self, key: String) -> Result<(), JournalError> {
+        self.call(|reply| Command::Forget { key, reply }).await
     }
 
     /// Records an agent's lifecycle update (durably) and returns the merged registry entry.
@@ -339,26 +367,24 @@ impl Journal {
         agent_id: AgentId,
         update: AgentStatusUpdate,
     ) -> Result<AgentRecord, JournalError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Agent(agent_id, update, tx))?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.call(|reply| Command::Agent(agent_id, update, reply))
+            .await
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    pub fn agent(&self, id: &AgentId) -> Option<AgentRecord> {
+        self.shared.registry.get(id)
     }
 
     pub fn agents(&self) -> Vec<AgentRecord> {
-        let mut v: Vec<AgentRecord> = self
-            .shared
-            .agents
-            .read()
-            .expect("agents lock")
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        v
+        self.shared.registry.list()
     }
 
     pub fn agent_counts(&self) -> AgentCounts {
-        counts(self.shared.agents.read().expect("agents lock").values())
+        self.shared.registry.counts()
     }
 
     /// Matching events with seq > `since`, at most `limit`, and the cursor to continue from.
@@ -417,7 +443,7 @@ impl Journal {
                     filter.topic,
                     limit as i64
                 ],
-                row_event,
+                schema::row_event,
             )?;
             rows.map(|r| r.map(Arc::new)).collect::<Result<Vec<_>, _>>()
         })
@@ -449,22 +475,10 @@ impl Journal {
         // Waiters on one event type park on their own key; only those without a type (none
         // today, but cheap to allow) share the global head.
         let mut wake = match &filter.event_type {
-            Some(t) => {
-                let key = (t.clone(), filter.topic.clone());
-                let rx = self
-                    .shared
-                    .waiters
-                    .lock()
-                    .expect("waiters lock")
-                    .entry(key.clone())
-                    .or_insert_with(|| watch::Sender::new(0))
-                    .subscribe();
-                Some(Wakeup {
-                    rx: Some(rx),
-                    key,
-                    shared: self.shared.clone(),
-                })
-            }
+            Some(t) => Some(Wakeup::register(
+                &self.shared,
+                (t.clone(), filter.topic.clone()),
+            )),
             None => None,
         };
         let mut global = self.shared.head.subscribe();
@@ -509,6 +523,51 @@ impl Journal {
     }
 }
 
+/// Finishes every pending result (before the writer starts): `recover` makes its files
+/// whole, then its event is inserted and its row deleted in one transaction.
+fn recover_pending(
+    conn: &mut Connection,
+    mut head: u64,
+    mut last_ts: u64,
+    recover: &mut Recover<'_>,
+) -> Result<(u64, u64), JournalError> {
+    let pending: Vec<PendingResult> = {
+        let mut stmt = conn.prepare("SELECT key, json FROM pending_results ORDER BY rowid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PendingResult {
+                key: r.get(0)?,
+                json: r.get(1)?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for p in &pending {
+        let event = recover(p).map_err(|cause| JournalError::Recover {
+            key: p.key.clone(),
+            cause,
+        })?;
+        let tx = conn.transaction().map_err(writer::classify)?;
+        let ts = now_ms().max(last_ts);
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events(seq, event_type, topic, ts_ms, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            writer::insert(&mut insert, event, head + 1, ts, &rfc3339_now())?;
+        }
+        tx.execute("DELETE FROM pending_results WHERE key = ?1", params![p.key])?;
+        tx.commit().map_err(writer::classify)?;
+        head += 1;
+        last_ts = ts;
+    }
+    if !pending.is_empty() {
+        tracing::warn!(
+            recovered = pending.len(),
+            "recovered pending results after an unclean stop: each is now stored and announced"
+        );
+    }
+    Ok((head, last_ts))
+}
+
 /// Counts an open long poll or stream for `/status` while it lives.
 pub struct Subscription(Arc<Shared>);
 
@@ -522,297 +581,6 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pub fn counts<'a>(agents: impl Iterator<Item = &'a AgentRecord>) -> AgentCounts {
-    let mut c = AgentCounts::default();
-    for a in agents {
-        use crate::api::sidecar::AgentState::*;
-        match a.status {
-            Started | Running => c.active += 1,
-            Completed => c.completed += 1,
-            Failed => c.failed += 1,
-        }
-        *c.by_type.entry(a.agent_type.to_string()).or_default() += 1;
-    }
-    c
-}
-
-fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEvent> {
-    let json: String = r.get(3)?;
-    Ok(JournalEvent {
-        seq: r.get::<_, i64>(0)? as u64,
-        event_type: r.get(1)?,
-        topic: r.get(2)?,
-        json: RawValue::from_string(json)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-    })
-}
-
-fn event_id() -> String {
-    let mut b = [0u8; 12];
-    getrandom::fill(&mut b).expect("the OS random source is available");
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("evt_{hex}")
-}
-
-/// Removes events beyond the count or past the age limit — always a prefix, so a cursor at
-/// or above the new floor never sees a gap. Returns the new floor.
-fn retain(
-    conn: &mut Connection,
-    head: u64,
-    floor: u64,
-    retention: Retention,
-) -> Result<u64, JournalError> {
-    let by_count = head.saturating_sub(retention.max_events);
-    let cutoff_ms = now_ms().saturating_sub(retention.max_age.as_millis() as u64);
-    let by_age: u64 = conn
-        .query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE ts_ms < ?1",
-            [cutoff_ms as i64],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(classify)? as u64;
-    let new_floor = by_count.max(by_age).max(floor);
-    if new_floor > floor {
-        let tx = conn.transaction().map_err(classify)?;
-        tx.execute("DELETE FROM events WHERE seq <= ?1", [new_floor as i64])
-            .map_err(classify)?;
-        tx.execute(
-            "INSERT INTO meta(key, value) VALUES('floor', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [new_floor as i64],
-        )
-        .map_err(classify)?;
-        tx.commit().map_err(classify)?;
-        tracing::debug!(floor = new_floor, "journal retention");
-    }
-    Ok(new_floor)
-}
-
-enum Reply {
-    Event(
-        oneshot::Sender<Result<Arc<JournalEvent>, JournalError>>,
-        Arc<JournalEvent>,
-    ),
-    Agent(
-        oneshot::Sender<Result<AgentRecord, JournalError>>,
-        AgentRecord,
-    ),
-}
-
-fn writer_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Command>,
-    shared: Arc<Shared>,
-    retention: Retention,
-) {
-    let slack = (retention.max_events / 64).max(1);
-    let mut last_retention = Instant::now();
-    let mut stop = false;
-    while !stop {
-        let first = match rx.recv_timeout(RETENTION_INTERVAL) {
-            Ok(c) => c,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                run_retention(&mut conn, &shared, retention);
-                last_retention = Instant::now();
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut batch = Vec::with_capacity(16);
-        match first {
-            Command::Stop => stop = true,
-            c => batch.push(c),
-        }
-        while !stop && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Command::Stop) => stop = true,
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let n = batch.len() as u64;
-        commit_batch(&mut conn, &shared, batch);
-        shared.pending.fetch_sub(n, Ordering::Relaxed);
-        let head = shared.tail.read().expect("tail lock").head;
-        if head.saturating_sub(shared.floor.load(Ordering::Acquire)) > retention.max_events + slack
-            || last_retention.elapsed() > RETENTION_INTERVAL
-        {
-            run_retention(&mut conn, &shared, retention);
-            last_retention = Instant::now();
-        }
-    }
-    shared.writer_alive.store(false, Ordering::Relaxed);
-}
-
-fn run_retention(conn: &mut Connection, shared: &Shared, retention: Retention) {
-    let head = shared.tail.read().expect("tail lock").head;
-    let floor = shared.floor.load(Ordering::Acquire);
-    match retain(conn, head, floor, retention) {
-        Ok(new_floor) if new_floor > floor => {
-            shared.floor.store(new_floor, Ordering::Release);
-            let mut tail = shared.tail.write().expect("tail lock");
-            while tail.events.front().is_some_and(|e| e.seq <= new_floor) {
-                tail.events.pop_front();
-            }
-            tail.start = tail.start.max(new_floor);
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "journal retention failed"),
-    }
-}
-
-fn commit_batch(conn: &mut Connection, shared: &Shared, batch: Vec<Command>) {
-    let head = shared.tail.read().expect("tail lock").head;
-    let now = rfc3339_now();
-    let ts = now_ms();
-    let mut replies = Vec::with_capacity(batch.len());
-    let result = (|| -> Result<u64, rusqlite::Error> {
-        let tx = conn.transaction()?;
-        let mut seq = head;
-        {
-            let mut insert_event = tx.prepare_cached(
-                "INSERT INTO events(seq, event_type, topic, ts_ms, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut upsert_agent = tx.prepare_cached(
-                "INSERT INTO agents(agent_id, json) VALUES (?1, ?2)
-                 ON CONFLICT(agent_id) DO UPDATE SET json = excluded.json",
-            )?;
-            let agents = shared.agents.read().expect("agents lock");
-            // Updates to one agent within this batch build on each other.
-            let mut merged: HashMap<AgentId, AgentRecord> = HashMap::new();
-            for cmd in batch {
-                match cmd {
-                    Command::Publish(ev, reply) => {
-                        seq += 1;
-                        let event = Event {
-                            event_id: event_id(),
-                            seq,
-                            event_type: ev.event_type.to_string(),
-                            publisher: ev.publisher,
-                            topic: ev.topic,
-                            data: ev.data,
-                            correlation_id: ev.correlation_id,
-                            timestamp: now.clone(),
-                        };
-                        let json = serde_json::to_string(&event).expect("events serialize");
-                        insert_event.execute(params![
-                            seq as i64,
-                            event.event_type,
-                            event.topic,
-                            ts as i64,
-                            json
-                        ])?;
-                        let stored = Arc::new(JournalEvent {
-                            seq,
-                            event_type: event.event_type,
-                            topic: event.topic,
-                            json: RawValue::from_string(json).expect("valid JSON"),
-                        });
-                        replies.push(Reply::Event(reply, stored));
-                    }
-                    Command::Agent(id, update, reply) => {
-                        let started_at = merged
-                            .get(&id)
-                            .or_else(|| agents.get(&id))
-                            .map_or_else(|| now.clone(), |r| r.started_at.clone());
-                        let record = AgentRecord {
-                            agent_id: id.clone(),
-                            agent_type: update.agent_type,
-                            issue_id: update.issue_id,
-                            status: update.status,
-                            message: update.message,
-                            started_at,
-                            updated_at: now.clone(),
-                        };
-                        let json = serde_json::to_string(&record).expect("records serialize");
-                        upsert_agent.execute(params![id.as_str(), json])?;
-                        merged.insert(id, record.clone());
-                        replies.push(Reply::Agent(reply, record));
-                    }
-                    Command::Stop => {}
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(seq)
-    })();
-    match result {
-        Ok(new_head) => {
-            {
-                let mut tail = shared.tail.write().expect("tail lock");
-                for r in &replies {
-                    if let Reply::Event(_, e) = r {
-                        tail.events.push_back(e.clone());
-                    }
-                }
-                while tail.events.len() > TAIL_CAPACITY {
-                    if let Some(e) = tail.events.pop_front() {
-                        tail.start = e.seq;
-                    }
-                }
-                tail.head = new_head;
-            }
-            {
-                let mut agents = shared.agents.write().expect("agents lock");
-                for r in &replies {
-                    if let Reply::Agent(_, rec) = r {
-                        agents.insert(rec.agent_id.clone(), rec.clone());
-                    }
-                }
-            }
-            shared.head.send_replace(new_head);
-            {
-                let waiters = shared.waiters.lock().expect("waiters lock");
-                if !waiters.is_empty() {
-                    for r in &replies {
-                        if let Reply::Event(_, e) = r {
-                            for topic in [Some(e.topic.clone()), None] {
-                                if let Some(tx) = waiters.get(&(e.event_type.clone(), topic)) {
-                                    tx.send_replace(e.seq);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            for r in replies {
-                match r {
-                    Reply::Event(tx, e) => {
-                        let _ = tx.send(Ok(e));
-                    }
-                    Reply::Agent(tx, rec) => {
-                        let _ = tx.send(Ok(rec));
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            let disk_full = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
-            tracing::error!(error = %e, "journal commit failed");
-            let err = || {
-                if disk_full {
-                    JournalError::DiskFull
-                } else {
-                    JournalError::Closed
-                }
-            };
-            for r in replies {
-                match r {
-                    Reply::Event(tx, _) => {
-                        let _ = tx.send(Err(err()));
-                    }
-                    Reply::Agent(tx, _) => {
-                        let _ = tx.send(Err(err()));
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -976,6 +744,180 @@ mod tests {
             .collect();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
         assert_eq!(next, want[4]);
+        j.close();
+    }
+
+    /// A state.db written by the first release (schema version 0, frozen as SQL in
+    /// tests/fixtures) opens, migrates and reads back what it held.
+    #[tokio::test]
+    async fn opens_a_version_0_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("state.db");
+        crate::paths::ensure_private_dir(db.parent().unwrap()).unwrap();
+        let sql = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/state-v0/state.sql"
+        ));
+        Connection::open(&db).unwrap().execute_batch(sql).unwrap();
+        let keep_all = Retention {
+            max_events: 1_000_000,
+            max_age: Duration::from_secs(100 * 365 * 86_400),
+        };
+        let j = Journal::open(&db, keep_all).unwrap();
+        assert_eq!(j.head(), 3);
+        let (got, _) = j.read(0, &EventFilter::default(), 10).await.unwrap();
+        let types: Vec<_> = got.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["build", "agent_started", "agent_completed"]);
+        assert_eq!(got[0].event().correlation_id.as_deref(), Some("c-1"));
+        let agents = j.agents();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].agent_id.as_str(), "agent-1");
+        assert_eq!(j.agent_counts().completed, 1);
+        assert_eq!(j.publish(ev("x", "t")).await.unwrap().seq, 4);
+        j.close();
+        let version: i64 = Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// One event committed while the clock was 8 days behind must not make age retention
+    /// delete everything before it.
+    #[tokio::test]
+    async fn an_event_from_a_clock_behind_does_not_wipe_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("s.db");
+        let week = Retention {
+            max_events: 1_000_000,
+            max_age: Duration::from_secs(7 * 86_400),
+        };
+        let j = Journal::open(&db, week).unwrap();
+        for _ in 0..3 {
+            j.publish(ev("x", "t")).await.unwrap();
+        }
+        j.close();
+        drop(j);
+        let behind = now_ms() - 8 * 86_400_000;
+        Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE events SET ts_ms = ?1 WHERE seq = 3",
+                [behind as i64],
+            )
+            .unwrap();
+        let j = Journal::open(&db, week).unwrap();
+        assert_eq!(j.floor(), 0, "age retention deleted young events");
+        // Timestamps never go backwards, whatever the clock says.
+        let future = now_ms() + 86_400_000;
+        j.close();
+        drop(j);
+        Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE events SET ts_ms = ?1 WHERE seq = 3",
+                [future as i64],
+            )
+            .unwrap();
+        let j = Journal::open(&db, week).unwrap();
+        j.publish(ev("x", "t")).await.unwrap();
+        j.close();
+        let ts: i64 = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT ts_ms FROM events WHERE seq = 4", [], |r| r.get(0))
+            .unwrap();
+        assert!(ts as u64 >= future);
+    }
+
+    /// Count retention keeps its slack across a restart: a cursor valid before the restart
+    /// stays valid after it.
+    #[tokio::test]
+    async fn a_restart_keeps_the_retention_slack() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("s.db");
+        let ret = Retention {
+            max_events: 640,
+            max_age: Duration::from_secs(3600),
+        };
+        let j = Journal::open(&db, ret).unwrap();
+        let all = (0..645).map(|_| j.publish(ev("x", "t")));
+        for r in futures_util::future::join_all(all).await {
+            r.unwrap();
+        }
+        assert_eq!(j.floor(), 0);
+        j.close();
+        drop(j);
+        let j = Journal::open(&db, ret).unwrap();
+        assert_eq!(j.floor(), 0, "the restart trimmed the slack");
+        assert!(j.read(0, &EventFilter::default(), 10).await.is_ok());
+        j.close();
+    }
+
+    /// A pending result is finished on the next open: its event commits, its row goes.
+    #[tokio::test]
+    async fn pending_results_are_recovered_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("s.db");
+        let j = Journal::open(&db, KEEP).unwrap();
+        j.publish(ev("x", "t")).await.unwrap();
+        let p = PendingResult {
+            key: "i/t/a".into(),
+            json: "{\"k\":1}".into(),
+        };
+        j.intend(p.clone()).await.unwrap();
+        j.close();
+        drop(j);
+        // Without a recovery function the row stays pending.
+        let j = Journal::open(&db, KEEP).unwrap();
+        assert_eq!(j.head(), 1);
+        j.close();
+        drop(j);
+        let mut seen = Vec::new();
+        let j = Journal::open_recovering(&db, KEEP, &mut |p| {
+            seen.push(p.key.clone());
+            Ok(ev("agent_completed", "i"))
+        })
+        .unwrap();
+        assert_eq!(j.head(), 2);
+        j.close();
+        drop(j);
+        assert_eq!(seen, ["i/t/a"]);
+        let j = Journal::open_recovering(&db, KEEP, &mut |_| panic!("recovered twice")).unwrap();
+        assert_eq!(j.head(), 2);
+        // Forget and complete clear rows too.
+        j.intend(p.clone()).await.unwrap();
+        j.forget(p.key.clone()).await.unwrap();
+        j.intend(p.clone()).await.unwrap();
+        j.complete(p.key.clone(), ev("agent_completed", "i"))
+            .await
+            .unwrap();
+        j.close();
+        drop(j);
+        let left: i64 = Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM pending_results", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// A commit that fails keeps its cause and becomes a 503 that names it, not "shutting
+    /// down". (Another connection holding the write lock past the busy timeout.)
+    #[tokio::test]
+    async fn a_failed_commit_keeps_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("s.db");
+        let j = Journal::open(&db, KEEP).unwrap();
+        let other = Connection::open(&db).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let e = j.publish(ev("x", "t")).await.unwrap_err();
+        assert!(matches!(e, JournalError::Commit(_)), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        let api = crate::sidecar::ApiError::from(e);
+        assert_eq!(api.status().as_u16(), 503);
+        assert_eq!(api.code(), "journal_failed");
+        assert!(api.to_string().contains("locked"), "{api}");
+        other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(j.publish(ev("x", "t")).await.unwrap().seq, 1);
         j.close();
     }
 }
