@@ -38,6 +38,68 @@ pub enum OpenError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Results(#[from] results::StoreError),
+    #[error(
+        "another sidecar{} is using the data directory {}; stop it (`cco daemon stop`, or `systemctl --user stop cco-sidecar.service`) or give this one another `data_dir`, then `cco sidecar run`",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir.display()
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("cannot lock the data directory: {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Dir(#[from] crate::paths::PathError),
+}
+
+/// Name of the lock file in the orchestration directory; it holds the owner's pid.
+pub const DATA_LOCK_FILE: &str = "sidecar.lock";
+
+/// An exclusive lock on the orchestration directory, held while the sidecar runs, so a
+/// second sidecar on the same data refuses to start instead of failing every write.
+#[derive(Debug)]
+pub struct DataLock {
+    _file: std::fs::File,
+}
+
+impl DataLock {
+    pub fn acquire(dir: &std::path::Path) -> Result<DataLock, OpenError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        crate::paths::ensure_private_dir(dir)?;
+        let path = dir.join(DATA_LOCK_FILE);
+        let err = |source| OpenError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(OpenError::Locked {
+                    dir: dir.to_owned(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(err)?;
+        Ok(DataLock { _file: file })
+    }
 }
 
 /// Everything the handlers share; cheap to clone.
@@ -60,6 +122,8 @@ struct Inner {
     db_bytes: std::sync::atomic::AtomicU64,
     started: Instant,
     tracker: Arc<Tracker>,
+    /// Dropped last: no other sidecar writes this data while we might.
+    _lock: DataLock,
     stopping: Stopping,
     /// The user's home, canonical: never served as a project (`context::check_project`).
     home: Option<PathBuf>,
@@ -79,8 +143,18 @@ impl SidecarState {
             max_events: config.retention_events,
             max_age: config.retention_age,
         };
-        let journal = journal::Journal::open(&paths.state_db(), retention)?;
+        let lock = DataLock::acquire(&paths.orchestration_dir())?;
         let results = results::ResultsStore::open(paths.results_dir())?;
+        // Results recorded as pending before a crash are written and announced now, before
+        // any request is served.
+        let journal = journal::Journal::open_recovering(&paths.state_db(), retention, &mut |p| {
+            let (result, stored) = results.restore_pending(&p.json)?;
+            Ok(routes::completed_event(
+                &result,
+                &stored.path,
+                &stored.agent_path,
+            ))
+        })?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
@@ -97,6 +171,7 @@ impl SidecarState {
                 started: Instant::now(),
                 tracker,
                 stopping,
+                _lock: lock,
                 home: std::env::var_os("HOME")
                     .filter(|h| !h.is_empty())
                     .and_then(|h| std::fs::canonicalize(h).ok()),
@@ -125,13 +200,19 @@ impl SidecarState {
     /// Runs the health probes (blocking): write and remove a probe file, query the journal,
     /// read the RSS.
     pub fn refresh_probes(&self) {
-        let probe = self.inner.orchestration_dir.join(".health-probe");
-        let storage =
-            match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
-                Ok(()) => "healthy",
-                Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
-                Err(_) => "unwritable",
-            };
+        // Probed where the journal and the results are written.
+        let probe_in = |dir: &std::path::Path| {
+            let probe = dir.join(".health-probe");
+            std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
+        };
+        let storage = match probe_in(&self.inner.orchestration_dir)
+            .and_then(|()| probe_in(self.inner.results.dir()))
+        {
+            Ok(()) if self.inner.results.failing() => "degraded",
+            Ok(()) => "healthy",
+            Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
+            Err(_) => "unwritable",
+        };
         let j = &self.inner.journal;
         let event_bus = if j.writer_alive() && j.ping() {
             "healthy"

@@ -1351,17 +1351,34 @@ fn disk_full_is_507_and_leaves_no_partial_file() {
         "result":{"status":"ok","blob":"x".repeat(200 * 1024)}});
     let (status, e) = api(port, "POST", "/api/results", &sc.token, Some(&big));
     assert_error(status, &e, 507, "disk_full");
-    let names: Vec<String> = std::fs::read_dir(results.join("full"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    // Every result has its own file beside the latest of its type; nothing else is left.
+    let mut names = files_under(&results.join("full"));
+    names.sort();
     assert_eq!(
         names,
-        vec!["small.json"],
+        vec!["small.json", "small/a.json"],
         "partial or temp file left behind"
     );
     // The sidecar keeps serving; the earlier result is intact.
     let (status, list) = api(port, "GET", "/api/results/full", &sc.token, None);
     assert_eq!(status, 200);
     assert_eq!(list["results"].as_array().unwrap().len(), 1);
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out
 }
