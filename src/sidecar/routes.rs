@@ -110,7 +110,11 @@ pub async fn method_not_allowed() -> Response {
 }
 
 pub async fn health(State(s): State<SidecarState>) -> (StatusCode, Json<SidecarHealth>) {
-    let probes = s.inner.probes.read().expect("probes lock").clone();
+    let mut probes = s.inner.probes.read().expect("probes lock").clone();
+    // The last result write failed where the probe succeeded (a blocked or foreign path).
+    if probes.storage == "healthy" && s.inner.results.failing() {
+        probes.storage = "degraded";
+    }
     let healthy = probes.storage == "healthy" && probes.event_bus == "healthy";
     let body = SidecarHealth {
         status: if healthy { "healthy" } else { "unhealthy" }.into(),

@@ -7,6 +7,7 @@ mod daemon;
 mod e2e;
 mod events;
 mod fake_anthropic;
+mod faults;
 mod foreign;
 mod hooks;
 mod launcher;
