@@ -468,11 +468,11 @@ pub async fn publish_event(
     }
     check_label("publisher", &req.publisher, true)?;
     check_label("topic", &req.topic, true)?;
-    if let Some(issue) = &claims.issue_id
-        && req.topic != *issue
-    {
+    if !topic_allowed(&claims, &req.topic) {
         return Err(AuthError::OutOfScope(format!(
-            "token is bound to issue {issue}; publish with \"topic\": \"{issue}\""
+            "token is bound to {}; publish with \"topic\": {}",
+            binding_label(&claims),
+            allowed_topics(&claims)
         ))
         .into());
     }
@@ -520,16 +520,51 @@ fn parse_filter(filter: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The topic a reader may see: a token bound to an issue reads only that issue's topic
-/// (forced when no filter is given; another topic is 403).
+/// Topics a bound token may publish to and wait on: an issue-bound token its issue's
+/// (the broadcast topic), an agent-type-bound token its type's (its inbox), a token bound
+/// to both either one. An unbound token any.
+fn topic_allowed(claims: &Claims, topic: &str) -> bool {
+    match (&claims.issue_id, &claims.agent_type) {
+        (None, None) => true,
+        (issue, ty) => issue.as_deref() == Some(topic) || ty.as_deref() == Some(topic),
+    }
+}
+
+fn allowed_topics(claims: &Claims) -> String {
+    [&claims.issue_id, &claims.agent_type]
+        .into_iter()
+        .flatten()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+fn binding_label(claims: &Claims) -> String {
+    let mut parts = Vec::new();
+    if let Some(i) = &claims.issue_id {
+        parts.push(format!("issue {i}"));
+    }
+    if let Some(t) = &claims.agent_type {
+        parts.push(format!("agent type {t}"));
+    }
+    parts.join(" and ")
+}
+
+/// The topic a reader may see: a bound token reads only its topics (see `topic_allowed`);
+/// without a filter it reads its issue's topic, or its type's when bound to no issue.
 fn scoped_topic(claims: &Claims, asked: Option<String>) -> Result<Option<String>, ApiError> {
-    match (&claims.issue_id, asked) {
-        (Some(issue), Some(topic)) if topic != *issue => Err(AuthError::OutOfScope(format!(
-            "token is bound to issue {issue}; wait with filter=topic:{issue} or without a filter"
+    match asked {
+        Some(topic) if !topic_allowed(claims, &topic) => Err(AuthError::OutOfScope(format!(
+            "token is bound to {}; wait with filter=topic:NAME for {} or without a filter",
+            binding_label(claims),
+            allowed_topics(claims)
         ))
         .into()),
-        (Some(issue), _) => Ok(Some(issue.clone())),
-        (None, topic) => Ok(topic),
+        Some(topic) => Ok(Some(topic)),
+        None => Ok(claims
+            .issue_id
+            .clone()
+            .or_else(|| claims.agent_type.clone())),
     }
 }
 

@@ -1382,3 +1382,54 @@ fn files_under(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// A token bound to an agent type publishes and waits only on its type's topic (its inbox)
+/// and, when also bound to an issue, the issue's; an unbound token anywhere.
+#[test]
+fn agent_type_tokens_use_only_their_topics() {
+    let sc = start_sidecar(Env::new());
+    let port = sc.env.sidecar_port;
+    let typed = token(&sc.env, &["--agent-type", "rust-specialist"]);
+    let both = token(
+        &sc.env,
+        &["--agent-type", "rust-specialist", "--issue", "issue-1"],
+    );
+    let publish = |tok: &str, topic: &str| {
+        api(
+            port,
+            "POST",
+            "/api/events/progress",
+            tok,
+            Some(&json!({"publisher":"p","topic":topic})),
+        )
+    };
+    assert_eq!(publish(&typed, "rust-specialist").0, 201);
+    let (status, e) = publish(&typed, "issue-9");
+    assert_error(status, &e, 403, "out_of_scope");
+    assert_eq!(publish(&both, "issue-1").0, 201);
+    assert_eq!(publish(&both, "rust-specialist").0, 201);
+    let (status, e) = publish(&both, "python-specialist");
+    assert_error(status, &e, 403, "out_of_scope");
+    let wait = |tok: &str, filter: &str| {
+        api(
+            port,
+            "GET",
+            &format!("/api/events/wait/progress?since=0&timeout=0{filter}"),
+            tok,
+            None,
+        )
+    };
+    let (status, e) = wait(&typed, "&filter=topic:issue-9");
+    assert_error(status, &e, 403, "out_of_scope");
+    // Without a filter a type-bound token reads its type's topic only.
+    let (status, batch) = wait(&typed, "");
+    assert_eq!(status, 200, "{batch}");
+    let topics: BTreeSet<String> = batch["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(topics, BTreeSet::from(["rust-specialist".to_string()]));
+    assert_eq!(publish(&sc.token, "anything").0, 201);
+}
