@@ -47,6 +47,9 @@ impl StoreError {
     }
 }
 
+type FileLock = Arc<Mutex<()>>;
+type TurnLock = Arc<tokio::sync::Mutex<()>>;
+
 /// One issue's results by (agent type, agent id), serialized once, kept as JSON.
 type IssueResults = BTreeMap<(AgentType, AgentId), Arc<str>>;
 
@@ -72,9 +75,9 @@ pub struct ResultsStore {
     files: AtomicU64,
     bytes: AtomicU64,
     /// Serializes file writes (and undos) of one agent type on one issue.
-    locks: Mutex<HashMap<(IssueId, AgentType), Arc<Mutex<()>>>>,
+    locks: Mutex<HashMap<(IssueId, AgentType), FileLock>>,
     /// Serializes whole submissions of one agent on one issue (check, write, announce).
-    agent_locks: Mutex<HashMap<(IssueId, AgentId), Arc<tokio::sync::Mutex<()>>>>,
+    agent_locks: Mutex<HashMap<(IssueId, AgentId), TurnLock>>,
     /// The last write failed for a reason other than a full disk (health says degraded).
     failing: AtomicBool,
 }
@@ -172,7 +175,7 @@ impl ResultsStore {
         self.failing.load(Ordering::Relaxed)
     }
 
-    fn lock_of(&self, issue: &IssueId, agent_type: &AgentType) -> Arc<Mutex<()>> {
+    fn lock_of(&self, issue: &IssueId, agent_type: &AgentType) -> FileLock {
         self.locks
             .lock()
             .expect("locks lock")

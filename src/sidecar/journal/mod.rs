@@ -474,13 +474,10 @@ impl Journal {
     ) -> Result<(Vec<Arc<JournalEvent>>, u64), JournalError> {
         // Waiters on one event type park on their own key; only those without a type (none
         // today, but cheap to allow) share the global head.
-        let mut wake = match &filter.event_type {
-            Some(t) => Some(Wakeup::register(
-                &self.shared,
-                (t.clone(), filter.topic.clone()),
-            )),
-            None => None,
-        };
+        let mut wake = filter
+            .event_type
+            .as_ref()
+            .map(|t| Wakeup::register(&self.shared, (t.clone(), filter.topic.clone())));
         let mut global = self.shared.head.subscribe();
         global.borrow_and_update();
         let mut since = since.unwrap_or_else(|| self.head());
