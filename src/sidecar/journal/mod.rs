@@ -170,13 +170,7 @@ impl Journal {
     /// Opens (creating) the journal at `path` and starts its writer thread. Pending results
     /// stay pending (see [`Journal::open_recovering`]).
     pub fn open(path: &Path, retention: Retention) -> Result<Journal, JournalError> {
-        Journal::open_recovering(path, retention, &mut |p| {
-            Err(format!("no recovery for {}", p.key))
-        })
-        .or_else(|e| match e {
-            JournalError::Recover { .. } => Journal::open_inner(path, retention, None),
-            e => Err(e),
-        })
+        Journal::open_inner(path, retention, None)
     }
 
     /// Opens the journal and finishes every pending result with `recover` before anything
