@@ -324,8 +324,8 @@ pub async fn store_result(
     // interleave with a concurrent retry.
     let _turn = results.lock_agent(&sub.issue_id, &sub.agent_id).await;
     // A repeat of what this agent already stored (a retried hook, a stop reported twice) is
-    // acknowledged without a second write or a second `agent_completed`. The index holds
-    // announced results only: a pending one is finished at start-up before any request.
+    // acknowledged without a second write or a second `agent_completed` — only when its
+    // event exists: a result still pending (its undo failed) is stored and announced again.
     let existing = {
         let (s, sub) = (s.clone(), sub.clone());
         blocking(move || {
@@ -338,6 +338,7 @@ pub async fn store_result(
     if let Some(json) = existing
         && let Ok(prev) = serde_json::from_str::<StoredResult>(&json)
         && prev.result == sub.result
+        && !s.journal().is_pending(&pending_key(&prev))
     {
         let body = ResultStored {
             stored: true,
@@ -794,4 +795,82 @@ pub async fn list_agents(
         .collect();
     let counts = super::journal::counts(agents.iter());
     Ok(Json(AgentList { agents, counts }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Keys;
+    use crate::paths::Paths;
+    use crate::roster::Roster;
+    use crate::secret::Secret;
+    use crate::server::{Stopper, Tracker};
+
+    fn state(dir: &Path, stopper: &Stopper) -> SidecarState {
+        let paths = Paths {
+            config_file: dir.join("cfg/daemon.toml"),
+            runtime_dir: dir.join("run"),
+            data_dir: dir.join("data"),
+        };
+        SidecarState::open(
+            crate::config::SidecarConfig::default(),
+            &paths,
+            Keys::new(&Secret::from_bytes(vec![7; 32])).unwrap(),
+            Roster::builtin().unwrap(),
+            Arc::new(Tracker::default()),
+            stopper.subscribe(),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            iss: "cco".into(),
+            aud: "cco-sidecar".into(),
+            sub: "test".into(),
+            iat: 0,
+            exp: u64::MAX,
+            scope: Scope::ALL.map(|s| s.as_str()).join(" "),
+            project: None,
+            issue_id: None,
+            agent_type: None,
+        }
+    }
+
+    /// `unchanged` only when the result's event exists: a result still pending (its event
+    /// failed and its undo too) is announced on the next identical submission.
+    #[tokio::test]
+    async fn unchanged_only_when_the_event_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let stopper = Stopper::default();
+        let s = state(dir.path(), &stopper);
+        let sub: ResultSubmission = serde_json::from_value(json!({
+            "agent_id": "a-1", "agent_type": "t", "issue_id": "i",
+            "result": {"status": "ok"}
+        }))
+        .unwrap();
+        let post = || store_result(claims(), State(s.clone()), ApiJson(sub.clone()));
+        assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
+        assert_eq!(post().await.unwrap().status(), StatusCode::OK);
+        // What a failed announcement with a failed undo leaves: stored, still pending.
+        let stored = s
+            .inner
+            .results
+            .get_agent(&sub.issue_id, &sub.agent_type, &sub.agent_id)
+            .unwrap();
+        let key = format!("{}/{}/{}", sub.issue_id, sub.agent_type, sub.agent_id);
+        s.journal()
+            .intend(PendingResult {
+                key: key.clone(),
+                json: stored.to_string(),
+            })
+            .await
+            .unwrap();
+        let head = s.journal().head();
+        assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
+        assert_eq!(s.journal().head(), head + 1);
+        assert!(!s.journal().is_pending(&key));
+        assert_eq!(post().await.unwrap().status(), StatusCode::OK);
+        s.close();
+    }
 }

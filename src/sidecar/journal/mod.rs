@@ -6,7 +6,7 @@ mod schema;
 mod tail;
 mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -132,6 +132,8 @@ struct Shared {
     subscribers: AtomicU64,
     writer_alive: AtomicBool,
     registry: Registry,
+    /// Keys of results recorded as pending and not yet announced (mirrors the table).
+    pending_results: Mutex<HashSet<String>>,
     /// Per (event type, topic filter) wake-ups, so a publish wakes only its own waiters
     /// instead of every parked long poll.
     waiters: Mutex<Waiters>,
@@ -232,6 +234,15 @@ impl Journal {
             events.front().map_or(head, |e| e.seq - 1)
         };
         let registry = Registry::load(&conn).map_err(on_open)?;
+        let pending_results = {
+            let mut stmt = conn
+                .prepare("SELECT key FROM pending_results")
+                .map_err(on_open)?;
+            let keys = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(on_open)?;
+            keys.collect::<Result<HashSet<_>, _>>().map_err(on_open)?
+        };
         let shared = Arc::new(Shared {
             tail: RwLock::new(Tail {
                 events,
@@ -244,6 +255,7 @@ impl Journal {
             subscribers: AtomicU64::new(0),
             writer_alive: AtomicBool::new(true),
             registry,
+            pending_results: Mutex::new(pending_results),
             waiters: Mutex::new(HashMap::new()),
         });
         let reader = schema::open_conn(path)?;
@@ -363,6 +375,16 @@ impl Journal {
     ) -> Result<AgentRecord, JournalError> {
         self.call(|reply| Command::Agent(agent_id, update, reply))
             .await
+    }
+
+    /// Whether the result `key` was recorded and not yet announced (or dropped): its files
+    /// may exist, its `agent_completed` does not.
+    pub fn is_pending(&self, key: &str) -> bool {
+        self.shared
+            .pending_results
+            .lock()
+            .expect("pending lock")
+            .contains(key)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -861,6 +883,7 @@ mod tests {
         // Without a recovery function the row stays pending.
         let j = Journal::open(&db, KEEP).unwrap();
         assert_eq!(j.head(), 1);
+        assert!(j.is_pending(&p.key));
         j.close();
         drop(j);
         let mut seen = Vec::new();

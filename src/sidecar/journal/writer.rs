@@ -164,6 +164,8 @@ impl Writer {
         let now = rfc3339_now();
         let ts = now_ms().max(self.last_ts);
         let (ops, waiting): (Vec<Op>, Vec<Waiting>) = batch.into_iter().filter_map(split).unzip();
+        let mut intended = Vec::new();
+        let mut cleared = Vec::new();
         let result = (|| -> Result<(u64, Vec<Done>), rusqlite::Error> {
             let tx = self.conn.transaction()?;
             let mut seq = head;
@@ -190,7 +192,8 @@ impl Writer {
                             seq += 1;
                             let stored = insert(&mut insert_event, event, seq, ts, &now)?;
                             if let Some(key) = completes {
-                                delete_pending.execute([key])?;
+                                delete_pending.execute([&key])?;
+                                cleared.push(key);
                             }
                             done.push(Done::Event(stored));
                         }
@@ -207,10 +210,14 @@ impl Writer {
                         }
                         Op::Intend(key, json) => {
                             upsert_pending.execute(params![key, json])?;
+                            cleared.retain(|k| *k != key);
+                            intended.push(key);
                             done.push(Done::Unit);
                         }
                         Op::Forget(key) => {
-                            delete_pending.execute([key])?;
+                            delete_pending.execute([&key])?;
+                            intended.retain(|k| *k != key);
+                            cleared.push(key);
                             done.push(Done::Unit);
                         }
                     }
@@ -238,6 +245,15 @@ impl Writer {
                     Done::Agent(rec) => Some(rec),
                     _ => None,
                 }));
+                {
+                    let mut pending = shared.pending_results.lock().expect("pending lock");
+                    for key in intended {
+                        pending.insert(key);
+                    }
+                    for key in cleared {
+                        pending.remove(&key);
+                    }
+                }
                 shared.head.send_replace(new_head);
                 super::tail::wake(&shared.waiters.lock().expect("waiters lock"), &events);
                 for (w, d) in waiting.into_iter().zip(done) {
