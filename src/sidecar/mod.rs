@@ -208,7 +208,6 @@ impl SidecarState {
         let storage = match probe_in(&self.inner.orchestration_dir)
             .and_then(|()| probe_in(self.inner.results.dir()))
         {
-            Ok(()) if self.inner.results.failing() => "degraded",
             Ok(()) => "healthy",
             Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
             Err(_) => "unwritable",
