@@ -11,7 +11,7 @@ use crate::secret::{SECRET_LEN, Secret};
 
 pub const ISSUER: &str = "cco";
 pub const AUDIENCE: &str = "cco-sidecar";
-/// Clock skew tolerated on `exp`/`iat`, in seconds.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
 pub const LEEWAY_SECS: u64 = 5;
 
 /// What a token may do. Serialized as a space-separated `scope` claim (OAuth style).
@@ -190,6 +190,7 @@ impl Keys {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         Ok(Keys {
             encoding: EncodingKey::from_secret(secret.bytes()),
             decoding: DecodingKey::from_secret(secret.bytes()),
@@ -222,10 +223,16 @@ impl Keys {
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => {
+                    AuthError::Invalid(
+                        "token not valid yet (nbf is in the future); check the clock and mint a new one with `cco token`"
+                            .into(),
+                    )
+                }
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm must be HS256".into()),
                 ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
@@ -234,7 +241,15 @@ impl Keys {
                     AuthError::Invalid(format!("missing claim {c}"))
                 }
                 _ => AuthError::Invalid("malformed token".into()),
-            })
+            })?;
+        // A token from the future was minted under a wrong clock or forged to outlive its ttl.
+        if claims.iat > now_secs() + LEEWAY_SECS {
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat); check the clock and mint a new one with `cco token`"
+                    .into(),
+            ));
+        }
+        Ok(claims)
     }
 }
 
@@ -301,6 +316,33 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    /// `nbf` and `iat` in the future are refused beyond the leeway, accepted within it.
+    #[test]
+    fn future_nbf_and_iat_are_refused_beyond_the_leeway() {
+        let k = keys();
+        let hs256 = json!({"alg":"HS256","typ":"JWT"});
+        let with = |claim: &str, at: u64| {
+            let mut c = good_claims();
+            c[claim] = json!(at);
+            c["exp"] = json!(now_secs() + 3600);
+            forge(hs256.clone(), c, &[3; 32])
+        };
+        let far = now_secs() + LEEWAY_SECS + 60;
+        let near = now_secs() + 1;
+        for claim in ["nbf", "iat"] {
+            let err = k.verify(&with(claim, far)).unwrap_err();
+            assert!(
+                matches!(&err, AuthError::Invalid(m) if m.contains(claim) && m.contains("cco token")),
+                "{claim}: {err}"
+            );
+            assert!(
+                k.verify(&with(claim, near)).is_ok(),
+                "{claim} within the leeway"
+            );
+        }
+        assert!(k.verify(&with("nbf", now_secs() - 60)).is_ok());
     }
 
     #[test]

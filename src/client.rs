@@ -1,5 +1,10 @@
 //! A tiny blocking HTTP/1.1 client for loopback calls on the hot paths (the launcher and
 //! `cco hook` run on every launch and tool call): no async runtime, one connection per call.
+//! [`SidecarClient`] and [`DaemonClient`] are the typed clients built on it.
+
+pub mod sidecar;
+
+pub use sidecar::{DaemonClient, ServiceError, SidecarClient, StreamItem, StreamQuery};
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};

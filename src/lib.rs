@@ -5,15 +5,20 @@
 //! - [`config`]: the one config tree and its loader (defaults < file < `CCO_*` env < flags).
 //! - [`paths`]: every on-disk location, and the checks that keep private directories private.
 //! - [`secret`]: the per-installation 32-byte secret that signs seals and tokens.
+//! - [`untrusted`]: bounded reads of files others can shape (regular files only, size-capped).
 //! - [`secrets`]: what is never served to an agent or auto-allowed: credential files by name and content.
 //! - [`seal`]: the sealed runtime files the daemon writes and the launcher verifies.
 //! - [`auth`]: session and agent JWTs (HS256 under the secret), scopes and bindings.
 //! - [`listen`]: socket-activated or self-bound listeners, readiness notification.
-//! - [`client`]: a tiny blocking HTTP/1.1 client for the hot paths (launcher, hooks).
-//! - [`api`]: wire types shared by the CLI, the daemon and the sidecar.
+//! - [`client`]: a tiny blocking HTTP/1.1 client for the hot paths (launcher, hooks), and the
+//!   typed `SidecarClient`/`DaemonClient` built on it from the `api` types.
+//! - [`api`]: wire types shared by the CLI, the daemon and the sidecar; `api::inert` makes
+//!   untrusted text safe to print.
 //! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents.
-//! - [`server`]: what both services share: serve/shutdown/idle exit, the Host/Origin guard.
+//! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
+//! - [`startup`]: what both services do before they serve (installation, listener, secret, roster).
+//! - [`pidlock`]: one process per directory (an RAII `flock` holding the owner's pid).
 //! - [`service`]: systemd/launchd unit rendering (pure) and operations.
 //! - [`policy`]: the `PreToolUse` permission policy of `cco hook`.
 //! - [`roster`]: the built-in agent roster and orchestrator rules.
@@ -28,6 +33,7 @@ pub mod daemon;
 pub mod listen;
 pub mod logging;
 pub mod paths;
+pub mod pidlock;
 pub mod policy;
 pub mod roster;
 pub mod seal;
@@ -36,3 +42,5 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod sidecar;
+pub mod startup;
+pub mod untrusted;

@@ -13,7 +13,8 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("cco: error: {e:#}");
+            // Errors quote paths, the environment and the services' answers: print them inert.
+            eprintln!("cco: error: {}", cco::api::inert::block(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

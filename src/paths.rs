@@ -340,7 +340,8 @@ pub fn check_trusted_path(path: &Path) -> Result<(), PathError> {
 /// `S_ISVTX`, spelled out: libc's type for it differs between Linux and macOS.
 const STICKY: u32 = 0o1000;
 
-fn check_trusted_meta(path: &Path, meta: &fs::Metadata) -> Result<(), PathError> {
+/// Owned by this user (or root) and not writable by group or others.
+pub fn check_trusted_meta(path: &Path, meta: &fs::Metadata) -> Result<(), PathError> {
     let me = current_uid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(PathError::ForeignOwner {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::api::AgentType;
 use crate::paths::{self, PathError};
+use crate::untrusted::{self, Links, ReadError};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_agents.rs"));
 
@@ -168,6 +169,15 @@ fn list(v: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// What loading the user's agent files found, beside the roster itself.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Files (or the directory) not used, and why.
+    pub problems: Vec<AgentError>,
+    /// Files used, with something their author probably did not mean.
+    pub warnings: Vec<AgentError>,
+}
+
 /// The whole roster, sorted by name.
 #[derive(Debug, Clone, Default)]
 pub struct Roster {
@@ -189,27 +199,82 @@ impl Roster {
     /// Built-ins overlaid with the user's `*.md` files from `dir` (missing dir: none).
     /// Returns the roster and the problems found in user files (those files are skipped).
     pub fn load(user_dir: &Path) -> Result<(Roster, Vec<AgentError>), AgentError> {
+        let (roster, report) = Roster::load_checked(user_dir)?;
+        Ok((roster, report.problems))
+    }
+
+    /// [`Roster::load`] with the warnings too: what `cco agents lint` reports.
+    pub fn load_checked(user_dir: &Path) -> Result<(Roster, LoadReport), AgentError> {
         let mut roster = Roster::builtin()?;
-        let mut problems = Vec::new();
+        let mut report = LoadReport::default();
         // Agent prompts are sealed into every session: a directory another user can write
         // to could smuggle one in, so none of its files is used.
         if let Err(e) = paths::check_trusted_dir(user_dir) {
-            problems.push(untrusted(user_dir, &e));
-            return Ok((roster, problems));
+            report.problems.push(untrusted(user_dir, &e));
+            return Ok((roster, report));
         }
-        for path in user_files(user_dir) {
+        match user_files(user_dir) {
+            Ok(files) => roster.overlay(&files, &mut report),
+            Err(e) => report.problems.push(AgentError {
+                source_name: user_dir.display().to_string(),
+                message: format!("cannot list it: {e}"),
+            }),
+        }
+        Ok((roster, report))
+    }
+
+    /// Built-ins overlaid with `files`, exactly as [`Roster::load`] overlays a directory's.
+    pub fn load_files(files: &[PathBuf]) -> Result<(Roster, LoadReport), AgentError> {
+        let mut roster = Roster::builtin()?;
+        let mut report = LoadReport::default();
+        roster.overlay(files, &mut report);
+        Ok((roster, report))
+    }
+
+    /// Adds each file's agent. A file that cannot be read, trusted or parsed, or that names an
+    /// agent an earlier file already defined, is skipped with a problem; overriding a
+    /// built-in and unknown tools are allowed with a warning.
+    fn overlay(&mut self, files: &[PathBuf], report: &mut LoadReport) {
+        let mut defined_by: BTreeMap<String, String> = BTreeMap::new();
+        for path in files {
             let source = path.display().to_string();
-            match read_agent_file(&path) {
-                Ok(text) => match Agent::parse(&source, &text) {
-                    Ok(a) => {
-                        roster.agents.insert(a.name.clone(), a);
-                    }
-                    Err(e) => problems.push(e),
-                },
-                Err(e) => problems.push(untrusted(&path, &e)),
+            let agent = match read_agent_file(path).and_then(|text| Agent::parse(&source, &text)) {
+                Ok(a) => a,
+                Err(e) => {
+                    report.problems.push(e);
+                    continue;
+                }
+            };
+            let note = |message: String| AgentError {
+                source_name: source.clone(),
+                message,
+            };
+            if let Some(first) = defined_by.get(&agent.name) {
+                report.problems.push(note(format!(
+                    "agent `{}` is already defined in {first}; this file is not used: rename or remove one",
+                    agent.name
+                )));
+                continue;
             }
+            if self
+                .agents
+                .get(&agent.name)
+                .is_some_and(|a| a.source.starts_with("builtin:"))
+            {
+                report.warnings.push(note(format!(
+                    "overrides the built-in agent `{}` (allowed; remove this file to use the built-in again)",
+                    agent.name
+                )));
+            }
+            for tool in agent.tools.iter().filter(|t| !is_known_tool(t)) {
+                report.warnings.push(note(format!(
+                    "`{tool}` is not a known Claude Code tool (known: {}, or mcp__SERVER__TOOL)",
+                    KNOWN_TOOLS.join(", ")
+                )));
+            }
+            defined_by.insert(agent.name.clone(), source.clone());
+            self.agents.insert(agent.name.clone(), agent);
         }
-        Ok((roster, problems))
     }
 
     pub fn get(&self, name: &str) -> Option<&Agent> {
@@ -237,14 +302,58 @@ impl Roster {
     }
 }
 
-/// Reads a user agent file as cco trusts it ([`paths::open_trusted`]): no symlink, owned by
-/// this user or root, not writable by group or others, in a directory that passes the same.
-pub fn read_agent_file(path: &Path) -> Result<String, PathError> {
-    let mut text = String::new();
-    paths::open_trusted(path)?
-        .read_to_string(&mut text)
-        .map_err(|e| PathError::io(path, e))?;
-    Ok(text)
+/// Largest user agent file read. A prompt travels inside one command-line argument of at
+/// most [`MAX_ARG_BYTES`], so nothing useful is larger; a bigger file is refused unread.
+pub const MAX_AGENT_FILE_BYTES: u64 = MAX_ARG_BYTES as u64;
+
+/// Reads a user agent file as cco trusts it: a regular file (never a FIFO or device, which
+/// could block or never end, opened without waiting), no symlink, owned by this user or
+/// root, not writable by group or others, in a directory that passes the same, and at most
+/// [`MAX_AGENT_FILE_BYTES`].
+pub fn read_agent_file(path: &Path) -> Result<String, AgentError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        paths::check_trusted_dir(dir).map_err(|e| untrusted(path, &e))?;
+    }
+    let unreadable = |e: ReadError| {
+        let message = match e {
+            ReadError::Io { source, .. } => format!("cannot read it: {source}"),
+            ReadError::Symlink { .. } => {
+                "not used: it is a symlink, which cco does not follow here — copy the file in its place".into()
+            }
+            ReadError::NotRegular { kind, .. } => {
+                format!("not used: it is a {kind}, not a regular file — replace it with a regular file")
+            }
+            ReadError::TooLarge { cap, .. } => format!(
+                "not used: it is larger than {} KiB — shorten the prompt",
+                cap / 1024
+            ),
+        };
+        AgentError {
+            source_name: path.display().to_string(),
+            message,
+        }
+    };
+    let (file, meta) = untrusted::open_regular(path, Links::Refuse).map_err(unreadable)?;
+    paths::check_trusted_meta(path, &meta).map_err(|e| untrusted(path, &e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_AGENT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| {
+            unreadable(ReadError::Io {
+                path: path.into(),
+                source,
+            })
+        })?;
+    if bytes.len() as u64 > MAX_AGENT_FILE_BYTES {
+        return Err(unreadable(ReadError::TooLarge {
+            path: path.into(),
+            cap: MAX_AGENT_FILE_BYTES,
+        }));
+    }
+    String::from_utf8(bytes).map_err(|e| AgentError {
+        source_name: path.display().to_string(),
+        message: format!("not used: it is not UTF-8 text ({e})"),
+    })
 }
 
 /// A file (or directory) that cannot be read or trusted, as a problem of `path`. The error
@@ -267,16 +376,22 @@ pub fn untrusted(path: &Path, e: &PathError) -> AgentError {
     }
 }
 
-fn user_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "md"))
-        .collect();
+/// The `*.md` files directly in `dir`, sorted; a missing directory has none.
+pub fn user_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for e in entries {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "md") {
+            files.push(path);
+        }
+    }
     files.sort();
-    files
+    Ok(files)
 }
 
 /// The orchestrator rules appended to Claude's system prompt.

@@ -2,22 +2,50 @@
 //! the HTTP contract in DESIGN.md; keep them in step.
 
 pub mod ids;
+pub mod inert;
 pub mod sidecar;
 
 use serde::{Deserialize, Serialize};
 
 pub use ids::{AgentId, AgentType, EventType, IdError, IssueId};
 
-/// Every error response: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Every error response: `{"error": {"code": "...", "message": "..."}}`, plus the
+/// structured fields a client acts on (never parsed out of `message`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                ..ErrorDetail::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    /// `cursor_expired` (410): the oldest cursor the journal can still serve; restart
+    /// from `since=floor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<u64>,
+}
+
+/// The part of `GET /health` both services answer with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthSummary {
+    /// `healthy`, or what is wrong.
+    pub status: String,
+    pub service: String,
+    pub version: String,
+    pub uptime_seconds: u64,
 }
 
 /// `GET /health` on the daemon.

@@ -164,6 +164,14 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    pub const ALL: [AgentState; 4] = [
+        AgentState::Started,
+        AgentState::Running,
+        AgentState::Completed,
+        AgentState::Failed,
+    ];
+
+    /// The wire name (what serde writes; a test keeps the two equal).
     pub fn as_str(self) -> &'static str {
         match self {
             AgentState::Started => "started",
@@ -173,14 +181,7 @@ impl AgentState {
         }
     }
     pub fn parse(s: &str) -> Option<AgentState> {
-        [
-            AgentState::Started,
-            AgentState::Running,
-            AgentState::Completed,
-            AgentState::Failed,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
+        AgentState::ALL.into_iter().find(|x| x.as_str() == s)
     }
     pub fn is_active(self) -> bool {
         matches!(self, AgentState::Started | AgentState::Running)
@@ -281,4 +282,18 @@ pub struct ProjectMetadata {
     pub file_count: u64,
     pub dir_count: u64,
     pub total_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_states_have_one_spelling() {
+        for state in AgentState::ALL {
+            let wire = serde_json::to_value(state).unwrap();
+            assert_eq!(wire, state.as_str(), "serde and as_str agree");
+            assert_eq!(AgentState::parse(state.as_str()), Some(state));
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `cco agents list|show|lint`: inspect the roster (built-ins overlaid with the user's
 //! `~/.config/cco/agents/*.md`) and check the user's agent files before the daemon loads them.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -9,9 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::api::inert;
 use crate::paths::Installation;
 use crate::roster::MAX_ARG_BYTES;
-use crate::roster::{self, Agent, Roster};
+use crate::roster::{self, Agent, AgentError, LoadReport, Roster};
 
 /// Table width when stdout is not a terminal (or its width is unknown).
 const DEFAULT_WIDTH: usize = 80;
@@ -69,7 +70,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 fn load(user_dir: &Path) -> anyhow::Result<Roster> {
     let (roster, problems) = Roster::load(user_dir)?;
     for p in &problems {
-        eprintln!("warning: skipping {p} (check it with `cco agents lint`)");
+        eprintln!(
+            "warning: skipping {} (check it with `cco agents lint`)",
+            inert::line(&p.to_string())
+        );
     }
     Ok(roster)
 }
@@ -79,8 +83,7 @@ fn list(user_dir: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
     let agents: Vec<&Agent> = roster.agents.values().collect();
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &agents)?;
-        writeln!(out)?;
+        writeln!(out, "{}", inert::json_pretty(&agents)?)?;
     } else {
         out.write_all(render_table(&agents, output_width()).as_bytes())?;
     }
@@ -98,46 +101,50 @@ fn show(user_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
             format!("; did you mean {}?", close.join(", "))
         };
         anyhow::bail!(
-            "no agent named {:?}{hint} (`cco agents list` shows every agent)",
-            args.name
+            "no agent named \"{}\"{hint} (`cco agents list` shows every agent)",
+            inert::line(&args.name)
         );
     };
-    std::io::stdout().write_all(render_definition(agent).as_bytes())?;
+    std::io::stdout().write_all(inert::block(&render_definition(agent)).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn lint(user_dir: &Path, args: LintArgs) -> anyhow::Result<ExitCode> {
-    let files = if args.files.is_empty() {
-        let files =
-            md_files(user_dir).with_context(|| format!("cannot list {}", user_dir.display()))?;
-        if files.is_empty() {
+    // The daemon's own loader: lint reports exactly what it would skip or warn about.
+    let (roster, report, checked) = if args.files.is_empty() {
+        let files = roster::user_files(user_dir).with_context(|| {
+            format!(
+                "cannot list {} — check its permissions with `ls -ld {}`",
+                user_dir.display(),
+                user_dir.display()
+            )
+        })?;
+        let (roster, report) = Roster::load_checked(user_dir)?;
+        if files.is_empty() && report.problems.is_empty() {
             println!(
                 "no agent files in {} (add NAME.md files there to define or override agents)",
-                user_dir.display()
+                inert::line(&user_dir.display().to_string())
             );
             return Ok(ExitCode::SUCCESS);
         }
-        files
+        (roster, report, files.len())
     } else {
-        args.files
+        let (roster, report) = Roster::load_files(&args.files)?;
+        (roster, report, args.files.len())
     };
-    let builtin = Roster::builtin()?;
-    let report = lint_files(&files, &builtin);
     let mut out = std::io::stdout().lock();
-    for d in &report.diagnostics {
-        writeln!(out, "{d}")?;
+    for d in diagnostics(&report) {
+        writeln!(out, "{}", inert::line(&d.to_string()))?;
     }
-    let bad = report.files_with_errors();
+    let bad = files_with_problems(&report);
     if bad > 0 {
         writeln!(
             out,
-            "{bad} of {} agent files have problems: fix them and run `cco agents lint` again",
-            files.len()
+            "{bad} of {checked} agent files have problems: fix them and run `cco agents lint` again"
         )?;
         return Ok(ExitCode::FAILURE);
     }
     // The whole roster travels to Claude as one argument: check what the launcher will pass.
-    let (roster, _) = Roster::load(user_dir)?;
     let size = roster.claude_json().len();
     if size > MAX_ARG_BYTES {
         writeln!(
@@ -148,26 +155,8 @@ fn lint(user_dir: &Path, args: LintArgs) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::FAILURE);
     }
-    writeln!(out, "{} agents OK", files.len())?;
+    writeln!(out, "{checked} agents OK")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `*.md` files directly in `dir`, sorted; a missing directory has none.
-fn md_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut files = Vec::new();
-    for e in entries {
-        let path = e?.path();
-        if path.extension().is_some_and(|x| x == "md") {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 /// One finding of `cco agents lint`.
@@ -180,9 +169,9 @@ pub struct Diagnostic {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
-    /// The file is skipped by the daemon (or shadows another file).
+    /// The file is not used by the daemon.
     Error,
-    /// Allowed, but probably not what the author meant.
+    /// Used, but probably not what the author meant.
     Warning,
 }
 
@@ -195,84 +184,34 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct LintReport {
-    pub diagnostics: Vec<Diagnostic>,
+/// The loader's problems and warnings, in file order (problems of a file before its warnings).
+pub fn diagnostics(report: &LoadReport) -> Vec<Diagnostic> {
+    let as_diag = |severity| {
+        move |e: &AgentError| Diagnostic {
+            path: e.source_name.clone(),
+            severity,
+            message: e.message.clone(),
+        }
+    };
+    let mut all: Vec<Diagnostic> = report
+        .problems
+        .iter()
+        .map(as_diag(Severity::Error))
+        .chain(report.warnings.iter().map(as_diag(Severity::Warning)))
+        .collect();
+    // Stable: within one file, the loader's order stays.
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    all
 }
 
-impl LintReport {
-    pub fn files_with_errors(&self) -> usize {
-        let mut paths: Vec<&str> = self
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| d.path.as_str())
-            .collect();
-        paths.dedup();
-        paths.len()
-    }
-}
-
-/// Checks each file as the daemon would load it, plus what the daemon would silently accept:
-/// overriding a built-in, unknown tools, and two files defining the same name.
-pub fn lint_files(files: &[PathBuf], builtin: &Roster) -> LintReport {
-    let mut report = LintReport::default();
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for file in files {
-        let path = file.display().to_string();
-        let mut push = |severity, message: String| {
-            report.diagnostics.push(Diagnostic {
-                path: path.clone(),
-                severity,
-                message,
-            })
-        };
-        // Read as the daemon reads it: a file it would not trust is an error here too.
-        let text = match roster::read_agent_file(file) {
-            Ok(t) => t,
-            Err(e) => {
-                push(Severity::Error, roster::untrusted(file, &e).message);
-                continue;
-            }
-        };
-        let agent = match Agent::parse(&path, &text) {
-            Ok(a) => a,
-            Err(e) => {
-                push(Severity::Error, e.message);
-                continue;
-            }
-        };
-        if let Some(first) = seen.get(&agent.name) {
-            push(
-                Severity::Error,
-                format!(
-                    "agent `{}` is already defined in {first}; only one of the two is used: rename or remove one",
-                    agent.name
-                ),
-            );
-        } else {
-            seen.insert(agent.name.clone(), path.clone());
-        }
-        if builtin.get(&agent.name).is_some() {
-            push(
-                Severity::Warning,
-                format!(
-                    "overrides the built-in agent `{}` (allowed; remove this file to use the built-in again)",
-                    agent.name
-                ),
-            );
-        }
-        for tool in agent.tools.iter().filter(|t| !roster::is_known_tool(t)) {
-            push(
-                Severity::Warning,
-                format!(
-                    "`{tool}` is not a known Claude Code tool (known: {}, or mcp__SERVER__TOOL)",
-                    roster::KNOWN_TOOLS.join(", ")
-                ),
-            );
-        }
-    }
+/// How many files (or directories) the loader did not use.
+pub fn files_with_problems(report: &LoadReport) -> usize {
     report
+        .problems
+        .iter()
+        .map(|p| p.source_name.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 /// Where an agent came from, for the SOURCE column.
@@ -286,18 +225,19 @@ fn source_label(agent: &Agent) -> &str {
 
 /// The `list` table: NAME, MODEL, SOURCE, DESCRIPTION, the description cut to fit `width`.
 pub fn render_table(agents: &[&Agent], width: usize) -> String {
-    let rows: Vec<[&str; 4]> = agents
+    // Descriptions, models and paths come from files: each cell is made inert.
+    let rows: Vec<[Cow<str>; 4]> = agents
         .iter()
         .map(|a| {
             [
-                a.name.as_str(),
-                a.model.as_deref().unwrap_or("-"),
-                source_label(a),
-                a.description.as_str(),
+                inert::line(&a.name),
+                inert::line(a.model.as_deref().unwrap_or("-")),
+                inert::line(source_label(a)),
+                inert::line(&a.description),
             ]
         })
         .collect();
-    let header = ["NAME", "MODEL", "SOURCE", "DESCRIPTION"];
+    let header = ["NAME", "MODEL", "SOURCE", "DESCRIPTION"].map(Cow::Borrowed);
     let col = |i: usize| {
         rows.iter()
             .map(|r| r[i].chars().count())
@@ -315,7 +255,7 @@ pub fn render_table(agents: &[&Agent], width: usize) -> String {
             r[0],
             r[1],
             r[2],
-            truncate(r[3], desc_width)
+            truncate(&r[3], desc_width)
         );
         out.push_str(line.trim_end());
         out.push('\n');
@@ -499,6 +439,17 @@ mod tests {
     }
 
     #[test]
+    fn the_table_prints_file_text_inert() {
+        let a = agent("a", "/tmp/x\u{1b}]0;t\u{7}.md", "evil \u{9b}2J \u{202e}txt");
+        let table = render_table(&[&a], 200);
+        assert!(
+            !table.chars().any(|c| inert::is_unsafe(c) && c != '\n'),
+            "{table:?}"
+        );
+        assert!(table.contains("evil \\u009b2J \\u202etxt"), "{table}");
+    }
+
+    #[test]
     fn definition_round_trips_through_the_parser() {
         for a in Roster::builtin().unwrap().agents.values() {
             let text = render_definition(a);
@@ -509,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn lint_reports_errors_overrides_unknown_tools_and_duplicates() {
+    fn lint_reports_what_the_loader_skips_and_warns_about() {
         let tmp = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
             let p = tmp.path().join(name);
@@ -527,13 +478,16 @@ mod tests {
         );
         let dup = write("dup.md", "---\nname: mine\ndescription: e\n---\nQ.\n");
         let missing = tmp.path().join("missing.md");
-        let builtin = Roster::builtin().unwrap();
 
-        let clean = lint_files(std::slice::from_ref(&good), &builtin);
-        assert!(clean.diagnostics.is_empty(), "{:?}", clean.diagnostics);
+        let (_, clean) = Roster::load_files(std::slice::from_ref(&good)).unwrap();
+        assert!(diagnostics(&clean).is_empty(), "{clean:?}");
 
-        let r = lint_files(&[good, bad.clone(), over.clone(), dup, missing], &builtin);
-        let shown: Vec<String> = r.diagnostics.iter().map(ToString::to_string).collect();
+        let (roster, report) =
+            Roster::load_files(&[good, bad.clone(), over.clone(), dup.clone(), missing]).unwrap();
+        let shown: Vec<String> = diagnostics(&report)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let has = |path: &Path, text: &str| {
             shown
                 .iter()
@@ -548,12 +502,49 @@ mod tests {
             &over,
             "warning: `Frobnicate` is not a known Claude Code tool"
         ));
-        assert!(shown.iter().any(|s| s.contains("already defined in")));
+        assert!(has(&dup, "already defined in"), "{shown:#?}");
+        assert_eq!(
+            roster.get("mine").unwrap().description,
+            "d",
+            "the first definition is used"
+        );
         assert!(
             shown
                 .iter()
                 .any(|s| s.contains("missing.md: cannot read it"))
         );
-        assert_eq!(r.files_with_errors(), 3, "{shown:#?}");
+        assert_eq!(files_with_problems(&report), 3, "{shown:#?}");
+    }
+
+    #[test]
+    fn lint_and_the_daemon_refuse_a_fifo_and_an_oversized_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo.md");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let big = tmp.path().join("big.md");
+        let prompt = "x".repeat(roster::MAX_AGENT_FILE_BYTES as usize);
+        std::fs::write(
+            &big,
+            format!("---\nname: big\ndescription: d\n---\n{prompt}\n"),
+        )
+        .unwrap();
+        // The loader returns at once (a FIFO without a writer would block a plain open).
+        let (roster, problems) = Roster::load(tmp.path()).unwrap();
+        assert!(roster.get("big").is_none());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("fifo.md") && s.contains("FIFO")),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("big.md") && s.contains("larger than")),
+            "{shown:#?}"
+        );
     }
 }

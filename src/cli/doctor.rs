@@ -5,8 +5,10 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::api::inert;
 use crate::cli::health;
 use crate::cli::launch::find_claude;
+use crate::client::ServiceError;
 use crate::paths::{self, Installation};
 use crate::seal;
 use crate::secret::{Secret, SecretError};
@@ -142,52 +144,68 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
         Err(e) => fail_from(e, "fix its permissions, then run `cco daemon restart`"),
     });
 
-    let probes = health::both(inst, "/health");
-    for probe in &probes {
-        out.push(match &probe.result {
-            _ if let Some(uid) = probe.foreign_uid => fail(
+    let healths = health::Healths::ask(inst);
+    let taken = |name: &str, port: u16, e: &dyn std::fmt::Display| {
+        fail(
+            format!("127.0.0.1:{port} is taken, but not by a healthy cco {name} ({e})"),
+            format!(
+                "see who owns it with `ss -ltnp 'sport = :{port}'`; free it or change the port in {}",
+                p.config_file.display()
+            ),
+        )
+    };
+    let answers = |name: &str,
+                   port: u16,
+                   healthy: bool,
+                   status: &str,
+                   err: Option<&ServiceError>| {
+        match err {
+            Some(ServiceError::Foreign { uid, .. }) => fail(
                 format!(
-                    "127.0.0.1:{} is held by another user (uid {uid}), not by your cco {}",
-                    probe.port, probe.name
+                    "127.0.0.1:{port} is held by another user (uid {uid}), not by your cco {name}"
                 ),
                 format!(
-                    "see who owns it with `ss -ltnp 'sport = :{}'`; free it or change the port in {}",
-                    probe.port,
+                    "see who owns it with `ss -ltnp 'sport = :{port}'`; free it or change the port in {}",
                     p.config_file.display()
                 ),
             ),
-            Ok(_) if probe.healthy() => ok(format!("{} answers on 127.0.0.1:{}", probe.name, probe.port)),
-            Ok(v) => fail(
-                format!("{} on 127.0.0.1:{} reports {}", probe.name, probe.port, v["status"]),
-                format!("`cco logs {}` shows why", probe.name),
+            None if healthy => ok(format!("{name} answers on 127.0.0.1:{port}")),
+            None => fail(
+                format!(
+                    "{name} on 127.0.0.1:{port} reports {:?}",
+                    inert::line(status)
+                ),
+                format!("`cco logs {name}` shows why"),
             ),
-            Err(e) => match TcpListener::bind(("127.0.0.1", probe.port)) {
+            Some(e) => match TcpListener::bind(("127.0.0.1", port)) {
                 Ok(_) => fail(
-                    format!("{} is not running and nothing listens on 127.0.0.1:{} ({e})", probe.name, probe.port),
+                    format!("{name} is not running and nothing listens on 127.0.0.1:{port} ({e})"),
                     "run `cco install` once (or `cco daemon start` where there is no service manager)",
                 ),
-                Err(_) => fail(
-                    format!(
-                        "127.0.0.1:{} is taken, but not by a healthy cco {} ({e})",
-                        probe.port, probe.name
-                    ),
-                    format!(
-                        "see who owns it with `ss -ltnp 'sport = :{}'`; free it or change the port in {}",
-                        probe.port,
-                        p.config_file.display()
-                    ),
-                ),
+                Err(_) => taken(name, port, e),
             },
-        });
-    }
+        }
+    };
+    let (d, s) = (&healths.daemon, &healths.sidecar);
+    out.push(answers(
+        d.name,
+        d.port,
+        healths.daemon_healthy(),
+        d.result.as_ref().map_or("", |h| h.status.as_str()),
+        d.result.as_ref().err(),
+    ));
+    out.push(answers(
+        s.name,
+        s.port,
+        healths.sidecar_healthy(),
+        s.result.as_ref().map_or("", |h| h.status.as_str()),
+        s.result.as_ref().err(),
+    ));
 
     // The launcher refuses to start when the daemon's runtime dir is not the one this shell
     // resolves, or when its seal differs from the files here: check what it checks.
-    let daemon = probes
-        .iter()
-        .find(|p| p.name == "daemon")
-        .and_then(|p| p.result.as_ref().ok());
-    if let Some(theirs) = daemon.and_then(|h| h["runtime_dir"].as_str())
+    let daemon = d.result.as_ref().ok();
+    if let Some(theirs) = daemon.map(|h| h.runtime_dir.as_str())
         && std::path::Path::new(theirs) != p.runtime_dir
     {
         out.push(fail(
@@ -200,7 +218,7 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
     }
     if let Ok(secret) = &secret {
         out.push(match seal::verify(&p.runtime_dir, secret) {
-            Ok(v) => match daemon.and_then(|h| h["settings_generation"].as_u64()) {
+            Ok(v) => match daemon.map(|h| h.settings_generation) {
                 Some(g) if g != v.generation => warn(
                     format!(
                         "sealed runtime files verify (generation {}), but the daemon reports generation {g}",
@@ -238,7 +256,7 @@ pub fn run(config: Option<&Path>, _args: Args) -> anyhow::Result<ExitCode> {
     let inst = match Installation::from_process(config) {
         Ok(inst) => inst,
         Err(e) => {
-            println!("❌ {e}");
+            println!("❌ {}", inert::line(&e.to_string()));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -249,9 +267,10 @@ pub fn run(config: Option<&Path>, _args: Args) -> anyhow::Result<ExitCode> {
             Level::Warn => "⚠️ ",
             Level::Fail => "❌",
         };
-        println!("{mark} {}", c.what);
+        // Checks quote paths, the environment and other programs' output.
+        println!("{mark} {}", inert::line(&c.what));
         if let Some(fix) = &c.fix {
-            println!("   → {fix}");
+            println!("   → {}", inert::line(fix));
         }
     }
     let failed = checks.iter().filter(|c| c.level == Level::Fail).count();

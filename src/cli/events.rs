@@ -1,19 +1,20 @@
 //! `cco events`: the event journal for people — what agents published, as it happens (the
 //! sidecar's Server-Sent Events stream, read with a token minted from the local secret).
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use serde_json::Value;
-
 use crate::api::EventType;
+use crate::api::inert;
+use crate::api::sidecar::Event;
 use crate::auth::{Keys, Scope, TokenSpec};
-use crate::client::{self, Request};
+use crate::client::sidecar::EventStream;
+use crate::client::{ServiceError, SidecarClient, StreamItem, StreamQuery};
 use crate::paths::Installation;
 use crate::secret::Secret;
+use anyhow::bail;
 
 /// The stream sends a keep-alive comment every 15 s; silence much longer than that means
 /// the sidecar is gone.
@@ -41,79 +42,27 @@ pub struct Args {
     pub json: bool,
 }
 
-/// One `id:`/`event:`/`data:` block of a Server-Sent Events stream.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SseMessage {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: String,
-}
-
-/// Reads SSE messages from `reader`, calling `each` until it returns false or the stream ends.
-pub fn read_sse(
-    reader: &mut dyn BufRead,
-    mut each: impl FnMut(SseMessage) -> bool,
-) -> std::io::Result<()> {
-    let mut msg = SseMessage::default();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let l = line.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            if (!msg.data.is_empty() || msg.event.is_some()) && !each(std::mem::take(&mut msg)) {
-                return Ok(());
-            }
-            continue;
-        }
-        if l.starts_with(':') {
-            continue; // keep-alive comment
-        }
-        let (field, value) = l
-            .split_once(':')
-            .map_or((l, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
-        match field {
-            "id" => msg.id = Some(value.to_string()),
-            "event" => msg.event = Some(value.to_string()),
-            "data" => {
-                if !msg.data.is_empty() {
-                    msg.data.push('\n');
-                }
-                msg.data.push_str(value);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// One line of the human format.
-pub fn format_event(e: &Value) -> String {
-    let data = e["data"].to_string();
-    let data = if data.len() > 200 {
-        format!("{}…", data.chars().take(200).collect::<String>())
+/// One line of the human format; every field from the event is made inert.
+pub fn format_event(e: &Event) -> String {
+    let data = e.data.to_string();
+    let data = if data.chars().count() > MAX_DATA_CHARS {
+        format!("{}…", data.chars().take(MAX_DATA_CHARS).collect::<String>())
     } else {
         data
     };
     format!(
-        "{:>6}  {}  {:<20} {:<16} {:<24} {data}",
-        e["seq"].as_u64().unwrap_or(0),
-        e["timestamp"].as_str().unwrap_or(""),
-        e["event_type"].as_str().unwrap_or("?"),
-        e["topic"].as_str().unwrap_or(""),
-        e["publisher"].as_str().unwrap_or(""),
+        "{:>6}  {}  {:<20} {:<16} {:<24} {}",
+        e.seq,
+        inert::line(&e.timestamp),
+        inert::line(&e.event_type),
+        inert::line(&e.topic),
+        inert::line(&e.publisher),
+        inert::line(&data),
     )
 }
 
-/// `restart from since=N` in a 410 answer.
-fn floor_from(message: &str) -> Option<u64> {
-    let rest = &message[message.find("since=")? + 6..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
+/// How much of an event's data the table shows.
+const MAX_DATA_CHARS: usize = 200;
 
 /// How long `--follow` keeps trying to reach a sidecar that went away (a restart takes
 /// well under a second) before giving up.
@@ -137,63 +86,29 @@ fn check_topic(topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Percent-encodes a query value: everything but RFC 3986 unreserved characters.
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// What the stream is asked for, from the arguments and the cursor.
+fn stream_query(args: &Args, event_type: Option<&EventType>, since: Option<u64>) -> StreamQuery {
+    StreamQuery {
+        follow: args.follow,
+        since,
+        event_type: event_type.cloned(),
+        topic: args.topic.clone(),
     }
-    out
-}
-
-/// The stream's path and query.
-fn stream_path(args: &Args, since: Option<u64>) -> String {
-    let mut query = vec![format!("follow={}", args.follow)];
-    if let Some(s) = since {
-        query.push(format!("since={s}"));
-    }
-    if let Some(t) = &args.event_type {
-        query.push(format!("event_type={}", encode(t)));
-    }
-    if let Some(t) = &args.topic {
-        query.push(format!("filter={}", encode(&format!("topic:{t}"))));
-    }
-    format!("/api/events/stream?{}", query.join("&"))
 }
 
 /// The journal's newest seq, so that a follower that reconnects misses nothing published
 /// before its first event; `None` if the sidecar does not say.
 fn journal_head(port: u16) -> Option<u64> {
-    let r = client::send(client::local(port), &Request::get("/status"), HEAD_TIMEOUT).ok()?;
-    let v: Value = (r.status == 200).then(|| r.json().ok())??;
-    v["events"]["total_published"].as_u64()
-}
-
-/// The sidecar's message in an error answer: its JSON `error.message`, else the body, else
-/// the status text.
-fn error_message(status: u16, body: &str) -> String {
-    let message = serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(String::from))
-        .unwrap_or_else(|| body.trim().to_string());
-    if message.is_empty() {
-        axum::http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("no reason given")
-            .to_string()
-    } else {
-        message
-    }
+    let status = SidecarClient::new(port)
+        .with_timeout(HEAD_TIMEOUT)
+        .status()
+        .ok()?;
+    Some(status.events.total_published)
 }
 
 /// What one attempt to open the stream gave.
 enum Opened {
-    Stream(client::Streaming),
+    Stream(EventStream),
     /// No answer, or a 5xx: the sidecar is down or (re)starting.
     Unreachable(String),
     /// A 410 naming the oldest event kept.
@@ -203,40 +118,27 @@ enum Opened {
     },
 }
 
-fn open_stream(port: u16, keys: &Keys, path: &str) -> anyhow::Result<Opened> {
-    // Never hand a token to a port another local user took first.
-    client::check_listener_owner(port).map_err(anyhow::Error::msg)?;
+fn open_stream(port: u16, keys: &Keys, query: &StreamQuery) -> anyhow::Result<Opened> {
     // A fresh short-lived token per connection.
     let mut spec = TokenSpec::session("cco-events", TOKEN_TTL);
     spec.scopes = vec![Scope::EventsWait];
-    let auth = format!("Bearer {}", keys.mint(&spec).0);
-    let headers = [
-        ("Authorization", auth.as_str()),
-        ("Accept", "text/event-stream"),
-    ];
-    let req = Request {
-        method: "GET",
-        path,
-        headers: &headers,
-        body: None,
-    };
-    let mut s = match client::open(client::local(port), &req, STREAM_READ_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => return Ok(Opened::Unreachable(e.to_string())),
-    };
-    if s.status == 200 {
-        return Ok(Opened::Stream(s));
-    }
-    let mut body = String::new();
-    let _ = s.body.read_to_string(&mut body);
-    let message = error_message(s.status, &body);
-    match (s.status, floor_from(&message)) {
-        (410, Some(floor)) => Ok(Opened::Compacted { floor, message }),
-        (500.., _) => Ok(Opened::Unreachable(format!("HTTP {}: {message}", s.status))),
-        _ => bail!(
-            "the sidecar refused the event stream (HTTP {}): {message}",
-            s.status
-        ),
+    let client = SidecarClient::new(port)
+        .with_token(keys.mint(&spec).0)
+        .with_timeout(STREAM_READ_TIMEOUT);
+    match client.stream(query) {
+        Ok(s) => Ok(Opened::Stream(s)),
+        Err(ServiceError::Api { status: 410, body }) if body.error.floor.is_some() => {
+            Ok(Opened::Compacted {
+                floor: body.error.floor.unwrap_or_default(),
+                message: inert::line(&body.error.message).into_owned(),
+            })
+        }
+        Err(e @ ServiceError::Foreign { .. }) => Err(e.into()),
+        Err(ServiceError::Unreachable { source, .. }) => {
+            Ok(Opened::Unreachable(source.to_string()))
+        }
+        Err(e) if e.is_transient() => Ok(Opened::Unreachable(e.to_string())),
+        Err(e) => bail!("the sidecar refused the event stream ({e})"),
     }
 }
 
@@ -250,7 +152,7 @@ enum Stop {
 
 /// Prints the stream's events, keeping `since` at the last seq seen.
 fn print_events(
-    stream: &mut client::Streaming,
+    stream: &mut EventStream,
     since: &mut Option<u64>,
     out: &mut impl Write,
     json: bool,
@@ -258,18 +160,27 @@ fn print_events(
 ) -> anyhow::Result<Stop> {
     let mut sidecar_error: Option<String> = None;
     let mut output_error: Option<std::io::Error> = None;
-    let read = read_sse(&mut stream.body, |msg| {
-        if msg.event.as_deref() == Some("error") {
-            sidecar_error = Some(msg.data);
-            return false;
-        }
-        if let Some(seq) = msg.id.as_deref().and_then(|i| i.parse().ok()) {
-            *since = Some(seq);
-        }
-        let line = match serde_json::from_str::<Value>(&msg.data) {
-            Ok(v) if json => v.to_string(),
-            Ok(v) => format_event(&v),
-            Err(_) => msg.data,
+    let read = stream.read(|item| {
+        let line = match item {
+            StreamItem::Error(e) => {
+                sidecar_error = Some(inert::line(&e).into_owned());
+                return false;
+            }
+            StreamItem::Event(e) => {
+                *since = Some(e.seq);
+                if json {
+                    match inert::json(&e) {
+                        Ok(line) => line,
+                        Err(e) => {
+                            output_error = Some(e.into());
+                            return false;
+                        }
+                    }
+                } else {
+                    format_event(&e)
+                }
+            }
+            StreamItem::Other(data) => inert::line(&data).into_owned(),
         };
         match writeln!(out, "{line}").and_then(|()| out.flush()) {
             Ok(()) => true,
@@ -292,9 +203,14 @@ fn print_events(
 
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config)?;
-    if let Some(t) = &args.event_type {
-        EventType::parse(t)?;
-    }
+    let event_type = args
+        .event_type
+        .as_deref()
+        .map(|t| {
+            EventType::parse(t)
+                .map_err(|e| anyhow::anyhow!("{e} — pass e.g. `--type agent_completed`"))
+        })
+        .transpose()?;
     if let Some(t) = &args.topic {
         check_topic(t)?;
     }
@@ -322,7 +238,8 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let mut pause = RECONNECT_FIRST_PAUSE;
     let mut connected = false;
     loop {
-        let lost = match open_stream(port, &keys, &stream_path(&args, since))? {
+        let query = stream_query(&args, event_type.as_ref(), since);
+        let lost = match open_stream(port, &keys, &query)? {
             Opened::Stream(mut s) => {
                 connected = true;
                 outage = None;
@@ -338,7 +255,9 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             Opened::Compacted { floor, message } => {
                 // Older events were compacted: start at the oldest kept.
                 if !cursor_is_ours || since == Some(floor) {
-                    bail!("the sidecar refused the event stream (HTTP 410): {message}");
+                    bail!(
+                        "the sidecar refused the event stream (HTTP 410: {message}) — run `cco events --since {floor}` for what is kept"
+                    );
                 }
                 since = Some(floor);
                 continue;
@@ -370,25 +289,16 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_sse_blocks_and_skips_comments() {
-        let text = ": keep-alive\n\nid: 1\nevent: a\ndata: {\"x\":1}\n\nid: 2\nevent: b\ndata: line1\ndata: line2\n\n";
-        let mut got = Vec::new();
-        read_sse(&mut text.as_bytes(), |m| {
-            got.push(m);
-            true
-        })
-        .unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].id.as_deref(), Some("1"));
-        assert_eq!(got[1].data, "line1\nline2");
+    fn event(data: serde_json::Value) -> Event {
+        serde_json::from_value(serde_json::json!({"event_id": "e", "seq": 7,
+            "timestamp": "2026-01-01T00:00:00Z", "event_type": "agent_completed",
+            "topic": "issue-1", "publisher": "py-1", "data": data}))
+        .unwrap()
     }
 
     #[test]
-    fn formats_and_finds_the_floor() {
-        let e = serde_json::json!({"seq": 7, "timestamp": "2026-01-01T00:00:00Z", "event_type": "agent_completed",
-            "topic": "issue-1", "publisher": "py-1", "data": {"status": "success"}});
-        let line = format_event(&e);
+    fn formats_an_event_on_one_line() {
+        let line = format_event(&event(serde_json::json!({"status": "success"})));
         assert!(
             line.contains("agent_completed")
                 && line.contains("issue-1")
@@ -399,40 +309,31 @@ mod tests {
             line.starts_with("     7  "),
             "seq is right-aligned under SEQ: {line:?}"
         );
-        assert_eq!(floor_from("restart from `since=41` or without"), Some(41));
-        assert_eq!(floor_from("nothing"), None);
     }
 
     #[test]
-    fn query_values_are_encoded_and_topics_checked() {
-        let args = Args {
-            follow: true,
-            event_type: Some("agent_completed".into()),
-            topic: Some("a b&since=0#x".into()),
-            since: None,
-            json: false,
-        };
-        assert_eq!(
-            stream_path(&args, Some(7)),
-            "/api/events/stream?follow=true&since=7&event_type=agent_completed\
-             &filter=topic%3Aa%20b%26since%3D0%23x"
-        );
-        assert_eq!(encode("é"), "%C3%A9");
+    fn event_data_cannot_steer_the_terminal() {
+        let hostile = "\u{9b}2J\u{9d}0;pwned\u{7}\u{202e}\u{1b}[31m";
+        let mut e = event(serde_json::json!({"note": hostile}));
+        e.topic = format!("t{hostile}");
+        e.publisher = format!("p{hostile}");
+        let line = format_event(&e);
+        assert!(!line.chars().any(inert::is_unsafe), "{line:?}");
+        assert!(line.contains("\\u009b2J"), "{line}");
+        let json = inert::json(&e).unwrap();
+        assert!(!json.chars().any(inert::is_unsafe), "{json:?}");
+        assert!(json.contains("\\u009b2J"), "{json}");
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e, "--json still carries the same text");
+    }
+
+    #[test]
+    fn topics_are_checked_before_any_request() {
         assert!(check_topic("issue-42").is_ok());
         assert!(check_topic("a b").is_ok(), "the sidecar allows spaces");
         for bad in ["", "a\nb", &"x".repeat(MAX_TOPIC + 1)] {
             let e = check_topic(bad).unwrap_err().to_string();
             assert!(e.contains("--topic issue-42"), "{e}");
         }
-    }
-
-    #[test]
-    fn an_error_answer_always_says_something() {
-        let json =
-            r#"{"error":{"code":"bad_request","message":"`topic` must be 1-256 characters"}}"#;
-        assert_eq!(error_message(400, json), "`topic` must be 1-256 characters");
-        assert_eq!(error_message(400, "plain words\n"), "plain words");
-        assert_eq!(error_message(400, ""), "Bad Request");
-        assert_eq!(error_message(599, ""), "no reason given");
     }
 }

@@ -1,17 +1,17 @@
-//! `cco health` and `cco status`: ask both services, print a table (or `--json`), and exit
-//! non-zero when one of them is not healthy.
+//! `cco health` and `cco status`: ask both services through their typed clients, print a
+//! table (or `--json`), and exit non-zero when one of them is not healthy.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::client::{self, ClientError, Request};
+use crate::api::inert;
+use crate::api::sidecar::{SidecarHealth, SidecarStatus};
+use crate::api::{DaemonHealth, DaemonStatus};
+use crate::client::{DaemonClient, ServiceError, SidecarClient};
 use crate::paths::Installation;
-
-/// Long enough for a socket-activated cold start, short enough for a script.
-const TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
@@ -27,183 +27,232 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// One service's answer to a GET, or why there was none.
-pub struct Probe {
+/// One service's answer, or why there was none.
+pub struct Probe<T> {
     pub name: &'static str,
     pub port: u16,
-    pub result: Result<Value, String>,
-    /// Another user listens on the port: its answer, if any, is not cco's.
-    pub foreign_uid: Option<u32>,
+    pub result: Result<T, ServiceError>,
 }
 
-impl Probe {
-    pub fn healthy(&self) -> bool {
+impl<T: Serialize> Probe<T> {
+    /// Another user listens on the port: its answer, if any, is not cco's.
+    pub fn foreign_uid(&self) -> Option<u32> {
+        match self.result {
+            Err(ServiceError::Foreign { uid, .. }) => Some(uid),
+            _ => None,
+        }
+    }
+
+    /// Why there is no answer, in words that are safe to print.
+    pub fn error(&self) -> Option<String> {
         self.result
             .as_ref()
-            .is_ok_and(|v| v["status"] == "healthy" || v.get("status").is_none())
+            .err()
+            .map(|e| inert::line(&e.to_string()).into_owned())
     }
+
     fn as_json(&self) -> Value {
-        match &self.result {
-            Ok(v) => v.clone(),
-            Err(e) => match self.foreign_uid {
-                Some(uid) => json!({"status": "foreign_listener", "owner_uid": uid, "error": e}),
-                None => json!({"status": "unreachable", "error": e}),
-            },
+        match (&self.result, self.foreign_uid()) {
+            (Ok(v), _) => serde_json::to_value(v).unwrap_or(Value::Null),
+            (Err(e), Some(uid)) => {
+                json!({"status": "foreign_listener", "owner_uid": uid, "error": e.to_string()})
+            }
+            (Err(e), None) => json!({"status": "unreachable", "error": e.to_string()}),
         }
     }
 }
 
-pub fn probe(name: &'static str, port: u16, path: &str) -> Probe {
-    // Whatever another user's listener answers, it is not this cco.
-    if let Some(uid) = client::foreign_listener(port) {
-        return Probe {
-            name,
-            port,
-            result: Err(format!("held by another user (uid {uid}), not by your cco")),
-            foreign_uid: Some(uid),
-        };
+/// Both services' `/health`.
+pub struct Healths {
+    pub daemon: Probe<DaemonHealth>,
+    pub sidecar: Probe<SidecarHealth>,
+}
+
+impl Healths {
+    pub fn ask(inst: &Installation) -> Healths {
+        let (d, s) = (inst.config.daemon.port, inst.config.sidecar.port);
+        Healths {
+            daemon: Probe {
+                name: "daemon",
+                port: d,
+                result: DaemonClient::new(d).health(),
+            },
+            sidecar: Probe {
+                name: "sidecar",
+                port: s,
+                result: SidecarClient::new(s).health(),
+            },
+        }
     }
-    let result = match client::send(client::local(port), &Request::get(path), TIMEOUT) {
-        Ok(r) if r.status == 200 => r.json::<Value>().map_err(|e| e.to_string()),
-        Ok(r) => Err(format!(
-            "HTTP {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body).trim()
-        )),
-        Err(ClientError::Refused) => Err("connection refused".into()),
-        Err(e) => Err(e.to_string()),
-    };
-    Probe {
-        name,
-        port,
-        result,
-        foreign_uid: None,
+
+    pub fn daemon_healthy(&self) -> bool {
+        self.daemon
+            .result
+            .as_ref()
+            .is_ok_and(|h| h.status == "healthy")
+    }
+
+    pub fn sidecar_healthy(&self) -> bool {
+        self.sidecar
+            .result
+            .as_ref()
+            .is_ok_and(|h| h.status == "healthy")
     }
 }
 
-pub fn both(inst: &Installation, path: &str) -> [Probe; 2] {
-    [
-        probe("daemon", inst.config.daemon.port, path),
-        probe("sidecar", inst.config.sidecar.port, path),
-    ]
-}
-
-fn fix_hint(probes: &[Probe]) -> String {
-    if let Some(p) = probes.iter().find(|p| p.foreign_uid.is_some()) {
+/// The fix for what the probes found (`ports` and `errors` of the probes, in order).
+fn fix_hint(foreign_port: Option<u16>, all_down: bool) -> String {
+    if let Some(port) = foreign_port {
         format!(
-            "fix: see who holds the port with `ss -ltnp 'sport = :{}'`; free it, or change the port in your config if it is legitimately theirs",
-            p.port
+            "fix: see who holds the port with `ss -ltnp 'sport = :{port}'`; free it, or change the port in your config if it is legitimately theirs"
         )
-    } else if probes.iter().all(|p| p.result.is_err()) {
+    } else if all_down {
         "fix: run `cco install` once (or `cco daemon start` where there is no service manager); `cco doctor` checks the rest".into()
     } else {
         "fix: `cco logs <service>` shows why; `cco daemon restart` / `cco sidecar restart` restarts it".into()
     }
 }
 
-pub fn run_health(config: Option<&Path>, args: HealthArgs) -> anyhow::Result<ExitCode> {
-    let inst = Installation::from_process(config)?;
-    let probes = both(&inst, "/health");
-    let ok = probes.iter().all(Probe::healthy);
-    if args.json {
-        let out: serde_json::Map<String, Value> = probes
-            .iter()
-            .map(|p| (p.name.to_string(), p.as_json()))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        println!(
-            "{:<9} {:<16} {:<10} {:>8}  DETAIL",
-            "SERVICE", "ADDRESS", "STATUS", "UPTIME"
-        );
-        for p in &probes {
-            let addr = format!("127.0.0.1:{}", p.port);
-            match &p.result {
-                Ok(v) => {
-                    let detail = match p.name {
-                        "daemon" => format!(
-                            "v{} settings generation {}",
-                            v["version"].as_str().unwrap_or("?"),
-                            v["settings_generation"]
-                        ),
-                        _ => format!(
-                            "v{} storage {} events {} agents {}",
-                            v["version"].as_str().unwrap_or("?"),
-                            v["checks"]["storage"].as_str().unwrap_or("?"),
-                            v["checks"]["event_bus"].as_str().unwrap_or("?"),
-                            v["checks"]["active_agents"]
-                        ),
-                    };
-                    println!(
-                        "{:<9} {:<16} {:<10} {:>8}  {detail}",
-                        p.name,
-                        addr,
-                        v["status"].as_str().unwrap_or("?"),
-                        format!("{}s", v["uptime_seconds"])
-                    );
-                }
-                Err(e) => println!("{:<9} {:<16} {:<10} {:>8}  {e}", p.name, addr, "DOWN", "-"),
-            }
-        }
-        if !ok {
-            eprintln!("{}", fix_hint(&probes));
-        }
-    }
-    Ok(if ok {
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+/// The two probes as one JSON object, inert.
+fn both_json(daemon: Value, sidecar: Value) -> anyhow::Result<String> {
+    Ok(inert::json_pretty(
+        &json!({"daemon": daemon, "sidecar": sidecar}),
+    )?)
+}
+
+/// One row of the health table.
+fn row(name: &str, port: u16, status: &str, uptime: &str, detail: &str) -> String {
+    format!(
+        "{:<9} {:<16} {:<10} {:>8}  {}",
+        name,
+        format!("127.0.0.1:{port}"),
+        inert::line(status),
+        uptime,
+        inert::line(detail)
+    )
+}
+
+pub fn run_health(config: Option<&Path>, args: HealthArgs) -> anyhow::Result<ExitCode> {
+    let inst = Installation::from_process(config)?;
+    let h = Healths::ask(&inst);
+    let ok = h.daemon_healthy() && h.sidecar_healthy();
+    if args.json {
+        println!("{}", both_json(h.daemon.as_json(), h.sidecar.as_json())?);
+        return Ok(exit(ok));
+    }
+    println!(
+        "{:<9} {:<16} {:<10} {:>8}  DETAIL",
+        "SERVICE", "ADDRESS", "STATUS", "UPTIME"
+    );
+    let (d, s) = (&h.daemon, &h.sidecar);
+    println!(
+        "{}",
+        match &d.result {
+            Ok(v) => row(
+                d.name,
+                d.port,
+                &v.status,
+                &format!("{}s", v.uptime_seconds),
+                &format!(
+                    "v{} settings generation {}",
+                    v.version, v.settings_generation
+                ),
+            ),
+            Err(e) => row(d.name, d.port, "DOWN", "-", &e.to_string()),
+        }
+    );
+    println!(
+        "{}",
+        match &s.result {
+            Ok(v) => row(
+                s.name,
+                s.port,
+                &v.status,
+                &format!("{}s", v.uptime_seconds),
+                &format!(
+                    "v{} storage {} events {} agents {}",
+                    v.version, v.checks.storage, v.checks.event_bus, v.checks.active_agents
+                ),
+            ),
+            Err(e) => row(s.name, s.port, "DOWN", "-", &e.to_string()),
+        }
+    );
+    if !ok {
+        let foreign = [(d.foreign_uid(), d.port), (s.foreign_uid(), s.port)]
+            .into_iter()
+            .find_map(|(uid, port)| uid.map(|_| port));
+        eprintln!(
+            "{}",
+            fix_hint(foreign, d.result.is_err() && s.result.is_err())
+        );
+    }
+    Ok(exit(ok))
 }
 
 pub fn run_status(config: Option<&Path>, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config)?;
-    let probes = both(&inst, "/status");
-    let ok = probes.iter().all(|p| p.result.is_ok());
+    let (dp, sp) = (inst.config.daemon.port, inst.config.sidecar.port);
+    let daemon: Probe<DaemonStatus> = Probe {
+        name: "daemon",
+        port: dp,
+        result: DaemonClient::new(dp).status(),
+    };
+    let sidecar: Probe<SidecarStatus> = Probe {
+        name: "sidecar",
+        port: sp,
+        result: SidecarClient::new(sp).status(),
+    };
+    let ok = daemon.result.is_ok() && sidecar.result.is_ok();
     if args.json {
-        let out: serde_json::Map<String, Value> = probes
-            .iter()
-            .map(|p| (p.name.to_string(), p.as_json()))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        println!("{}", both_json(daemon.as_json(), sidecar.as_json())?);
+        return Ok(exit(ok));
     }
-    for p in &probes {
-        println!("{} (127.0.0.1:{})", p.name, p.port);
-        match &p.result {
-            Ok(v) => print_tree(v, 1),
-            Err(e) => println!("  DOWN: {e}"),
+    for (name, port, value, error) in [
+        (daemon.name, dp, daemon.as_json(), daemon.error()),
+        (sidecar.name, sp, sidecar.as_json(), sidecar.error()),
+    ] {
+        println!("{name} (127.0.0.1:{port})");
+        match error {
+            None => print_tree(&value, 1),
+            Some(e) => println!("  DOWN: {e}"),
         }
     }
     if !ok {
-        eprintln!("{}", fix_hint(&probes));
+        let foreign = [(daemon.foreign_uid(), dp), (sidecar.foreign_uid(), sp)]
+            .into_iter()
+            .find_map(|(uid, port)| uid.map(|_| port));
+        eprintln!(
+            "{}",
+            fix_hint(foreign, daemon.result.is_err() && sidecar.result.is_err())
+        );
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(exit(ok))
 }
 
-/// Prints nested JSON objects as an indented `key: value` list.
+/// Prints nested JSON objects as an indented `key: value` list, every value inert.
 fn print_tree(v: &Value, depth: usize) {
     let pad = "  ".repeat(depth);
     let Some(map) = v.as_object() else {
-        println!("{pad}{v}");
+        println!("{pad}{}", inert::line(&v.to_string()));
         return;
     };
     for (k, v) in map {
+        let k = inert::line(k);
         match v {
             Value::Object(o) if !o.is_empty() => {
                 println!("{pad}{k}:");
                 print_tree(v, depth + 1);
             }
-            Value::String(s) => println!("{pad}{k}: {s}"),
-            other => println!("{pad}{k}: {other}"),
+            Value::String(s) => println!("{pad}{k}: {}", inert::line(s)),
+            other => println!("{pad}{k}: {}", inert::line(&other.to_string())),
         }
     }
 }

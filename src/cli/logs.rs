@@ -161,7 +161,10 @@ fn tail(files: &[(Service, PathBuf)], n: usize, follow: bool) -> anyhow::Result<
     }
 }
 
+/// Log lines quote agents and requests: each is printed inert. (journalctl itself shows a
+/// line with unprintable characters as `[N blob data]` unless `--all` is given.)
 fn print_line(out: &mut impl Write, prefix: bool, s: Service, line: &str) -> std::io::Result<()> {
+    let line = crate::api::inert::line(line);
     if prefix {
         writeln!(out, "{:<8} {line}", s.name())
     } else {
@@ -172,6 +175,20 @@ fn print_line(out: &mut impl Write, prefix: bool, s: Service, line: &str) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_are_printed_inert() {
+        let mut out = Vec::new();
+        print_line(
+            &mut out,
+            true,
+            Service::Sidecar,
+            "publish \u{9b}2J \u{202e}x",
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "sidecar  publish \\u009b2J \\u202ex\n");
+    }
 
     #[test]
     fn errors_name_the_file_and_end_with_a_command() {

@@ -86,23 +86,11 @@ pub struct HookArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Names that select a cco subcommand rather than the launcher.
-pub const SUBCOMMANDS: &[&str] = &[
-    "daemon",
-    "health",
-    "status",
-    "doctor",
-    "agents",
-    "hook",
-    "events",
-    "install",
-    "uninstall",
-    "logs",
-    "version",
-    "sidecar",
-    "token",
-    "help",
-];
+/// Whether `name` selects a cco subcommand rather than the launcher: a variant of
+/// [`Command`] (clap's own table, so the two cannot drift) or clap's generated `help`.
+pub fn is_subcommand(name: &str) -> bool {
+    name == "help" || <Command as Subcommand>::has_subcommand(name)
+}
 
 /// Parses `args` (including argv[0]) and runs what they ask for.
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -113,7 +101,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         _ => 1,
     };
     let first = args.get(skip).and_then(|a| a.to_str());
-    if !first.is_some_and(|f| SUBCOMMANDS.contains(&f)) {
+    if !first.is_some_and(is_subcommand) {
         return launch::run(args.into_iter().skip(1).collect());
     }
     let cli = match Cli::try_parse_from(args) {

@@ -11,6 +11,13 @@ use crate::service::install::{self as svc_install, Manager};
 use crate::service::systemd::{self, UnitState};
 use crate::service::{Scope, Service, detached, launchd};
 
+/// One line of output, inert: it quotes unit files, paths and the service manager's words.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", crate::api::inert::line(&format!($($arg)*)))
+    };
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Operate system-wide units (`cco install --system`).
@@ -73,7 +80,7 @@ pub fn run(
         });
         if !any_detached && verb != Verb::Stop {
             if verb == Verb::Status {
-                println!(
+                say!(
                     "{}: not installed with {} — run `cco install`",
                     service.name(),
                     m.as_str()
@@ -104,11 +111,11 @@ fn verb_name(v: Verb) -> &'static str {
 fn probe(host: &mut dyn Host, s: Service, port: u16) -> bool {
     match host.health(port) {
         Ok(status) => {
-            println!("✅ {:<8} 127.0.0.1:{port} {status}", s.name());
+            say!("✅ {:<8} 127.0.0.1:{port} {status}", s.name());
             true
         }
         Err(e) => {
-            println!(
+            say!(
                 "❌ {:<8} 127.0.0.1:{port} does not answer ({e}) — see `cco logs {}`",
                 s.name(),
                 s.name()
@@ -144,7 +151,7 @@ fn with_systemd(
         Verb::Stop => {
             // The socket too: otherwise the next connection starts the service again.
             systemd::must(host, &systemd::ctl(scope, &["stop", &socket, &service]))?;
-            println!(
+            say!(
                 "stopped {socket} and {service}; `cco {} start` brings them back (the socket is still enabled for the next login)",
                 s.name()
             );
@@ -159,8 +166,8 @@ fn with_systemd(
         Verb::Status => {
             let sock = systemd::state(host, scope, &socket);
             let svc = systemd::state(host, scope, &service);
-            println!("{}:", s.name());
-            println!(
+            say!("{}:", s.name());
+            say!(
                 "  {socket:<20} {} ({}), {}{}",
                 sock.active,
                 sock.sub,
@@ -181,7 +188,7 @@ fn with_systemd(
             } else {
                 ""
             };
-            println!("  {service:<20} {} ({}){pid}{hint}", svc.active, svc.sub);
+            say!("  {service:<20} {} ({}){pid}{hint}", svc.active, svc.sub);
             exec_check(host, &svc);
             Ok(if sock.active() {
                 ExitCode::SUCCESS
@@ -217,13 +224,13 @@ fn exec_check(host: &mut dyn Host, svc: &UnitState) {
     let this = super::install::this_binary();
     match systemd::exec_binary(&text) {
         Some(bin) if Path::new(&bin) == this => {
-            println!("  ExecStart            {bin} (this binary)")
+            say!("  ExecStart            {bin} (this binary)")
         }
-        Some(bin) => println!(
+        Some(bin) => say!(
             "  ExecStart            {bin}, but this is {} — point the units here with `cco install`",
             this.display()
         ),
-        None => println!(
+        None => say!(
             "  ExecStart            unknown (no unit file at {:?}) — run `cco install`",
             svc.fragment
         ),
@@ -252,7 +259,7 @@ fn with_launchd(
         Verb::Stop => {
             // bootout unloads the job and closes its socket, so nothing revives it.
             launchd::bootout(host, &plan.domain, s)?;
-            println!(
+            say!(
                 "stopped {}; `cco {} start` brings it back",
                 s.label(),
                 s.name()
@@ -269,13 +276,13 @@ fn with_launchd(
         Verb::Status => {
             let plist = plan.unit_dir.join(s.plist_name());
             match launchd::status(host, &plan.domain, s) {
-                Some((state, pid)) => println!(
+                Some((state, pid)) => say!(
                     "{}: {} {state}{} (socket 127.0.0.1:{port})",
                     s.name(),
                     s.label(),
                     pid.map(|p| format!(", pid {p}")).unwrap_or_default()
                 ),
-                None => println!(
+                None => say!(
                     "{}: {} not loaded — `cco {} start`",
                     s.name(),
                     s.label(),
@@ -297,13 +304,13 @@ fn with_launchd(
             let this = super::install::this_binary();
             match bin {
                 Some(b) if Path::new(&b) == this => {
-                    println!("  ProgramArguments[0] {b} (this binary)")
+                    say!("  ProgramArguments[0] {b} (this binary)")
                 }
-                Some(b) => println!(
+                Some(b) => say!(
                     "  ProgramArguments[0] {b}, but this is {} — run `cco install`",
                     this.display()
                 ),
-                None => println!("  no plist at {} — run `cco install`", plist.display()),
+                None => say!("  no plist at {} — run `cco install`", plist.display()),
             }
             Ok(if loaded {
                 ExitCode::SUCCESS
@@ -335,12 +342,12 @@ fn with_detached(
         for &s in targets.iter().rev() {
             let pid_file = inst.paths.pid_file(s.name());
             match detached::stop(&pid_file)? {
-                detached::Stopped::WasNotRunning => println!("{}: not running", s.name()),
+                detached::Stopped::WasNotRunning => say!("{}: not running", s.name()),
                 detached::Stopped::Stale => {
-                    println!("{}: had exited (removed its stale pid file)", s.name())
+                    say!("{}: had exited (removed its stale pid file)", s.name())
                 }
-                detached::Stopped::Terminated(pid) => println!("{}: stopped (pid {pid})", s.name()),
-                detached::Stopped::Killed(pid) => println!(
+                detached::Stopped::Terminated(pid) => say!("{}: stopped (pid {pid})", s.name()),
+                detached::Stopped::Killed(pid) => say!(
                     "{}: pid {pid} ignored SIGTERM for {}s and was killed",
                     s.name(),
                     detached::STOP_TIMEOUT.as_secs()
@@ -351,7 +358,7 @@ fn with_detached(
     if matches!(verb, Verb::Start | Verb::Restart) {
         // Nothing starts a detached service again once it exits, so idle exit stays off.
         if let Some(idle) = inst.config.idle_exit_after {
-            println!(
+            say!(
                 "note: idle_exit_after = \"{}\" applies only to socket-activated services \
                  (`cco install`); detached services run until `cco {} stop`",
                 humantime::format_duration(idle),
@@ -362,17 +369,17 @@ fn with_detached(
             let pid_file = inst.paths.pid_file(s.name());
             match detached::check(&pid_file)? {
                 detached::Liveness::Running(pid) => {
-                    println!("{}: already running (pid {pid}, detached)", s.name());
+                    say!("{}: already running (pid {pid}, detached)", s.name());
                     continue;
                 }
                 detached::Liveness::Starting => {
-                    println!("{}: already starting (detached)", s.name());
+                    say!("{}: already starting (detached)", s.name());
                     continue;
                 }
                 detached::Liveness::Stopped | detached::Liveness::Stale => {}
             }
-            if !super::SUBCOMMANDS.contains(&s.name()) {
-                println!(
+            if !super::is_subcommand(s.name()) {
+                say!(
                     "❌ {}: this cco build has no `cco {} run` — install a complete build",
                     s.name(),
                     s.name()
@@ -389,19 +396,19 @@ fn with_detached(
             let started = detached::spawn(&inst.paths, s, move || match super::run(argv) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("cco: error: {e:#}");
+                    eprintln!("cco: error: {}", crate::api::inert::line(&format!("{e:#}")));
                     ExitCode::FAILURE
                 }
             });
             match started {
-                Ok(pid) => println!(
+                Ok(pid) => say!(
                     "✅ {:<8} 127.0.0.1:{} started detached (pid {pid}, log {})",
                     s.name(),
                     s.port(&inst.config),
                     detached::log_file(&inst.paths, s).display()
                 ),
                 Err(e) => {
-                    println!("❌ {}: {e}", s.name());
+                    say!("❌ {}: {e}", s.name());
                     ok = false;
                 }
             }
@@ -411,7 +418,7 @@ fn with_detached(
         for &s in &targets {
             let pid_file = inst.paths.pid_file(s.name());
             match detached::check(&pid_file)? {
-                detached::Liveness::Running(pid) => println!(
+                detached::Liveness::Running(pid) => say!(
                     "{}: running detached (pid {pid}, 127.0.0.1:{}, log {})",
                     s.name(),
                     s.port(&inst.config),
@@ -419,7 +426,7 @@ fn with_detached(
                 ),
                 detached::Liveness::Starting => {
                     ok = false;
-                    println!(
+                    say!(
                         "{}: starting detached (no pid yet) — check again with `cco {} status`",
                         s.name(),
                         service.name()
@@ -427,11 +434,11 @@ fn with_detached(
                 }
                 detached::Liveness::Stopped => {
                     ok = false;
-                    println!("{}: not running — `cco {} start`", s.name(), service.name())
+                    say!("{}: not running — `cco {} start`", s.name(), service.name())
                 }
                 detached::Liveness::Stale => {
                     ok = false;
-                    println!(
+                    say!(
                         "{}: exited — not running (removed its stale pid file); see why with `cco logs {}`, then `cco {} start`",
                         s.name(),
                         s.name(),

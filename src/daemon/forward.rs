@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -13,8 +13,9 @@ use hyper_util::rt::TokioExecutor;
 use futures_util::StreamExt;
 use http_body_util::{BodyStream, StreamBody};
 
-use super::DaemonState;
-use crate::server::error_response;
+use std::sync::atomic::Ordering;
+
+use super::{DaemonError, DaemonState};
 
 /// Once the daemon stops, how long a forwarded request may still take to get its answer's
 /// head: quick requests already sent finish; long polls give up with 503.
@@ -27,7 +28,7 @@ pub fn client() -> HttpClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(POOL_IDLE)
         .build(connector)
 }
 
@@ -43,37 +44,58 @@ const DROP: [header::HeaderName; 7] = [
     header::ORIGIN,
 ];
 
-/// How long a good owner check of the sidecar's port is trusted before `/proc/net/tcp` is
-/// read again (it grows with every connection on the machine).
+/// How long a positive owner check (the sidecar's port is held by this user, or root) is
+/// trusted before `/proc/net/tcp` is read again (it grows with every connection on the
+/// machine). Nothing else is cached: "nobody listens" may change the next moment, and whoever
+/// binds then must not receive tokens.
 const OWNER_RECHECK_SECS: u64 = 5;
-fn owner_checked(state: &DaemonState, port: u16) -> Result<(), String> {
+
+/// Idle pooled connections to the sidecar are closed before the sidecar's own idle timeout,
+/// so a request never lands on a connection the sidecar is closing.
+const POOL_IDLE: std::time::Duration =
+    std::time::Duration::from_secs(crate::server::IDLE_TIMEOUT.as_secs() / 2);
+
+fn owner_checked(state: &DaemonState, port: u16) -> Result<(), DaemonError> {
     let checked_at = &state.inner.sidecar_owner_checked_at;
-    use std::sync::atomic::Ordering;
     let now = crate::auth::now_secs();
-    if now.saturating_sub(checked_at.load(Ordering::Relaxed)) < OWNER_RECHECK_SECS {
+    let last = checked_at.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < OWNER_RECHECK_SECS {
         return Ok(());
     }
-    crate::client::check_listener_owner(port)?;
-    checked_at.store(now, Ordering::Relaxed);
-    Ok(())
+    match crate::client::listener_uid(port) {
+        Some(uid) if uid == crate::paths::current_uid() || uid == 0 => {
+            checked_at.store(now, Ordering::Relaxed);
+            Ok(())
+        }
+        Some(uid) => Err(DaemonError::SidecarUntrusted { port, uid }),
+        // Nobody listens (or no /proc): try the request, but remember nothing.
+        None => Ok(()),
+    }
 }
 
-pub async fn forward(State(state): State<DaemonState>, mut req: Request) -> Response {
+/// Forgets a positive owner check: after a failure the port may have changed hands.
+fn forget_owner(state: &DaemonState) {
+    state
+        .inner
+        .sidecar_owner_checked_at
+        .store(0, Ordering::Relaxed);
+}
+
+pub async fn forward(
+    State(state): State<DaemonState>,
+    mut req: Request,
+) -> Result<Response, DaemonError> {
     let port = state.inner.config.sidecar.port;
     // Requests carry agents' tokens: never forward them to a listener another user owns.
-    if let Err(msg) = owner_checked(&state, port) {
-        tracing::warn!(port, "{msg}");
-        return error_response(StatusCode::BAD_GATEWAY, "sidecar_untrusted", msg);
-    }
+    owner_checked(&state, port)?;
     let path = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let uri: Uri = match format!("http://127.0.0.1:{port}{path}").parse() {
-        Ok(u) => u,
-        Err(_) => return error_response(StatusCode::BAD_REQUEST, "bad_request", "malformed path"),
-    };
+    let uri: Uri = format!("http://127.0.0.1:{port}{path}")
+        .parse()
+        .map_err(|_| DaemonError::BadPath)?;
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
     for h in DROP {
@@ -90,39 +112,95 @@ pub async fn forward(State(state): State<DaemonState>, mut req: Request) -> Resp
         _ = async {
             stopping.wait().await;
             tokio::time::sleep(STOP_GRACE).await;
-        } => {
-            let mut resp = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the daemon is restarting; retry the request (long polls: poll again with the same `since`)",
-            );
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return resp;
-        }
+        } => return Err(DaemonError::Restarting),
     };
     match answer {
         // A streamed answer (SSE) ends where it is when the daemon stops: the client sees a
         // complete response and reconnects, instead of a reset after the grace period.
         Ok(resp) if !resp.headers().contains_key(header::CONTENT_LENGTH) => {
             let mut stopping = state.inner.stopping.clone();
-            resp.map(|body| {
-                let frames = BodyStream::new(body).take_until(async move { stopping.wait().await });
-                Body::new(StreamBody::new(frames))
-            })
-            .into_response()
+            Ok(resp
+                .map(|body| {
+                    let frames =
+                        BodyStream::new(body).take_until(async move { stopping.wait().await });
+                    Body::new(StreamBody::new(frames))
+                })
+                .into_response())
         }
-        Ok(resp) => resp.map(Body::new).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, port, "sidecar unreachable");
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                "sidecar_unavailable",
-                format!(
-                    "the orchestration sidecar on 127.0.0.1:{port} is not reachable — check `cco status`; \
-                     start it with `cco sidecar start` (or `cco install`)"
-                ),
-            )
+        Ok(resp) => Ok(resp.map(Body::new).into_response()),
+        Err(cause) => {
+            forget_owner(&state);
+            Err(DaemonError::SidecarUnavailable { port, cause })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::listen::Origin;
+    use crate::paths::Paths;
+    use crate::server::{Stopper, Tracker};
+
+    fn state_for(sidecar_port: u16) -> DaemonState {
+        let mut config = Config::default();
+        config.sidecar.port = sidecar_port;
+        let paths = Paths {
+            config_file: "/nonexistent/daemon.toml".into(),
+            runtime_dir: "/nonexistent/run".into(),
+            data_dir: "/nonexistent/data".into(),
+        };
+        DaemonState::new(
+            config,
+            paths,
+            Origin::Bound,
+            3000,
+            1,
+            std::sync::Arc::new(Tracker::default()),
+            Stopper::default().subscribe(),
+        )
+    }
+
+    /// "Nobody listens" is not remembered: whoever binds the port next is checked.
+    #[test]
+    fn an_empty_port_is_not_cached_as_trusted() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let state = state_for(port);
+        assert!(owner_checked(&state, port).is_ok());
+        assert_eq!(
+            state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+            0,
+            "a negative check was cached"
+        );
+    }
+
+    #[test]
+    fn our_own_listener_is_cached_and_forgotten_after_a_failure() {
+        if !std::path::Path::new("/proc/net/tcp").exists() {
+            // Without /proc the owner is unknown and nothing is ever cached.
+            let state = state_for(1);
+            assert!(owner_checked(&state, 1).is_ok());
+            assert_eq!(
+                state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+                0
+            );
+            return;
+        }
+        let ours = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = ours.local_addr().unwrap().port();
+        let state = state_for(port);
+        assert!(owner_checked(&state, port).is_ok());
+        assert_ne!(
+            state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+            0
+        );
+        forget_owner(&state);
+        assert_eq!(
+            state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
+            0
+        );
     }
 }

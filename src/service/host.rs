@@ -187,11 +187,9 @@ impl Host for System {
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     }
     fn health(&mut self, port: u16) -> Result<String, String> {
-        let p = crate::cli::health::probe("service", port, "/health");
-        match p.result {
-            Ok(v) => Ok(v["status"].as_str().unwrap_or("healthy").to_string()),
-            Err(e) => Err(e),
-        }
+        crate::client::sidecar::health_summary(port, crate::client::sidecar::DEFAULT_TIMEOUT)
+            .map(|h| h.status)
+            .map_err(|e| e.to_string())
     }
     fn sleep_ms(&mut self, ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));

@@ -4,9 +4,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::IdError;
+use crate::api::{ErrorBody, IdError};
 use crate::auth::AuthError;
-use crate::server::error_response;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,7 +23,7 @@ pub enum ApiError {
         "cursor {since} is older than the journal's retention (oldest kept: {oldest}); restart from `since={floor}` or without `since`"
     )]
     CursorGone { since: u64, oldest: u64, floor: u64 },
-    /// No `since=` in the message: `cco events` would retry from it.
+    /// No `floor`: there is no older cursor to restart from.
     #[error(
         "cursor {since} is ahead of the journal's newest event ({head}): the journal was reset (its database lost or replaced); restart without `since` (or from 0) and drop cursors saved before"
     )]
@@ -127,7 +126,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut resp = error_response(status, self.code(), self.to_string());
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        // Clients restart from the floor: a field, not a number inside `message`.
+        if let ApiError::CursorGone { floor, .. } = &self {
+            body.error.floor = Some(*floor);
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

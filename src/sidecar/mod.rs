@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod registry;
 pub mod results;
 mod routes;
+pub mod run;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -22,10 +23,12 @@ use axum::routing::{get, post};
 use crate::auth::Keys;
 use crate::config::SidecarConfig;
 use crate::paths::Paths;
+use crate::pidlock::{PidLock, PidLockError};
 use crate::roster::Roster;
 use crate::server::{GuardPort, Stopping, Tracker, guard};
 
 pub use error::ApiError;
+pub use run::run;
 
 pub const SERVICE: &str = "orchestration-sidecar";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -44,11 +47,8 @@ pub enum OpenError {
         dir.display()
     )]
     Locked { dir: PathBuf, pid: Option<u32> },
-    #[error("cannot lock the data directory: {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0} — check the data directory's owner and mode, then `cco sidecar run`")]
+    Lock(crate::pidlock::PidLockError),
     #[error(transparent)]
     Dir(#[from] crate::paths::PathError),
 }
@@ -56,50 +56,17 @@ pub enum OpenError {
 /// Name of the lock file in the orchestration directory; it holds the owner's pid.
 pub const DATA_LOCK_FILE: &str = "sidecar.lock";
 
-/// An exclusive lock on the orchestration directory, held while the sidecar runs, so a
-/// second sidecar on the same data refuses to start instead of failing every write.
-#[derive(Debug)]
-pub struct DataLock {
-    _file: std::fs::File,
-}
-
-impl DataLock {
-    pub fn acquire(dir: &std::path::Path) -> Result<DataLock, OpenError> {
-        use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::OpenOptionsExt;
-        crate::paths::ensure_private_dir(dir)?;
-        let path = dir.join(DATA_LOCK_FILE);
-        let err = |source| OpenError::Lock {
-            path: path.clone(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(OpenError::Locked {
-                    dir: dir.to_owned(),
-                    pid: text.trim().parse().ok(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
-        }
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .map_err(err)?;
-        Ok(DataLock { _file: file })
-    }
+/// Locks the orchestration directory for this sidecar, so a second one on the same data
+/// refuses to start instead of failing every write.
+fn lock_data_dir(dir: &std::path::Path) -> Result<PidLock, OpenError> {
+    crate::paths::ensure_private_dir(dir)?;
+    PidLock::acquire(&dir.join(DATA_LOCK_FILE)).map_err(|e| match e {
+        PidLockError::Held { pid, .. } => OpenError::Locked {
+            dir: dir.to_owned(),
+            pid,
+        },
+        other => OpenError::Lock(other),
+    })
 }
 
 /// Everything the handlers share; cheap to clone.
@@ -123,7 +90,7 @@ struct Inner {
     started: Instant,
     tracker: Arc<Tracker>,
     /// Dropped last: no other sidecar writes this data while we might.
-    _lock: DataLock,
+    _lock: PidLock,
     stopping: Stopping,
     /// The user's home, canonical: never served as a project (`context::check_project`).
     home: Option<PathBuf>,
@@ -143,7 +110,7 @@ impl SidecarState {
             max_events: config.retention_events,
             max_age: config.retention_age,
         };
-        let lock = DataLock::acquire(&paths.orchestration_dir())?;
+        let lock = lock_data_dir(&paths.orchestration_dir())?;
         let results = results::ResultsStore::open(paths.results_dir())?;
         // Results recorded as pending before a crash are written and announced now, before
         // any request is served.

@@ -280,3 +280,45 @@ fn untrusted_agent_files_are_not_listed_and_fail_lint() {
         "{text}"
     );
 }
+
+/// A FIFO (or a device link) in the agents directory is reported, never read: lint and
+/// list return at once instead of waiting for a writer that never comes.
+#[test]
+fn special_files_in_the_agents_directory_are_refused_without_blocking() {
+    /// Far above a normal run; only a blocked read takes this long.
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+    let env = Env::new();
+    let dir = env.config_dir().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("pipe.md");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.md")).unwrap();
+    user_agent(&env, "mine.md", MINE);
+    for args in [["agents", "lint"], ["agents", "list"]] {
+        let child = env
+            .cmd(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output().unwrap());
+        });
+        let Ok(out) = rx.recv_timeout(DEADLINE) else {
+            // SAFETY: kill(2) on our own child, so nothing is left running.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("`cco {}` blocked on a special file", args.join(" "));
+        };
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(text.contains("pipe.md") && text.contains("FIFO"), "{text}");
+        assert!(
+            text.contains("zero.md") && text.contains("symlink"),
+            "{text}"
+        );
+    }
+}

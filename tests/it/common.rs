@@ -327,3 +327,25 @@ pub fn script(path: &Path, body: &str) {
     std::fs::write(path, body).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+impl Env {
+    /// [`Env::start`] with the service's descriptor limit (soft and hard) set to `nofile`,
+    /// as a unit's `LimitNOFILE=` would.
+    pub fn start_with_fd_limit(&self, service: &str, nofile: u64) -> Service {
+        let mut c = self.cmd([service, "run"]);
+        // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Service::spawn(c, None)
+    }
+}

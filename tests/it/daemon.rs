@@ -191,3 +191,55 @@ fn port_zero_and_out_of_range_values_are_refused() {
         "{err}"
     );
 }
+
+/// A socket unit may listen on another port than the config's (a `ListenStream=` drop-in):
+/// both services answer on the socket's port and log that one.
+#[test]
+fn socket_activation_on_another_port_than_the_configured_one() {
+    let env = Env::new();
+    for (service, configured) in [("daemon", env.daemon_port), ("sidecar", env.sidecar_port)] {
+        let mut other = crate::common::free_port();
+        while other == env.daemon_port || other == env.sidecar_port {
+            other = crate::common::free_port();
+        }
+        let listener = TcpListener::bind(("127.0.0.1", other)).unwrap();
+        let svc = env.start_activated(service, listener);
+        let (status, body) = get(other, "/health");
+        assert_eq!(status, 200, "{service}: {body}\n{}", svc.log_text());
+        let log = svc.log_text();
+        assert!(
+            log.contains(&format!("port={other}"))
+                && log.contains(&format!("configured={configured}")),
+            "{service}: {log}"
+        );
+        if service == "daemon" {
+            let (_, body) = get(other, "/status");
+            let s: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(s["port"], other);
+        }
+    }
+}
+
+/// Two daemons on one runtime dir would rewrite each other's sealed files: the second one
+/// refuses to start, naming the first one's pid and what to do.
+#[test]
+fn a_second_daemon_on_the_same_runtime_dir_is_refused() {
+    let env = Env::new();
+    let first = env.start("daemon");
+    let other_port = crate::common::free_port().to_string();
+    let out = env
+        .cmd(["daemon", "run", "--port", &other_port])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {}", first.pid()))
+            && err.contains(&env.runtime_dir().display().to_string())
+            && err.contains("cco daemon stop"),
+        "{err}"
+    );
+    let (status, _) = get(env.daemon_port, "/health");
+    assert_eq!(status, 200, "the first daemon was disturbed");
+}

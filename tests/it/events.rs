@@ -147,3 +147,51 @@ fn following_a_sidecar_that_never_answered_fails_at_once() {
     );
     assert!(!stderr.contains("reconnecting"), "{stderr}");
 }
+
+/// An agent that may publish cannot write terminal escapes (C1 CSI/OSC, ESC, bidi
+/// overrides) into the user's terminal through `cco events`, in either format.
+#[test]
+fn published_escapes_are_printed_inert() {
+    let env = Env::new();
+    let _daemon = env.start("daemon");
+    let _sidecar = env.start("sidecar");
+    let token = token(&env);
+    let auth = format!("Bearer {token}");
+    let hostile = "\u{9b}2J\u{9d}0;owned\u{7}\u{1b}[31m\u{202e}txt";
+    // Labels refuse control characters, but not bidi overrides; data takes anything.
+    let body = json!({"publisher": "p\u{202e}gpj.exe", "topic": "t\u{2066}x",
+        "data": {"note": hostile}})
+    .to_string();
+    let (status, ev) = crate::common::http(
+        env.sidecar_port,
+        "POST",
+        "/api/events/step_done",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(&body),
+    );
+    assert_eq!(status, 201, "{ev}");
+    for args in [&["events"][..], &["events", "--json"][..]] {
+        let out = env.run(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| cco::api::inert::is_unsafe(c) && c != '\n'),
+            "{args:?}: {text:?}"
+        );
+        assert!(text.contains("\\u009b2J"), "{args:?}: {text}");
+    }
+    // The JSON still decodes to exactly what was published.
+    let out = env.run(["events", "--json"]);
+    let line = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["data"]["note"], hostile);
+}

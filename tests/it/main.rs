@@ -2,9 +2,12 @@
 
 mod agents;
 mod claude;
+mod cli;
 mod common;
+mod contract;
 mod daemon;
 mod e2e;
+mod edge;
 mod events;
 mod fake_anthropic;
 mod faults;

@@ -45,7 +45,9 @@ pub enum JournalError {
     /// A commit failed for a reason other than a full disk; the cause is kept.
     #[error("the journal could not commit: {0}")]
     Commit(#[source] Arc<rusqlite::Error>),
-    #[error("journal database {path}: {source}")]
+    #[error(
+        "journal database {path}: {source} — check its owner, permissions and free space, then `cco sidecar run`"
+    )]
     Open {
         path: String,
         source: rusqlite::Error,
