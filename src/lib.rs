@@ -3,7 +3,8 @@
 //! Map of the crate:
 //! - [`cli`]: one file per subcommand; `cli::run` is the single dispatch table.
 //! - [`config`]: the one config tree and its loader (defaults < file < `CCO_*` env < flags).
-//! - [`paths`]: every on-disk location, and the checks that keep private directories private.
+//! - [`paths`]: every on-disk location cco uses (re-exports [`securefs`] for old callers).
+//! - [`securefs`]: owner/mode/no-symlink checks, trusted opens, atomic writes, program trust.
 //! - [`secret`]: the per-installation 32-byte secret that signs seals and tokens.
 //! - [`untrusted`]: bounded reads of files others can shape (regular files only, size-capped).
 //! - [`secrets`]: what is never served to an agent or auto-allowed: credential files by name and content.
@@ -39,6 +40,7 @@ pub mod roster;
 pub mod seal;
 pub mod secret;
 pub mod secrets;
+pub mod securefs;
 pub mod server;
 pub mod service;
 pub mod sidecar;

@@ -334,7 +334,7 @@ pub fn read_agent_file(path: &Path) -> Result<String, AgentError> {
         }
     };
     let (file, meta) = untrusted::open_regular(path, Links::Refuse).map_err(unreadable)?;
-    paths::check_trusted_meta(path, &meta).map_err(|e| untrusted(path, &e))?;
+    crate::securefs::check_trusted_meta(path, &meta).map_err(|e| untrusted(path, &e))?;
     let mut bytes = Vec::new();
     file.take(MAX_AGENT_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -12,8 +12,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::paths::{self, PathError};
 use crate::secret::Secret;
+use crate::securefs::{self, PathError};
 
 pub const SETTINGS: &str = "orchestrator-settings.json";
 pub const AGENTS: &str = "agents-sealed.json";
@@ -80,6 +80,15 @@ impl Verified {
 
 const RESTART: &str = "run `cco daemon restart` to rewrite them";
 
+/// Why `seal.json` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSeal {
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("seal version {0}")]
+    Version(u32),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error(
@@ -91,7 +100,7 @@ pub enum SealError {
     #[error("sealed runtime file {path} was modified since the daemon wrote it — {RESTART}")]
     Tampered { path: PathBuf },
     #[error("{path} is unreadable or from another cco version ({reason}) — {RESTART}")]
-    BadSeal { path: PathBuf, reason: String },
+    BadSeal { path: PathBuf, reason: BadSeal },
     #[error(transparent)]
     Insecure(#[from] PathError),
     #[error("cannot write runtime file {path}: {cause}")]
@@ -141,7 +150,7 @@ fn open_lock(dir: &Path) -> Result<File, SealError> {
 
 fn read_seal(dir: &Path) -> Result<SealDoc, SealError> {
     let path = dir.join(SEAL);
-    let bytes = match paths::read_private(&path) {
+    let bytes = match securefs::read_private(&path) {
         Ok(b) => b,
         Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Err(SealError::NotSealed { dir: dir.into() });
@@ -150,12 +159,12 @@ fn read_seal(dir: &Path) -> Result<SealDoc, SealError> {
     };
     let doc: SealDoc = serde_json::from_slice(&bytes).map_err(|e| SealError::BadSeal {
         path: path.clone(),
-        reason: e.to_string(),
+        reason: BadSeal::Json(e),
     })?;
     if doc.version != SEAL_VERSION {
         return Err(SealError::BadSeal {
             path,
-            reason: format!("seal version {}", doc.version),
+            reason: BadSeal::Version(doc.version),
         });
     }
     Ok(doc)
@@ -167,7 +176,7 @@ fn verify_locked(dir: &Path, secret: &Secret) -> Result<(u64, RuntimeFiles), Sea
     let mut contents = Vec::with_capacity(FILES.len());
     for name in FILES {
         let path = dir.join(name);
-        let content = match paths::read_private(&path) {
+        let content = match securefs::read_private(&path) {
             Ok(c) => c,
             Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Err(SealError::Missing { path });
@@ -196,7 +205,7 @@ fn verify_locked(dir: &Path, secret: &Secret) -> Result<(u64, RuntimeFiles), Sea
 /// Writes the files that changed and a new seal; a no-op (same generation) when the
 /// directory already holds exactly `files` under a valid seal.
 pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOutcome, SealError> {
-    paths::ensure_private_dir(dir)?;
+    securefs::ensure_private_dir(dir)?;
     let lock = open_lock(dir)?;
     lock.lock().map_err(|e| SealError::Write {
         path: dir.join(LOCK),
@@ -225,7 +234,7 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
     }
 
     for (name, content) in files.entries() {
-        paths::write_atomic(dir, name.as_ref(), content, 0o600).map_err(|cause| {
+        securefs::write_atomic(dir, name.as_ref(), content, 0o600).map_err(|cause| {
             SealError::Write {
                 path: dir.join(name),
                 cause,
@@ -239,9 +248,11 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
         files: tags,
     };
     let bytes = serde_json::to_vec_pretty(&doc).expect("seal serializes");
-    paths::write_atomic(dir, SEAL.as_ref(), &bytes, 0o600).map_err(|cause| SealError::Write {
-        path: dir.join(SEAL),
-        cause,
+    securefs::write_atomic(dir, SEAL.as_ref(), &bytes, 0o600).map_err(|cause| {
+        SealError::Write {
+            path: dir.join(SEAL),
+            cause,
+        }
     })?;
     Ok(SealOutcome {
         generation,
@@ -251,7 +262,7 @@ pub fn seal(dir: &Path, secret: &Secret, files: &RuntimeFiles) -> Result<SealOut
 
 /// Verifies the runtime directory and every sealed file under a shared lock.
 pub fn verify(dir: &Path, secret: &Secret) -> Result<Verified, SealError> {
-    paths::check_private_dir(dir).map_err(|e| match e {
+    securefs::check_private_dir(dir).map_err(|e| match e {
         PathError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
             SealError::NotSealed { dir: dir.into() }
         }
@@ -402,6 +413,36 @@ mod tests {
         assert!(matches!(
             verify(&dir, &secret),
             Err(SealError::Insecure(PathError::Symlink { .. }))
+        ));
+    }
+
+    /// A seal from another version or not JSON at all says which, and how to fix it.
+    #[test]
+    fn a_seal_of_another_version_or_not_json_is_named() {
+        let (_tmp, dir, secret) = setup();
+        seal(&dir, &secret, &files("a")).unwrap();
+        let text = std::fs::read_to_string(dir.join(SEAL)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut other = v.clone();
+        other["version"] = (SEAL_VERSION + 1).into();
+        securefs::write_atomic(&dir, SEAL.as_ref(), other.to_string().as_bytes(), 0o600).unwrap();
+        let err = verify(&dir, &secret).unwrap_err();
+        assert!(
+            matches!(&err, SealError::BadSeal { reason: BadSeal::Version(n), .. } if *n == SEAL_VERSION + 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("run `cco daemon restart` to rewrite them"),
+            "{err}"
+        );
+        securefs::write_atomic(&dir, SEAL.as_ref(), b"{", 0o600).unwrap();
+        assert!(matches!(
+            verify(&dir, &secret).unwrap_err(),
+            SealError::BadSeal {
+                reason: BadSeal::Json(_),
+                ..
+            }
         ));
     }
 }

@@ -6,9 +6,11 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::paths::{self, PathError};
+use crate::securefs::{self, PathError};
 
 pub const SECRET_LEN: usize = 32;
+/// cco writes [`SECRET_LEN`] bytes; a secret file far larger is not read into memory.
+pub const MAX_SECRET_BYTES: u64 = 4096;
 
 /// The secret bytes; `Debug` never shows them.
 #[derive(Clone)]
@@ -56,9 +58,9 @@ impl Secret {
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
         // Whoever can write the directory can swap the secret for one they know.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            paths::check_trusted_dir(dir)?;
+            securefs::check_trusted_dir(dir)?;
         }
-        match paths::read_private(path) {
+        match securefs::read_private_capped(path, MAX_SECRET_BYTES) {
             Ok(bytes) if bytes.len() < SECRET_LEN => Err(SecretError::TooShort {
                 path: path.into(),
                 len: bytes.len(),
@@ -80,10 +82,10 @@ impl Secret {
             other => return other,
         }
         let dir = path.parent().unwrap_or(Path::new("."));
-        paths::ensure_private_dir(dir).or_else(|e| match e {
+        securefs::ensure_private_dir(dir).or_else(|e| match e {
             // The config dir may be readable by others (a 0755 ~/.config/cco); the secret
             // file itself is private. Writable by others is refused: they could swap it.
-            PathError::TooOpen { .. } => paths::check_trusted_dir(dir),
+            PathError::TooOpen { .. } => securefs::check_trusted_dir(dir),
             other => Err(other),
         })?;
         let mut bytes = vec![0u8; SECRET_LEN];
@@ -96,13 +98,13 @@ impl Secret {
             path: path.into(),
             source: e,
         };
-        paths::write_atomic(dir, name.as_ref(), &bytes, 0o600).map_err(create)?;
+        securefs::write_atomic(dir, name.as_ref(), &bytes, 0o600).map_err(create)?;
         let tmp = dir.join(&name);
         let linked = fs::hard_link(&tmp, path);
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => {
-                paths::sync_dir(dir).map_err(create)?;
+                securefs::sync_dir(dir).map_err(create)?;
                 Ok(Secret(bytes))
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Secret::load(path),
@@ -137,12 +139,12 @@ mod tests {
     fn short_or_open_secret_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("secret");
-        paths::write_atomic(tmp.path(), "secret".as_ref(), b"short", 0o600).unwrap();
+        securefs::write_atomic(tmp.path(), "secret".as_ref(), b"short", 0o600).unwrap();
         assert!(matches!(
             Secret::load(&path),
             Err(SecretError::TooShort { .. })
         ));
-        paths::write_atomic(tmp.path(), "secret".as_ref(), &[7; 32], 0o644).unwrap();
+        securefs::write_atomic(tmp.path(), "secret".as_ref(), &[7; 32], 0o644).unwrap();
         assert!(matches!(
             Secret::load(&path),
             Err(SecretError::Path(PathError::TooOpen { .. }))
@@ -176,5 +178,28 @@ mod tests {
             Err(SecretError::Path(PathError::Writable { .. }))
         ));
         assert!(!path.exists());
+    }
+
+    /// A FIFO or device where the secret should be fails at once instead of blocking or
+    /// reading without end; so does an oversized file.
+    #[test]
+    fn a_secret_that_is_not_a_small_regular_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secret");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Secret::load(&path).unwrap_err();
+        assert!(
+            matches!(err, SecretError::Path(PathError::WrongKind { .. })),
+            "{err}"
+        );
+        fs::remove_file(&path).unwrap();
+        let big = vec![7; MAX_SECRET_BYTES as usize + 1];
+        securefs::write_atomic(tmp.path(), "secret".as_ref(), &big, 0o600).unwrap();
+        assert!(matches!(
+            Secret::load(&path),
+            Err(SecretError::Path(PathError::TooLarge { .. }))
+        ));
     }
 }

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The Claude Code version the integration tests pin (bump deliberately, then run this).
-CLAUDE_CODE_VERSION=2.1.331
+CLAUDE_CODE_VERSION=2.1.332
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cco-ci"
 
 log() { printf '\n=== %s\n' "$*"; }
@@ -29,12 +29,18 @@ claude="$CACHE/claude-$CLAUDE_CODE_VERSION/node_modules/.bin/claude"
 if [ ! -x "$claude" ] && command -v npm >/dev/null; then
   log "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
   npm install --silent --no-audit --no-fund --prefix "$CACHE/claude-$CLAUDE_CODE_VERSION" \
-    "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null
+    "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" >/dev/null ||
+    echo "installing Claude Code $CLAUDE_CODE_VERSION with npm failed (see above)" >&2
 fi
-if [ -x "$claude" ]; then
-  export CCO_TEST_CLAUDE="$claude"
-  # In CI the real-CLI tests must run, not skip.
-  [ "${CI:-}" = true ] && export CCO_REQUIRE_REAL_CLAUDE=1
+[ -x "$claude" ] && export CCO_TEST_CLAUDE="$claude"
+# In CI the real-CLI tests must run, not skip: no npm or a failed install fails the run here,
+# and the tests themselves refuse to skip (CCO_REQUIRE_REAL_CLAUDE, and CI=true).
+if [ "${CI:-}" = true ]; then
+  export CCO_REQUIRE_REAL_CLAUDE=1
+  if [ ! -x "$claude" ]; then
+    echo "CI needs Claude Code $CLAUDE_CODE_VERSION at $claude: install npm, or fix the npm install above" >&2
+    exit 1
+  fi
 fi
 
 log "cargo test"

@@ -93,6 +93,12 @@ pub enum LaunchError {
          or set CCO_CLAUDE (or claude_path in {config}) to its path"
     )]
     ClaudeNotFound { looked: String, config: String },
+    /// Another user could change the program cco would run with the session token.
+    #[error("refusing to run Claude Code at {path}: {cause}")]
+    UntrustedClaude {
+        path: PathBuf,
+        cause: crate::securefs::PathError,
+    },
     // `cause`, not `source`: the message already says it, and `{:#}` would repeat it.
     #[error(
         "cannot run Claude Code at {path}: {cause} — check it runs on its own (`{path} --version`)"
@@ -115,13 +121,46 @@ pub enum LaunchError {
     BadIssueEnv(crate::api::IdError),
 }
 
+/// Time as [`wait_healthy`] sees it: the real clock, or a test's that advances only when
+/// slept on (so the retry schedule is tested without waiting for it).
+pub trait Clock {
+    fn elapsed(&self) -> Duration;
+    fn sleep(&mut self, d: Duration);
+}
+
+/// The wall clock, from when it was made.
+pub struct RealClock(Instant);
+
+impl RealClock {
+    pub fn start() -> RealClock {
+        RealClock(Instant::now())
+    }
+}
+
+impl Clock for RealClock {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d)
+    }
+}
+
 /// Polls `GET /health` until it answers or [`HEALTH_DEADLINE`] passes. A socket-activated
 /// daemon accepts at once and answers when it has started.
 pub fn wait_healthy(port: u16, deadline: Duration) -> Result<DaemonHealth, LaunchError> {
-    let start = Instant::now();
+    wait_healthy_on(port, deadline, &mut RealClock::start())
+}
+
+/// [`wait_healthy`] on a given clock.
+pub fn wait_healthy_on(
+    port: u16,
+    deadline: Duration,
+    clock: &mut dyn Clock,
+) -> Result<DaemonHealth, LaunchError> {
     let addr = client::local(port);
     loop {
-        let left = deadline.saturating_sub(start.elapsed());
+        let left = deadline.saturating_sub(clock.elapsed());
         let err = match client::send(
             addr,
             &Request::get("/health"),
@@ -143,7 +182,7 @@ pub fn wait_healthy(port: u16, deadline: Duration) -> Result<DaemonHealth, Launc
             }
             Err(e) => e,
         };
-        if start.elapsed() + RETRY_PAUSE >= deadline {
+        if clock.elapsed() + RETRY_PAUSE >= deadline {
             let why = match err {
                 ClientError::Refused => "connection refused".to_string(),
                 ClientError::Timeout => "no answer".to_string(),
@@ -155,7 +194,7 @@ pub fn wait_healthy(port: u16, deadline: Duration) -> Result<DaemonHealth, Launc
                 secs: deadline.as_secs(),
             });
         }
-        std::thread::sleep(RETRY_PAUSE);
+        clock.sleep(RETRY_PAUSE);
     }
 }
 
@@ -165,8 +204,22 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Finds Claude Code: the configured path (a name is looked up on `PATH`), else the usual
-/// names on `PATH`.
+/// names on `PATH`; then checks that no other user can change it (it runs with the session
+/// token in its environment).
 pub fn find_claude(
+    configured: Option<&Path>,
+    path_var: Option<&OsStr>,
+    config_file: &Path,
+) -> Result<PathBuf, LaunchError> {
+    let found = locate_claude(configured, path_var, config_file)?;
+    crate::securefs::check_program(&found).map_err(|cause| LaunchError::UntrustedClaude {
+        path: found.clone(),
+        cause,
+    })?;
+    Ok(found)
+}
+
+fn locate_claude(
     configured: Option<&Path>,
     path_var: Option<&OsStr>,
     config_file: &Path,
@@ -437,6 +490,106 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/no/such/claude"), "{e}");
+    }
+
+    /// A Claude another user can change is refused, configured or found on `PATH` alike,
+    /// and the message ends with the fix.
+    #[test]
+    fn a_claude_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let claude = bin.join("claude");
+        std::fs::write(&claude, "#!/bin/sh\n").unwrap();
+        let mode =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(&bin, 0o755);
+        mode(&claude, 0o757);
+        let cfg = Path::new("/c/daemon.toml");
+        for (configured, path) in [
+            (Some(claude.as_path()), None),
+            (None, Some(bin.as_os_str())),
+        ] {
+            let e = find_claude(configured, path, cfg).unwrap_err();
+            assert!(matches!(e, LaunchError::UntrustedClaude { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .ends_with(&format!("run `chmod go-w {}`", claude.display())),
+                "{e}"
+            );
+        }
+        mode(&claude, 0o755);
+        mode(&bin, 0o777);
+        let e = find_claude(None, Some(bin.as_os_str()), cfg).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with(&format!("run `chmod go-w {}`", bin.display())),
+            "{e}"
+        );
+        mode(&bin, 0o755);
+        assert_eq!(
+            find_claude(None, Some(bin.as_os_str()), cfg).unwrap(),
+            claude
+        );
+    }
+
+    /// A clock that moves only when slept on.
+    struct FakeClock {
+        now: Duration,
+        sleeps: u32,
+    }
+
+    impl Clock for FakeClock {
+        fn elapsed(&self) -> Duration {
+            self.now
+        }
+        fn sleep(&mut self, d: Duration) {
+            self.now += d;
+            self.sleeps += 1;
+        }
+    }
+
+    /// With nobody listening, the launcher retries for the whole deadline, then names the
+    /// port and both fixes.
+    #[test]
+    fn a_down_daemon_is_retried_until_the_deadline() {
+        // A bound socket that does not listen: connections are refused, and no other test
+        // can take the port meanwhile.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(sock >= 0);
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: addr is a valid sockaddr_in of `len` bytes, sock a socket we own.
+        assert_eq!(
+            unsafe { libc::bind(sock, (&raw const addr).cast(), len) },
+            0
+        );
+        let mut len2 = len;
+        // SAFETY: as above; getsockname fills addr.
+        unsafe { libc::getsockname(sock, (&raw mut addr).cast(), &mut len2) };
+        let port = u16::from_be(addr.sin_port);
+
+        let mut clock = FakeClock {
+            now: Duration::ZERO,
+            sleeps: 0,
+        };
+        let err = wait_healthy_on(port, HEALTH_DEADLINE, &mut clock).unwrap_err();
+        // SAFETY: closing the socket made above.
+        unsafe { libc::close(sock) };
+        assert!(matches!(err, LaunchError::DaemonDown { .. }), "{err}");
+        let want = (HEALTH_DEADLINE.as_millis() / RETRY_PAUSE.as_millis()) as u32 - 1;
+        assert_eq!(clock.sleeps, want, "retries until the deadline, no longer");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "not reachable on 127.0.0.1:{port} (connection refused for 3 s)"
+            )) && msg.contains("cco install")
+                && msg.ends_with("`cco daemon start` where there is no service manager"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Test harness: an isolated cco installation per test (its own HOME, XDG dirs and ports)
-//! and real `cco` processes. Readiness comes from the services' own `READY=1` on a
-//! notification socket the test owns: no sleeps.
+//! and real `cco` processes, handed their listening sockets as systemd does. Readiness comes
+//! from the services' own `READY=1` on a notification socket the test owns: no sleeps.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub fn current_uid() -> u32 {
 /// A free loopback port for a service, handed out once per test binary. Taken below the
 /// kernel's ephemeral range (32768+), where the tests' own outgoing connections could grab a
 /// port between our check and the service's bind.
+#[allow(dead_code)] // Env reserves its ports itself; kept for tests that need one more.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -37,6 +39,63 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A loopback port held for a service that has not started yet: bound with `SO_REUSEADDR`
+/// but not listening, so connections are refused (as to a stopped service), no port-0 bind
+/// or outgoing connection elsewhere can take it, and a test or process that binds the port
+/// itself (with `SO_REUSEADDR`, as std and tokio do) still can.
+fn reserve_port(port: u16) -> std::io::Result<(OwnedFd, u16)> {
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` is a valid
+    // sockaddr_in of `len` bytes.
+    unsafe {
+        // Close-on-exec at creation where the platform can (Linux); macOS lacks
+        // SOCK_CLOEXEC, so there a child forked in between may inherit it until its exec.
+        #[cfg(target_os = "linux")]
+        let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+        #[cfg(not(target_os = "linux"))]
+        let kind = libc::SOCK_STREAM;
+        let fd = libc::socket(libc::AF_INET, kind, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        if libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            len,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getsockname(fd.as_raw_fd(), (&raw mut addr).cast(), &mut len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((fd, u16::from_be(addr.sin_port)))
+    }
+}
+
+/// Turns a reserved port into the listening socket a service manager would hand over.
+fn listen_on(fd: OwnedFd) -> TcpListener {
+    // SAFETY: listen(2) on a bound socket we own.
+    let rc = unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    TcpListener::from(fd)
+}
+
 /// One isolated installation.
 pub struct Env {
     pub tmp: tempfile::TempDir,
@@ -46,6 +105,8 @@ pub struct Env {
     pub daemon_port: u16,
     pub sidecar_port: u16,
     pub extra: Vec<(String, String)>,
+    /// The daemon's and the sidecar's ports, held until [`Env::start`] hands them over.
+    reserved: std::sync::Mutex<Vec<(&'static str, OwnedFd)>>,
 }
 
 impl Env {
@@ -59,11 +120,8 @@ impl Env {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&runtime_base, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let daemon_port = free_port();
-        let mut sidecar_port = free_port();
-        while sidecar_port == daemon_port {
-            sidecar_port = free_port();
-        }
+        let (daemon_fd, daemon_port) = reserve_port(0).expect("reserve a port for the daemon");
+        let (sidecar_fd, sidecar_port) = reserve_port(0).expect("reserve a port for the sidecar");
         Env {
             tmp,
             home,
@@ -72,6 +130,7 @@ impl Env {
             daemon_port,
             sidecar_port,
             extra: Vec::new(),
+            reserved: std::sync::Mutex::new(vec![("daemon", daemon_fd), ("sidecar", sidecar_fd)]),
         }
     }
 
@@ -126,46 +185,142 @@ impl Env {
         self.cmd(args).stdin(Stdio::null()).output().unwrap()
     }
 
-    /// Starts `cco <service> run` binding its port itself; returns once it said READY=1.
+    /// Starts `cco <service> run` on its port, handed over as systemd would (socket
+    /// activation); returns once it said READY=1. The first start takes the port [`Env::new`]
+    /// reserved; a restart binds the same port again (the previous [`Service`] must be
+    /// dropped first: it holds the socket, as a service manager would).
     pub fn start(&self, service: &str) -> Service {
+        let port = match service {
+            "daemon" => self.daemon_port,
+            "sidecar" => self.sidecar_port,
+            other => panic!("no such service: {other}"),
+        };
+        let held = {
+            let mut reserved = self.reserved.lock().unwrap();
+            let at = reserved.iter().position(|(name, _)| *name == service);
+            at.map(|i| reserved.remove(i).1)
+        };
+        let fd = match held {
+            Some(fd) => fd,
+            None => {
+                reserve_port(port)
+                    .unwrap_or_else(|e| panic!("127.0.0.1:{port} for the {service} again: {e}"))
+                    .0
+            }
+        };
+        self.start_activated(service, listen_on(fd))
+    }
+
+    /// Starts `cco <service> run` binding its port itself (run by hand, no service manager);
+    /// the reservation does not stand in its way (both sides use `SO_REUSEADDR` and the
+    /// reserved socket does not listen).
+    #[allow(dead_code)] // used by the daemon tests
+    pub fn start_bound(&self, service: &str) -> Service {
         Service::spawn(self.cmd([service, "run"]), None)
     }
 
-    /// Starts `cco <service> run` with `listener` handed over as systemd would
-    /// (fd 3, `LISTEN_FDS=1`, `LISTEN_PID` = the service's pid, `LISTEN_FDNAMES`).
+    /// Starts `cco <service> run` with `listener` handed over as systemd would (fd 3,
+    /// `LISTEN_FDS=1`, `LISTEN_PID` = the service's pid, `LISTEN_FDNAMES`).
     pub fn start_activated(&self, service: &str, listener: TcpListener) -> Service {
-        // `sh` learns its own pid ($$) and keeps it across `exec`, as LISTEN_PID requires.
-        let mut c = self.cmd([
-            "-c",
-            &format!("LISTEN_PID=$$ exec \"$0\" {service} run"),
-            CCO,
-        ]);
-        let mut sh = Command::new("/bin/sh");
-        sh.args(c.get_args());
-        sh.env_clear();
-        for (k, v) in c.get_envs() {
-            if let Some(v) = v {
-                sh.env(k, v);
-            }
+        Service::spawn(self.cmd([service, "run"]), Some((service, listener)))
+    }
+}
+
+/// What the child needs to exec itself with `LISTEN_PID` set to its own pid, prepared before
+/// the fork: after it, only async-signal-safe calls are allowed (no allocation).
+struct Activation {
+    program: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// `LISTEN_PID=` followed by room for the digits and a NUL; one of `envp`'s entries.
+    pid_var: Box<[u8; 32]>,
+    fd: std::os::fd::RawFd,
+}
+
+// SAFETY: the raw pointers point into `_strings` and `pid_var`, owned by the same value and
+// never reallocated; the value is only used in the forked child.
+unsafe impl Send for Activation {}
+unsafe impl Sync for Activation {}
+
+const LISTEN_PID: &[u8] = b"LISTEN_PID=";
+
+impl Activation {
+    /// From a command whose environment was cleared and set explicitly (as [`Env::cmd`]
+    /// does): `get_envs` is then the whole environment.
+    fn new(cmd: &Command, name: &str, listener: &TcpListener) -> Activation {
+        let cstr = |s: &OsStr| CString::new(s.as_bytes()).unwrap();
+        let program = cstr(cmd.get_program());
+        let args: Vec<CString> = std::iter::once(program.clone())
+            .chain(cmd.get_args().map(cstr))
+            .collect();
+        let mut vars: Vec<CString> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v?.as_bytes());
+                Some(CString::new(kv).unwrap())
+            })
+            .collect();
+        vars.push(CString::new("LISTEN_FDS=1").unwrap());
+        vars.push(CString::new(format!("LISTEN_FDNAMES={name}")).unwrap());
+        let mut pid_var = Box::new([0u8; 32]);
+        pid_var[..LISTEN_PID.len()].copy_from_slice(LISTEN_PID);
+        let argv = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp = vars
+            .iter()
+            .map(|v| v.as_ptr())
+            .chain([pid_var.as_ptr().cast(), std::ptr::null()])
+            .collect();
+        Activation {
+            program,
+            _strings: args.into_iter().chain(vars).collect(),
+            argv,
+            envp,
+            pid_var,
+            fd: listener.as_raw_fd(),
         }
-        sh.current_dir(self.tmp.path())
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", service);
-        c = sh;
-        let fd = listener.as_raw_fd();
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    }
+
+    /// In the child: the socket to fd 3, `LISTEN_PID` filled in, exec. Returns only on error.
+    fn exec(&mut self) -> std::io::Error {
+        // SAFETY: dup2, fcntl, getpid and execve are async-signal-safe; every pointer was
+        // prepared before the fork and stays valid.
         unsafe {
-            c.pre_exec(move || {
-                if fd == 3 {
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+            if self.fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(self.fd, 3) < 0 {
+                return std::io::Error::last_os_error();
+            }
+            let mut pid = libc::getpid() as u32;
+            let mut digits = [0u8; 10];
+            let mut n = 0;
+            loop {
+                digits[n] = b'0' + (pid % 10) as u8;
+                n += 1;
+                pid /= 10;
+                if pid == 0 {
+                    break;
                 }
-                Ok(())
-            });
+            }
+            let at = LISTEN_PID.len();
+            for i in 0..n {
+                self.pid_var[at + i] = digits[n - 1 - i];
+            }
+            self.pid_var[at + n] = 0;
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            );
+            std::io::Error::last_os_error()
         }
-        Service::spawn(c, Some(listener))
     }
 }
 
@@ -178,15 +333,21 @@ pub struct Service {
 }
 
 impl Service {
-    fn spawn(mut cmd: Command, listener: Option<TcpListener>) -> Service {
+    fn spawn(mut cmd: Command, activation: Option<(&str, TcpListener)>) -> Service {
         let notify_dir = tempfile::tempdir().unwrap();
         let sock_path = notify_dir.path().join("notify");
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         sock.set_read_timeout(Some(READY_TIMEOUT)).unwrap();
         let log = notify_dir.path().join("service.log");
         let log_file = std::fs::File::create(&log).unwrap();
+        cmd.env("NOTIFY_SOCKET", &sock_path);
+        let listener = activation.map(|(name, listener)| {
+            let mut exec = Activation::new(&cmd, name, &listener);
+            // SAFETY: `Activation::exec` makes only async-signal-safe calls.
+            unsafe { cmd.pre_exec(move || Err(exec.exec())) };
+            listener
+        });
         let child = cmd
-            .env("NOTIFY_SOCKET", &sock_path)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -225,11 +386,14 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits for the exit status. The handed-over socket is closed too, so
+    /// the service is down (connections refused), not waiting for re-activation.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        self._listener = None;
+        status
     }
 }
 
@@ -326,6 +490,18 @@ pub fn script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, body).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A test that cannot run here (a missing tool, not root): a note outside CI, a failure in CI
+/// (`CI=true`) or when `CCO_REQUIRE_REAL_CLAUDE` is set, so nothing passes there unrun.
+pub fn cannot_run(why: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let required = std::env::var_os("CCO_REQUIRE_REAL_CLAUDE").is_some();
+    assert!(
+        !ci && !required,
+        "this test cannot run here ({why}), and CI must run it — fix the CI machine"
+    );
+    eprintln!("note: {why}; skipping (it fails in CI)");
 }
 
 impl Env {

@@ -11,7 +11,7 @@ use crate::common::{Env, get, http};
 #[test]
 fn self_bound_daemon_serves_health_and_status_and_stops_on_sigterm() {
     let env = Env::new();
-    let mut d = env.start("daemon");
+    let mut d = env.start_bound("daemon");
     let (status, body) = get(env.daemon_port, "/health");
     assert_eq!(status, 200, "{body}");
     let h: Value = serde_json::from_str(&body).unwrap();

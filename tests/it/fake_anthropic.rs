@@ -6,7 +6,7 @@
 //! bytes the CLI reads: SSE events in the real API's order, one per chunk, on keep-alive
 //! connections.
 //!
-//! What a script must allow for in the pinned CLI (2.1.331): main and sub-agent turns differ
+//! What a script must allow for in the pinned CLI (2.1.332): main and sub-agent turns differ
 //! only by their system prompt; a sub-agent run in the background (unless the Agent call says
 //! `"run_in_background": false`) costs `-p` one more main turn, for its `<task-notification>`,
 //! which needs a rule or the script loops; a `HEAD /api/hello` preconnect comes first unless

@@ -18,10 +18,12 @@ struct Stranger {
 }
 
 impl Stranger {
-    /// `None` (with a note) where a test cannot listen as another user.
+    /// `None` (with a note; a failure in CI) where a test cannot listen as another user.
     fn listen(env: &Env, host: &str, port: u16, body: &str) -> Option<Stranger> {
         if crate::common::current_uid() != 0 || !Path::new(PYTHON).exists() {
-            eprintln!("note: needs root and {PYTHON} to listen as another user; skipping");
+            crate::common::cannot_run(&format!(
+                "listening as another user needs root and {PYTHON}"
+            ));
             return None;
         }
         let got = env.tmp.path().join(format!("stolen-{port}"));
