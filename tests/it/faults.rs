@@ -236,11 +236,13 @@ fn sigkill_during_concurrent_writes_loses_and_duplicates_nothing() {
         }
         svc.child.kill().unwrap(); // SIGKILL
         svc.child.wait().unwrap();
+        // The harness holds the listening socket, as a service manager would: close it, so
+        // requests queued behind the dead process are refused instead of waiting.
+        drop(svc);
         drop(rx);
         for w in workers {
             w.join().expect("a worker panicked");
         }
-        drop(svc);
         svc = env.start("sidecar");
         let log = svc.log_text();
         if let Some(n) = log
