@@ -308,16 +308,19 @@ fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, S
                 .map(std::path::PathBuf::from)
                 .or_else(|| std::env::current_dir().ok())
                 .unwrap_or_default();
-            let (decision, reason) = match decide(&env.policy, tool, &input["tool_input"], &cwd) {
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let (decision, reason) = match decide(
+                &env.policy,
+                tool,
+                &input["tool_input"],
+                &cwd,
+                home.as_deref(),
+            ) {
                 Decision::Allow(r) => ("allow", r),
                 Decision::Ask(r) => ("ask", r),
                 Decision::NoOpinion => return Ok(None),
             };
-            Ok(Some(json!({"hookSpecificOutput": {
-                "hookEventName": "PreToolUse",
-                "permissionDecision": decision,
-                "permissionDecisionReason": reason,
-            }})))
+            Ok(Some(pre_tool_use_answer(decision, reason)))
         }
         Event::SessionStart => {
             publish(
@@ -447,25 +450,50 @@ fn final_message(input: &Value) -> Option<String> {
     })
 }
 
+fn pre_tool_use_answer(decision: &str, reason: &str) -> Value {
+    json!({"hookSpecificOutput": {
+        "hookEventName": "PreToolUse",
+        "permissionDecision": decision,
+        "permissionDecisionReason": reason,
+    }})
+}
+
+fn print_answer(out: &Value) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{out}");
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = HookEnv::from_process();
     if !env.policy.enabled {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut raw = String::new();
-    let _ = std::io::stdin().take(MAX_STDIN).read_to_string(&mut raw);
-    let input: Value = match serde_json::from_str(&raw) {
+    let mut raw = Vec::new();
+    let read = std::io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| e.to_string())
+        .and_then(|n| {
+            if n as u64 > MAX_STDIN {
+                Err(format!("event on stdin is larger than {MAX_STDIN} bytes"))
+            } else {
+                serde_json::from_slice::<Value>(&raw)
+                    .map_err(|e| format!("unreadable event on stdin: {e}"))
+            }
+        });
+    let input = match read {
         Ok(v) => v,
         Err(e) => {
-            log_line(&env, args.event, &format!("unreadable event on stdin: {e}"));
+            log_line(&env, args.event, &e);
+            // A tool call cco cannot read may be anything: with confirmation required, ask.
+            if args.event == Event::PreToolUse && env.policy.require_cud_confirmation {
+                print_answer(&pre_tool_use_answer("ask", crate::policy::ASK_UNREADABLE));
+            }
             return Ok(ExitCode::SUCCESS);
         }
     };
     match handle(&env, args.event, &input) {
-        Ok(Some(out)) => {
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{out}");
-        }
+        Ok(Some(out)) => print_answer(&out),
         Ok(None) => {}
         Err(e) => log_line(&env, args.event, &e),
     }

@@ -39,6 +39,11 @@ fn installation(cud: bool) -> Installation {
 impl Installation {
     /// `cco hook EVENT` with `input` on stdin and the environment the launcher gives Claude.
     fn hook(&self, event: &str, input: &Value) -> Output {
+        self.hook_raw(event, input.to_string().as_bytes())
+    }
+
+    /// `cco hook EVENT` with `input` on stdin as given (it need not be JSON).
+    fn hook_raw(&self, event: &str, input: &[u8]) -> Output {
         let rt = self.env.runtime_dir();
         let hooks = std::fs::read_to_string(rt.join("hooks-sealed.json")).unwrap();
         let mut cmd = self.env.cmd(["hook", event]);
@@ -53,7 +58,7 @@ impl Installation {
             "ORCHESTRATOR_SETTINGS",
             rt.join("orchestrator-settings.json"),
         );
-        let out = run_with_stdin(&mut cmd, input.to_string().as_bytes());
+        let out = run_with_stdin(&mut cmd, input);
         assert!(
             out.status.success(),
             "hook {event} failed: {}",
@@ -171,6 +176,7 @@ fn pre_tool_use_follows_the_policy() {
     let project = inst.env.tmp.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(project.join("notes.md"), "x").unwrap();
+    std::fs::write(project.join("Cargo.toml"), "[package]").unwrap();
     let ask = |tool: &str, input: Value| {
         let out = inst.hook(
             "pre-tool-use",
@@ -276,4 +282,56 @@ fn hook_help_does_not_offer_config() {
     // Other subcommands still offer it.
     let out = env.run(["daemon", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--config <FILE>"));
+}
+
+fn decision_of(out: &Output) -> String {
+    if out.stdout.is_empty() {
+        return "none".to_string();
+    }
+    stdout_json(out)["hookSpecificOutput"]["permissionDecision"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Issue 15 (2): a session in `$HOME` or `/` is not a project: no read is auto-allowed.
+#[test]
+fn pre_tool_use_allows_nothing_in_home_or_root() {
+    let inst = installation(false);
+    let home = inst.env.home.clone();
+    std::fs::write(home.join(".bash_history"), "secret-command\n").unwrap();
+    let ask = |cwd: &std::path::Path, tool: &str, input: Value| {
+        decision_of(&inst.hook(
+            "pre-tool-use",
+            &json!({"session_id": "s", "hook_event_name": "PreToolUse", "cwd": cwd, "tool_name": tool, "tool_input": input}),
+        ))
+    };
+    assert_eq!(
+        ask(&home, "Read", json!({"file_path": ".bash_history"})),
+        "none"
+    );
+    assert_eq!(ask(&home, "Bash", json!({"command": "ls -laR ."})), "none");
+    let root = std::path::Path::new("/");
+    assert_eq!(
+        ask(root, "Bash", json!({"command": "cat /etc/shadow"})),
+        "none"
+    );
+    assert_eq!(
+        ask(root, "Read", json!({"file_path": "/proc/self/environ"})),
+        "none"
+    );
+}
+
+/// Issue 15 (11): a tool call too large or too broken to read gets `ask`, not silence.
+#[test]
+fn an_unreadable_tool_call_asks_when_confirmation_is_required() {
+    let inst = installation(true);
+    let huge = json!({"session_id": "s", "hook_event_name": "PreToolUse", "cwd": "/p", "tool_name": "Write",
+        "tool_input": {"file_path": "/p/x", "content": "x".repeat(4 * 1024 * 1024 + 10)}});
+    assert_eq!(decision_of(&inst.hook("pre-tool-use", &huge)), "ask");
+    let cut = br#"{"session_id": "s", "tool_name": "Bash", "tool_input": {"command": "rm -rf"#;
+    assert_eq!(decision_of(&inst.hook_raw("pre-tool-use", cut)), "ask");
+    // Without the confirmation requirement, nothing is decided.
+    let inst = installation(false);
+    assert_eq!(decision_of(&inst.hook_raw("pre-tool-use", cut)), "none");
 }
