@@ -16,7 +16,8 @@
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents.
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the Host/Origin guard.
 //! - [`service`]: systemd/launchd unit rendering (pure) and operations.
-//! - [`policy`]: the `PreToolUse` permission policy of `cco hook`.
+//! - [`hook`]: Claude Code's command hooks (`cco hook <event>`): input, sidecar calls within one deadline, answers.
+//! - [`policy`]: the `PreToolUse` permission policy of `cco hook`, and its shell classifier.
 //! - [`roster`]: the built-in agent roster and orchestrator rules.
 //! - [`logging`]: tracing set-up (journald when the journal owns stderr).
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod hook;
 pub mod listen;
 pub mod logging;
 pub mod paths;

@@ -902,9 +902,8 @@ fn command_effect(words: &[Word], depth: usize) -> Effect {
                 .first()
                 .map(|a| a.trim_start_matches('-'))
                 .unwrap_or("");
-            !(mode.starts_with('t')
-                || mode.contains('t') && !mode.contains(['x', 'c', 'r', 'u', 'A']))
-                && !has_long(&args, &["--list"])
+            let listing = mode.contains('t') && !mode.contains(['x', 'c', 'r', 'u', 'A']);
+            !listing && !has_long(&args, &["--list"])
         }
         "git" => return git_effect(&args),
         _ => match PACKAGE_MANAGERS.iter().find(|(m, _)| *m == program) {
