@@ -572,6 +572,31 @@ mod tests {
         }
     }
 
+    /// Issue 16 (1): a FIFO or device named by a tool call is refused without blocking.
+    #[test]
+    fn special_files_are_never_read() {
+        let p = project();
+        let fifo = p.path().join("src/pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", p.path().join("src/zero")).unwrap();
+        let pol = policy(true, false);
+        for (tool, input) in [
+            ("Read", json!({"file_path": "src/pipe"})),
+            ("Bash", bash("cat src/pipe")),
+            ("Grep", json!({"pattern": "x", "path": "src/pipe"})),
+            ("Read", json!({"file_path": "src/zero"})),
+            ("Bash", bash("head -c 10 src/zero")),
+        ] {
+            assert_eq!(
+                decide(&pol, tool, &input, p.path(), None),
+                Decision::NoOpinion,
+                "{tool} {input}"
+            );
+        }
+    }
+
     /// Issue 15 (11): forms of writing the old classifier missed, and commands cco cannot
     /// see through, get `ask`.
     #[test]
