@@ -79,8 +79,12 @@ pub struct HookEnv {
     pub issue: Option<crate::api::IssueId>,
     pub policy: Policy,
     pub home: Option<PathBuf>,
-    log: Option<PathBuf>,
+    log: HookLog,
 }
+
+/// `<runtime dir>/hooks.log`: why a hook gave no answer.
+#[derive(Debug, Clone)]
+struct HookLog(Option<PathBuf>);
 
 impl HookEnv {
     /// From the process environment; the deadline starts now.
@@ -110,15 +114,23 @@ impl HookEnv {
             policy,
             home: var("HOME").map(PathBuf::from),
             // The log lives beside the sealed settings: the private runtime directory.
-            log: var("ORCHESTRATOR_SETTINGS")
-                .and_then(|s| Path::new(&s).parent().map(|d| d.join("hooks.log"))),
+            log: HookLog(
+                var("ORCHESTRATOR_SETTINGS")
+                    .and_then(|s| Path::new(&s).parent().map(|d| d.join("hooks.log"))),
+            ),
         }
     }
 
     /// Appends one line to the hook log, made inert; never fails the hook.
     pub fn log(&self, event: Event, msg: &str) {
+        self.log.write(event, msg);
+    }
+}
+
+impl HookLog {
+    fn write(&self, event: Event, msg: &str) {
         use std::os::unix::fs::OpenOptionsExt;
-        let Some(path) = &self.log else { return };
+        let Some(path) = &self.0 else { return };
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.len() > MAX_LOG) {
             let _ = std::fs::remove_file(path);
         }
