@@ -156,16 +156,16 @@ impl HookLog {
 /// bidi override shown as `\u{…}`: text from agents, files or the sidecar must not drive a
 /// terminal that later shows the log or the answer.
 pub fn inert(text: &str, keep_lines: bool) -> String {
-    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}');
-    if !text
-        .chars()
-        .any(|c| (c.is_control() && !(keep_lines && matches!(c, '\n' | '\t'))) || bidi(c))
-    {
+    let hide = |c: char| {
+        (c.is_control() && !(keep_lines && matches!(c, '\n' | '\t')))
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+    };
+    if !text.chars().any(hide) {
         return text.to_string();
     }
     text.chars()
         .map(|c| {
-            if (c.is_control() && !(keep_lines && matches!(c, '\n' | '\t'))) || bidi(c) {
+            if hide(c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()
@@ -178,7 +178,10 @@ pub fn inert(text: &str, keep_lines: bool) -> String {
 static ANSWERED: Mutex<bool> = Mutex::new(false);
 
 fn print_answer(out: &Value) {
-    let mut answered = ANSWERED.lock().unwrap_or_else(|e| e.into_inner());
+    write_once(&mut ANSWERED.lock().unwrap_or_else(|e| e.into_inner()), out);
+}
+
+fn write_once(answered: &mut bool, out: &Value) {
     if !*answered {
         *answered = true;
         let mut stdout = std::io::stdout().lock();
@@ -202,19 +205,14 @@ fn start_watchdog(env: &HookEnv, event: Event) {
     let log = env.log.clone();
     std::thread::spawn(move || {
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        // Holding the guard until exit: an answer being printed is finished, none starts.
+        let mut answered = ANSWERED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(out) = &fallback {
-            print_answer(out);
+            write_once(&mut answered, out);
         }
-        let env = HookEnv {
-            sidecar: sidecar::Sidecar::new(None, None, deadline),
-            issue: None,
-            policy: Policy::from_json(&Value::Null),
-            home: None,
-            log,
-        };
-        env.log(
+        log.write(
             event,
-            "hook deadline passed; exiting with no further answer",
+            "hook deadline passed; exiting with no further answer (raise hooks.timeout_ms if this repeats)",
         );
         std::process::exit(0);
     });
