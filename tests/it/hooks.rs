@@ -436,6 +436,15 @@ fn a_stdin_that_never_closes_does_not_hang_the_hook() {
     assert!(out.status.success());
     let log = std::fs::read_to_string(env.tmp.path().join("hooks.log")).unwrap();
     assert!(log.contains("deadline passed"), "{log}");
+    // A tool call that never finishes arriving is unreadable: with confirmation required, ask.
+    let mut cmd = hook_cmd(&env, "pre-tool-use", 1);
+    cmd.env(
+        "ORCHESTRATOR_HOOKS_CONFIG",
+        json!({"permissions": {"require_cud_confirmation": true}, "timeouts": {"hook_ms": HOOK_MS}})
+            .to_string(),
+    );
+    let out = run_bounded(&mut cmd, b"{\"tool_name\": \"Bash\", ", true);
+    assert_eq!(decision_of(&out), "ask");
 }
 
 /// Issue 15 (low) and 16 (1): a transcript path naming a device is refused at once, and a
