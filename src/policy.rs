@@ -163,30 +163,33 @@ impl Project {
     /// so all of it is scanned. The resolved path is opened once, without following a
     /// symlink swapped in since it was resolved.
     fn readable(&self, path: &str) -> bool {
-        use crate::untrusted::{Links, read_capped};
-        let Some(resolved) = self.resolve(path) else {
-            return false;
-        };
-        match std::fs::symlink_metadata(&resolved) {
-            Ok(m) if m.is_dir() => true, // an error for cat/head/grep: no content shown
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(_) => false,
-            Ok(_) => match read_capped(&resolved, SCAN_CAP, Links::Refuse) {
-                Ok(bytes) => {
-                    let name = resolved
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    !crate::secrets::looks_secret(&name, &String::from_utf8_lossy(&bytes))
-                }
-                Err(_) => false,
-            },
-        }
+        self.resolve(path).is_some_and(|r| content_ok(&r))
     }
 
     /// [`Project::readable`], and a regular file that exists.
     fn readable_file(&self, path: &str) -> bool {
-        self.readable(path) && self.resolve(path).is_some_and(|p| p.is_file())
+        self.resolve(path)
+            .is_some_and(|r| r.is_file() && content_ok(&r))
+    }
+}
+
+/// The content check of [`Project::readable`] on a resolved path.
+fn content_ok(resolved: &Path) -> bool {
+    use crate::untrusted::{Links, read_capped};
+    match std::fs::symlink_metadata(resolved) {
+        Ok(m) if m.is_dir() => true, // an error for cat/head/grep: no content shown
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+        Ok(_) => match read_capped(resolved, SCAN_CAP, Links::Refuse) {
+            Ok(bytes) => {
+                let name = resolved
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                !crate::secrets::looks_secret(&name, &String::from_utf8_lossy(&bytes))
+            }
+            Err(_) => false,
+        },
     }
 }
 
