@@ -90,8 +90,8 @@ fn looks_secret(path: &Path) -> bool {
 /// environment, kernel state, devices.
 const NEVER_READ: &[&str] = &["/proc", "/sys", "/dev"];
 /// A file larger than this is never auto-allowed: its whole content is scanned for
-/// credentials first, and scanning must stay fast.
-pub const SCAN_CAP: u64 = 4 * 1024 * 1024;
+/// credentials first, and scanning must stay fast (about 25 ms per MiB, on every tool call).
+pub const SCAN_CAP: u64 = 1024 * 1024;
 
 /// The session's project: its canonical working directory, when that is a real project —
 /// the rule of the context endpoint (`sidecar::context::check_project`): not `/`, a system
