@@ -3,6 +3,7 @@
 mod agents;
 mod claude;
 mod common;
+mod context;
 mod daemon;
 mod e2e;
 mod events;
