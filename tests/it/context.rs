@@ -1,6 +1,6 @@
 //! The context endpoint against attacker-shaped projects (issue 16): special files in the
 //! tree or as `.git` give an answer, not a hang, and slow context builds never keep results
-//! from being stored and listed.
+//! from being stored and listed, nor the sidecar from stopping.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,11 +134,11 @@ fn special_files_in_a_project_give_a_context_not_a_hang() {
 
 /// Context builds stuck on git (a FIFO `HEAD`) for several times the build permits: results
 /// are stored and listed meanwhile, and every context request answers — the ones that
-/// waited too long with the project part empty and marked truncated.
+/// waited too long with the project part empty and marked truncated — and SIGTERM stops it.
 #[test]
 fn results_are_stored_and_listed_while_context_builds_are_stuck() {
     const STUCK: usize = 12;
-    let (f, _svc) = fixture();
+    let (f, mut svc) = fixture();
     for i in 0..STUCK {
         hanging_git_project(&f.projects.join(format!("slow{i}")));
     }
@@ -170,4 +170,6 @@ fn results_are_stored_and_listed_while_context_builds_are_stuck() {
         }
     }
     assert!(degraded > 0, "every stuck build finished within the wait");
+    // Builds still running end at their deadlines: SIGTERM stops the sidecar.
+    assert!(svc.terminate().success(), "{}", svc.log_text());
 }
