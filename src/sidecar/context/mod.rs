@@ -50,8 +50,10 @@ const MAX_VIEWS: usize = 64;
 /// Context work (scans, checks, file reads) running at once: far below tokio's blocking
 /// pool (512 threads), so results, events and health always find a thread.
 pub const MAX_CONCURRENT_BUILDS: usize = 4;
-/// How long a request waits for its project's context before answering without it.
-pub const CONTEXT_WAIT: Duration = Duration::from_secs(4);
+/// How long a request waits for its project's context before answering without it: below
+/// the hooks' default `timeout_ms` (2 s), so a SubagentStart hook still gets the issue's
+/// results while a slow scan finishes for the agents after it.
+pub const CONTEXT_WAIT: Duration = Duration::from_millis(1500);
 /// Time for walking one project tree; past it the tree is listed partially.
 const WALK_BUDGET: Duration = Duration::from_secs(3);
 /// Time for all git runs of one scan; a git still running then is killed.
@@ -123,6 +125,8 @@ struct Shared {
     budget: usize,
     slots: Mutex<HashMap<PathBuf, Arc<Slot>>>,
     permits: Arc<Semaphore>,
+    /// [`CONTEXT_WAIT`], longer in unit tests that must not depend on the machine's speed.
+    wait: Duration,
     /// Scans run so far (tests count them; `/status` could).
     scans: AtomicU64,
 }
@@ -140,9 +144,17 @@ impl ContextBroker {
                 budget,
                 slots: Mutex::new(HashMap::new()),
                 permits: Arc::new(Semaphore::new(MAX_CONCURRENT_BUILDS)),
+                wait: CONTEXT_WAIT,
                 scans: AtomicU64::new(0),
             }),
         }
+    }
+
+    #[cfg(test)]
+    fn patient(roster: Roster, budget: usize) -> ContextBroker {
+        let mut b = ContextBroker::new(roster, budget);
+        Arc::get_mut(&mut b.shared).expect("new broker").wait = Duration::from_secs(600);
+        b
     }
 
     pub fn budget(&self) -> usize {
@@ -182,7 +194,7 @@ impl ContextBroker {
         root: PathBuf,
         agent_type: AgentType,
     ) -> Result<Arc<Built>, ContextError> {
-        let deadline = tokio::time::Instant::now() + CONTEXT_WAIT;
+        let deadline = tokio::time::Instant::now() + self.shared.wait;
         let busy = || ContextError::Busy(root.clone());
         let slot = self.shared.slot(&root);
         let gate = tokio::time::timeout_at(deadline, slot.gate.clone().lock_owned())
@@ -447,7 +459,7 @@ mod tests {
     #[test]
     fn respects_gitignore_and_never_reads_secrets() {
         let d = project();
-        let b = ContextBroker::new(roster(), 64 * 1024);
+        let b = ContextBroker::patient(roster(), 64 * 1024);
         let t = AgentType::parse("rust-specialist").unwrap();
         let built = get(&b, d.path(), &t);
         assert!(!built.json.contains("hunter2"), "{}", built.json);
@@ -496,7 +508,7 @@ mod tests {
         for (f, c) in files {
             std::fs::write(p.join(f), c).unwrap();
         }
-        let b = ContextBroker::new(roster(), 256 * 1024);
+        let b = ContextBroker::patient(roster(), 256 * 1024);
         for t in [
             "cloud-architect",
             "gcp-specialist",
@@ -539,7 +551,7 @@ mod tests {
     #[test]
     fn cache_hits_until_the_tree_changes() {
         let d = project();
-        let b = ContextBroker::new(roster(), 64 * 1024);
+        let b = ContextBroker::patient(roster(), 64 * 1024);
         let t = AgentType::parse("rust-specialist").unwrap();
         let a1 = get(&b, d.path(), &t);
         let a2 = get(&b, d.path(), &t);
@@ -560,7 +572,7 @@ mod tests {
         let d = project();
         let big = "x".repeat(50_000);
         std::fs::write(d.path().join("src/big.rs"), &big).unwrap();
-        let b = ContextBroker::new(roster(), 8 * 1024);
+        let b = ContextBroker::patient(roster(), 8 * 1024);
         let t = AgentType::parse("rust-specialist").unwrap();
         let built = get(&b, d.path(), &t);
         assert!(built.json.len() <= 8 * 1024, "{}", built.json.len());
@@ -570,7 +582,7 @@ mod tests {
 
     #[test]
     fn unknown_types_get_default_patterns() {
-        let b = ContextBroker::new(roster(), 1024);
+        let b = ContextBroker::patient(roster(), 1024);
         let t = AgentType::parse("no-such-agent").unwrap();
         assert!(b.patterns(&t).contains(&"README*".to_string()));
     }
@@ -580,7 +592,7 @@ mod tests {
     #[test]
     fn concurrent_requests_share_one_scan() {
         let d = project();
-        let b = Arc::new(ContextBroker::new(roster(), 64 * 1024));
+        let b = Arc::new(ContextBroker::patient(roster(), 64 * 1024));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -638,7 +650,7 @@ mod tests {
     /// `/dev/zero`, FIFOs and device links among the sources — give a context, not a hang.
     #[test]
     fn hostile_projects_get_a_context() {
-        let b = ContextBroker::new(roster(), 64 * 1024);
+        let b = ContextBroker::patient(roster(), 64 * 1024);
         let t = AgentType::parse("rust-specialist").unwrap();
         for hostile in ["fifo", "zero"] {
             let d = project();
