@@ -504,6 +504,15 @@ mod tests {
                 "T = 'ghp_abcdefghijklmnopqrstuvwxyz0123' # LEAK1",
             ),
             ("session.json", "{\"private_key\": \"LEAK1\"}"),
+            // Issue 15: more credentials in innocently named files.
+            ("db.py", "DSN = 'postgres://app:LEAK1pw@db.internal/prod'"),
+            ("main.tf", "password = \"LEAK1\""),
+            ("settings.xml", "<password>LEAK1</password>"),
+            ("app.conf", "passwd = LEAK1"),
+            (
+                "docker-config.json",
+                "{\"auths\": {\"r\": {\"auth\": \"TEVBSzE6eA==\"}}} LEAK1",
+            ),
         ];
         for (f, c) in files {
             std::fs::write(p.join(f), c).unwrap();
@@ -535,6 +544,18 @@ mod tests {
                     assert!(fc.content.is_empty());
                 }
             }
+        }
+        // Issue 15: the innocently named ones are selected, and withheld.
+        for (t, f) in [("gcp-specialist", "main.tf"), ("data-scientist", "db.py")] {
+            let built = get(&b, p, &AgentType::parse(t).unwrap());
+            let ctx: ProjectContext = serde_json::from_str(&built.json).unwrap();
+            let fc = ctx.relevant_files.iter().find(|fc| fc.path == f);
+            assert_eq!(
+                fc.and_then(|fc| fc.withheld.as_deref()),
+                Some(WITHHELD),
+                "{t}: {f}: {}",
+                built.json
+            );
         }
         // The sre's `**/*config*` does select config.yml: it is listed as withheld.
         let built = get(&b, p, &AgentType::parse("sre").unwrap());
