@@ -43,10 +43,12 @@ pub const DEFAULT_PATTERNS: &[&str] = &[
 const MAX_FILE_SHARE: usize = 4;
 /// The project part gets this share (in quarters) of the budget; results get the rest.
 const PROJECT_QUARTERS: usize = 3;
-/// Projects kept in the cache; past this, one is dropped (a miss only costs a rebuild).
-const MAX_CACHE_ENTRIES: usize = 256;
-/// Agent-type views kept per project (agent types are caller-chosen names).
-const MAX_VIEWS: usize = 64;
+/// Projects kept in the cache (each holds its scan: up to 20,000 paths); past this, one is
+/// dropped — a miss only costs a rescan.
+const MAX_CACHE_ENTRIES: usize = 16;
+/// Agent-type views kept per project (agent types are caller-chosen names; each view is at
+/// most the budget): with the above, at most 256 views, as many as the cache ever held.
+const MAX_VIEWS: usize = 16;
 /// Context work (scans, checks, file reads) running at once: far below tokio's blocking
 /// pool (512 threads), so results, events and health always find a thread.
 pub const MAX_CONCURRENT_BUILDS: usize = 4;
