@@ -117,8 +117,26 @@ pub struct Built {
 struct Slot {
     /// Held (async) for any work on this project: concurrent requests wait for one scan.
     gate: Arc<tokio::sync::Mutex<()>>,
-    scan: Mutex<Option<Arc<Scan>>>,
-    views: Mutex<HashMap<AgentType, Arc<Built>>>,
+    /// The scan, and when a check that found it current began.
+    scan: Mutex<Option<(Arc<Scan>, Instant)>>,
+    /// Each agent type's view, and when a check that found it current began.
+    views: Mutex<HashMap<AgentType, (Arc<Built>, Instant)>>,
+}
+
+impl Slot {
+    /// The view for `agent_type` if a check that began after `arrived` found it current:
+    /// requests queued behind one check need not repeat it (a burst of 200 warm requests
+    /// is one round of `stat`s, not 200 in a row).
+    fn confirmed(&self, agent_type: &AgentType, arrived: Instant) -> Option<Arc<Built>> {
+        let scan = self.scan.lock().expect("scan lock");
+        let (s, at) = scan.as_ref()?;
+        if *at < arrived {
+            return None;
+        }
+        let views = self.views.lock().expect("views lock");
+        let (v, vat) = views.get(agent_type)?;
+        (Arc::ptr_eq(&v.scan, s) && *vat >= arrived).then(|| v.clone())
+    }
 }
 
 #[derive(Debug)]
@@ -196,12 +214,16 @@ impl ContextBroker {
         root: PathBuf,
         agent_type: AgentType,
     ) -> Result<Arc<Built>, ContextError> {
+        let arrived = Instant::now();
         let deadline = tokio::time::Instant::now() + self.shared.wait;
         let busy = || ContextError::Busy(root.clone());
         let slot = self.shared.slot(&root);
         let gate = tokio::time::timeout_at(deadline, slot.gate.clone().lock_owned())
             .await
             .map_err(|_| busy())?;
+        if let Some(built) = slot.confirmed(&agent_type, arrived) {
+            return Ok(built);
+        }
         let permit = tokio::time::timeout_at(deadline, self.shared.permits.clone().acquire_owned())
             .await
             .map_err(|_| busy())?
@@ -212,7 +234,7 @@ impl ContextBroker {
         // scan running to completion, and nobody starts a second one meanwhile.
         let task = tokio::task::spawn_blocking(move || {
             let _held = (gate, permit);
-            shared.view(&slot, &r, &agent_type)
+            shared.view(&slot, &r, &agent_type, arrived)
         });
         match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(built)) => built,
@@ -263,43 +285,55 @@ impl Shared {
     }
 
     /// The view for `agent_type` (blocking; the caller holds the slot's gate): the cached
-    /// one while nothing it read changed, else cut from a fresh or still-valid scan.
+    /// one while nothing it read changed (checked since the request `arrived`), else cut
+    /// from a fresh or still-valid scan.
     fn view(
         &self,
         slot: &Slot,
         root: &Path,
         agent_type: &AgentType,
+        arrived: Instant,
     ) -> Result<Arc<Built>, ContextError> {
         if !root.is_dir() {
             return Err(ContextError::NoProject(root.to_owned()));
         }
+        let check = Instant::now();
         let cached = slot.scan.lock().expect("scan lock").clone();
         let scan = match cached {
-            Some(s) if s.fingerprint.still_valid() => s,
+            Some((s, at)) if at >= arrived => s,
+            Some((s, _)) if s.fingerprint.still_valid() => {
+                *slot.scan.lock().expect("scan lock") = Some((s.clone(), check));
+                s
+            }
             _ => {
                 let started = Instant::now();
                 let s = Arc::new(scan(root));
                 self.scans.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(root = %root.display(), ms = started.elapsed().as_millis() as u64, "project scanned");
-                *slot.scan.lock().expect("scan lock") = Some(s.clone());
+                *slot.scan.lock().expect("scan lock") = Some((s.clone(), check));
                 s
             }
         };
         let mut views = slot.views.lock().expect("views lock");
-        if let Some(v) = views.get(agent_type)
+        if let Some((v, at)) = views.get_mut(agent_type)
             && Arc::ptr_eq(&v.scan, &scan)
-            && v.fingerprint.still_valid()
         {
-            return Ok(v.clone());
+            if *at >= arrived {
+                return Ok(v.clone());
+            }
+            if v.fingerprint.still_valid() {
+                *at = check;
+                return Ok(v.clone());
+            }
         }
         let built = Arc::new(self.cut(root, agent_type, scan));
         if views.len() >= MAX_VIEWS {
-            views.retain(|_, v| Arc::ptr_eq(&v.scan, &built.scan));
+            views.retain(|_, (v, _)| Arc::ptr_eq(&v.scan, &built.scan));
             if views.len() >= MAX_VIEWS {
                 views.clear();
             }
         }
-        views.insert(agent_type.clone(), built.clone());
+        views.insert(agent_type.clone(), (built.clone(), check));
         Ok(built)
     }
 
