@@ -327,3 +327,20 @@ pub fn script(path: &Path, body: &str) {
     std::fs::write(path, body).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Starts any command that ends in a cco service (e.g. `bash -c "exec cco run …"`); returns
+/// once it said READY=1.
+#[allow(dead_code)] // used by the guide tests
+pub fn start_command(cmd: &mut Command) -> Service {
+    let mut owned = Command::new(cmd.get_program());
+    owned.args(cmd.get_args()).env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            owned.env(k, v);
+        }
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        owned.current_dir(d);
+    }
+    Service::spawn(owned, None)
+}
