@@ -11,6 +11,7 @@ mod foreign;
 mod guide;
 mod hooks;
 mod launcher;
+mod props;
 mod remedies;
 mod service;
 mod sidecar;
