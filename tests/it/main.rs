@@ -15,3 +15,4 @@ mod props;
 mod remedies;
 mod service;
 mod sidecar;
+mod users;
