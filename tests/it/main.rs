@@ -8,6 +8,7 @@ mod e2e;
 mod events;
 mod fake_anthropic;
 mod foreign;
+mod fuzz_corpus;
 mod guide;
 mod hooks;
 mod launcher;
