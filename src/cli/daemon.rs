@@ -214,9 +214,9 @@ fn run_daemon(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<ExitC
             idle_exit_after = %config::idle_label(idle),
             "daemon ready"
         );
+        let terminated = server::termination();
         let _ = listen::notify("READY=1");
-        let exit =
-            server::serve(listener, app, tracker, stopper, idle, server::termination()).await?;
+        let exit = server::serve(listener, app, tracker, stopper, idle, terminated).await?;
         let _ = listen::notify("STOPPING=1");
         tracing::info!(?exit, "daemon stopped");
         anyhow::Ok(ExitCode::SUCCESS)

@@ -69,9 +69,10 @@ fn run_sidecar(config_flag: Option<&Path>, args: RunArgs) -> anyhow::Result<Exit
             idle_exit_after = %config::idle_label(idle),
             "sidecar ready"
         );
+        let terminated = server::termination();
         let _ = listen::notify("READY=1");
         let exit =
-            server::serve(listener, app, tracker, stopper, idle, server::termination()).await?;
+            server::serve(listener, app, tracker, stopper, idle, terminated).await?;
         let _ = listen::notify("STOPPING=1");
         let _ = probes.await;
         // Everything accepted is committed before the process ends.
