@@ -97,7 +97,10 @@ async fn call(
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, fut)
         .await
@@ -132,9 +135,9 @@ async fn main() {
             let mut since: Option<u64> = None;
             while Instant::now() < deadline {
                 let path = match since {
-                    Some(s) => format!(
-                        "/api/events/wait/soak_tick?since={s}&timeout={POLL_TIMEOUT_MS}"
-                    ),
+                    Some(s) => {
+                        format!("/api/events/wait/soak_tick?since={s}&timeout={POLL_TIMEOUT_MS}")
+                    }
                     None => format!("/api/events/wait/soak_tick?timeout={POLL_TIMEOUT_MS}"),
                 };
                 match call(&client, port, &a.token, "GET", &path, None).await {
@@ -160,7 +163,7 @@ async fn main() {
             let mut n: u64 = 0;
             while Instant::now() < deadline {
                 n += 1;
-                let port = if n % 2 == 0 {
+                let port = if n.is_multiple_of(2) {
                     a.daemon_port
                 } else {
                     a.sidecar_port
