@@ -4,7 +4,7 @@
 # (npm @claude-flow/cli), and cco's publish -> wait round trip; MCP Agent Mail (PyPI
 # mcp-agent-mail) is installed and its version reported. Peers go into $PEERS (default
 # target/peers) through npm and pip; a peer that cannot be installed is reported with its error.
-# Usage: bench/compare.sh [rounds=3]   (needs wrk, hyperfine, curl, jq; node/npm and python3 for peers)
+# Usage: bench/compare.sh [rounds=3]   (HOOK_RUNS=10 hyperfine runs per hook)   (needs wrk, hyperfine, curl, jq; node/npm and python3 for peers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -65,14 +65,14 @@ if [ ! -x "$RUFLO" ] && command -v npm >/dev/null; then
 fi
 if [ -x "$RUFLO" ]; then
   echo "ruflo: @claude-flow/cli $("$RUFLO" --version 2>/dev/null | tail -1)"
-  mkdir -p "$TMP/ruflo-project" && cd "$TMP/ruflo-project"
-  cmds+=(-n ruflo-pre-edit "$RUFLO hooks pre-edit --file src/lib.rs")
+  mkdir -p "$TMP/ruflo-project"
+  cmds+=(-n ruflo-pre-edit "cd $TMP/ruflo-project && $RUFLO hooks pre-edit --file src/lib.rs")
 else
   echo "ruflo: not installed (needs npm and the registry); its hook not measured"
 fi
-hyperfine -N --warmup 5 --runs 30 --export-json "$TMP/hooks.json" "${cmds[@]}" >/dev/null 2>"$TMP/hyperfine.err" ||
+# Through a shell (for the redirections); hyperfine subtracts its start-up.
+hyperfine --warmup 2 --runs "${HOOK_RUNS:-10}" --export-json "$TMP/hooks.json" "${cmds[@]}" >/dev/null 2>"$TMP/hyperfine.err" ||
   { echo "hyperfine failed:"; tail -5 "$TMP/hyperfine.err"; }
-cd - >/dev/null
 jq -r '.results[] | "hook \(.command) median_ms=\(.median*1000*100|round/100)"' "$TMP/hooks.json" 2>/dev/null
 
 # 3. A message round trip on cco: publish, then the waiting reader's answer (bench/sidecar_load.rs
