@@ -73,6 +73,9 @@ pub enum Command {
     Hook(HookArgs),
     /// Print cco's version.
     Version,
+    /// Run the daemon in the foreground: the same as `cco daemon run` (the guide's
+    /// `cco run --port 3000`; `cco -- run` sends Claude the prompt "run").
+    Run(daemon::RunArgs),
 }
 
 /// `cco hook`'s arguments. The global `--config` is shadowed by a hidden one here so that the
@@ -126,6 +129,12 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Agents(args) => agents::run(config, args),
         Command::Hook(args) => hook::run(args.hook),
         Command::Events(args) => events::run(config, args),
+        Command::Run(args) => daemon::run(
+            config,
+            daemon::Args {
+                action: daemon::Action::Run(args),
+            },
+        ),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
