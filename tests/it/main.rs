@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod contract;
 mod daemon;
+mod diet;
 mod e2e;
 mod edge;
 mod events;
