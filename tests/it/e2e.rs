@@ -184,13 +184,15 @@ fn a_real_claude_session_reports_its_subagent_to_the_sidecar() {
         "rust-specialist",
         "chief-architect",
         "security-auditor",
-        "kubernetes-specialist",
+        "debugger",
     ] {
         assert!(
             offered.contains(&format!("- {agent}: ")),
             "{agent} not offered:\n{offered}"
         );
     }
+    // `launcher.roster = "auto"`: a Rust crate gets no Kubernetes specialist.
+    assert!(!offered.contains("- kubernetes-specialist: "), "{offered}");
     let sub = calls
         .iter()
         .find(|c| c.is_subagent())
@@ -222,8 +224,14 @@ fn with_the_sidecar_down_the_session_still_completes() {
     let fake = fake();
     let env = env_for(&claude, &fake);
     let _daemon = env.start("daemon");
-    // No sidecar: every hook's call is refused; they must degrade silently.
-    let out = run_bounded(&env, env.tmp.path(), &["-p", "implement the parser"], &fake);
+    // No sidecar: every hook's call is refused; they must degrade silently. Not a Rust
+    // project, so the specialist is passed by `--roster all`.
+    let out = run_bounded(
+        &env,
+        env.tmp.path(),
+        &["--roster", "all", "-p", "implement the parser"],
+        &fake,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
