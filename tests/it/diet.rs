@@ -190,3 +190,70 @@ fn cco_adds_at_most_8000_bytes_to_a_main_request_and_the_full_roster_still_works
         "{none_added} vs {default_added}"
     );
 }
+
+/// The agent names in the `--agents` argument the launcher passed, if it passed one.
+fn passed_agents(env: &Env) -> Option<Vec<String>> {
+    let (argv, _) = crate::launcher::recorded(env);
+    let at = argv.iter().position(|a| a == "--agents")?;
+    let roster: serde_json::Value = serde_json::from_str(&argv[at + 1]).unwrap();
+    Some(roster.as_object().unwrap().keys().cloned().collect())
+}
+
+/// `launcher.roster` picks the agents; `--roster` overrides it for one launch; unknown names
+/// warn and the rest still go.
+#[test]
+fn the_config_and_the_flag_choose_the_roster() {
+    let env = crate::launcher::with_claude(Env::new());
+    std::fs::create_dir_all(env.config_dir()).unwrap();
+    std::fs::write(
+        env.config_file(),
+        "[launcher]\nroster = [\"debugger\", \"sre\", \"no-such-agent\"]\n",
+    )
+    .unwrap();
+    let _d = env.start("daemon");
+
+    let out = env.run(["--quiet", "-p", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(passed_agents(&env).unwrap(), ["debugger", "sre"], "{err}");
+    assert!(
+        err.contains("no agent named \"no-such-agent\"") && err.contains("cco agents list"),
+        "{err}"
+    );
+
+    env.run(["--roster", "none", "-p", "x"]);
+    assert_eq!(passed_agents(&env), None);
+    let (argv, _) = crate::launcher::recorded(&env);
+    assert!(argv.iter().any(|a| a == "--append-system-prompt"));
+    assert_eq!(
+        argv[argv.len() - 2..],
+        ["-p", "x"],
+        "--roster is cco's, not Claude's"
+    );
+
+    env.run(["--roster=all", "-p", "x"]);
+    assert_eq!(passed_agents(&env).unwrap().len(), builtin_count());
+
+    // `auto` in a Go module: the core and the Go specialist.
+    std::fs::write(env.config_file(), "").unwrap();
+    let go = env.tmp.path().join("go-project");
+    std::fs::create_dir_all(&go).unwrap();
+    std::fs::write(go.join("go.mod"), "module example.com/x\n").unwrap();
+    env.cmd(["-p", "x"]).current_dir(&go).output().unwrap();
+    let auto = passed_agents(&env).unwrap();
+    assert!(auto.contains(&"go-specialist".to_string()), "{auto:?}");
+    assert!(auto.contains(&"chief-architect".to_string()), "{auto:?}");
+    assert!(auto.len() < 16, "{auto:?}");
+}
+
+fn builtin_count() -> usize {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/agents"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".md")
+        })
+        .count()
+}
