@@ -699,6 +699,33 @@ pub enum Reason {
     All,
 }
 
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Core => f.write_str("core"),
+            Reason::Detected(marker) => write!(f, "detected: {marker}"),
+            Reason::User => f.write_str("your agent file"),
+            Reason::Listed => f.write_str("listed"),
+            Reason::All => f.write_str("all"),
+        }
+    }
+}
+
+/// The line Claude Code (2.1.x) shows for one agent in every main-thread request:
+/// `- name: description (Tools: …)`. cco's main-turn estimate is the sum of these.
+pub fn claude_roster_line(agent: &Agent) -> String {
+    let tools = if agent.tools.is_empty() {
+        "All tools".to_string()
+    } else {
+        agent.tools.join(", ")
+    };
+    format!(
+        "- {}: {} (Tools: {tools})\n",
+        agent.name,
+        short_description(&agent.description)
+    )
+}
+
 /// The agents passed to Claude, in name order, and the listed names no agent has.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
