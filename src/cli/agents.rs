@@ -301,7 +301,8 @@ fn cost(inst: &Installation, user_dir: &Path, args: CostArgs) -> anyhow::Result<
         (None, false) => (RosterChoice::None, "launcher.pass_agents"),
         (None, true) => (launcher.roster.clone(), "launcher.roster"),
     };
-    let dir = std::env::current_dir().context("cannot read the current directory — `cd` into a project")?;
+    let dir = std::env::current_dir()
+        .context("cannot read the current directory — `cd` into a project")?;
     let rules_bytes = if launcher.append_rules {
         json_len(roster::rules())
     } else {
