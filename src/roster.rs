@@ -791,18 +791,22 @@ pub fn select<'a>(
     s
 }
 
-/// The roster JSON (`claude --agents` shape, as sealed) cut down to `names`.
-pub fn select_claude_json(
+/// The roster JSON (`claude --agents` shape, as sealed) cut down to what `choice` selects
+/// for `project`, parsed once (the launcher runs this on every start); and the listed names
+/// no agent has.
+pub fn cut_claude_json(
     full: &[u8],
-    names: &BTreeMap<String, Reason>,
-) -> Result<String, serde_json::Error> {
+    choice: &RosterChoice,
+    project: impl FnOnce() -> Project,
+) -> Result<(String, Vec<String>), serde_json::Error> {
     let all: BTreeMap<String, &serde_json::value::RawValue> = serde_json::from_slice(full)?;
+    let s = select(choice, all.keys().map(String::as_str), project);
     let picked: BTreeMap<&String, &serde_json::value::RawValue> = all
         .iter()
-        .filter(|(name, _)| names.contains_key(*name))
+        .filter(|(name, _)| s.agents.contains_key(*name))
         .map(|(name, def)| (name, *def))
         .collect();
-    serde_json::to_string(&picked)
+    Ok((serde_json::to_string(&picked)?, s.unknown))
 }
 
 /// The names in a roster JSON (`claude --agents` shape).

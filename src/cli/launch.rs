@@ -329,19 +329,13 @@ pub fn roster_arg(
     choice: &RosterChoice,
     project: &Path,
 ) -> (Option<Vec<u8>>, Vec<String>) {
-    let names = match choice {
+    match choice {
         RosterChoice::None => return (None, Vec::new()),
         // As sealed: nothing to parse.
         RosterChoice::All => return (Some(sealed.to_vec()), Vec::new()),
-        _ => roster::claude_json_names(sealed),
-    };
-    let cut = names.and_then(|names| {
-        let s = roster::select(choice, names.iter().map(String::as_str), || {
-            roster::Project::scan(project)
-        });
-        roster::select_claude_json(sealed, &s.agents).map(|json| (json, s.unknown))
-    });
-    match cut {
+        _ => {}
+    }
+    match roster::cut_claude_json(sealed, choice, || roster::Project::scan(project)) {
         Ok((json, unknown)) => {
             let warnings = unknown
                 .iter()
