@@ -535,14 +535,14 @@ pub const CORE_AGENTS: &[&str] = &[
 pub const MAX_DETECTED_SPECIALISTS: usize = 6;
 /// Directory entries of the project root that detection looks at, at most: it lists one
 /// directory and never walks a tree (the launcher is a hot path).
-pub const MAX_SCANNED_ENTRIES: usize = 2000;
+pub const MAX_SCANNED_ENTRIES: usize = 1000;
 /// Largest `package.json` read to look for frameworks.
 pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
 
 /// What detection sees of a project: its root's file names and its `package.json`.
 #[derive(Debug, Default)]
 pub struct Project {
-    names: std::collections::BTreeSet<String>,
+    names: std::collections::HashSet<String>,
     package_json: String,
 }
 
@@ -1028,6 +1028,14 @@ mod tests {
             .collect();
         assert_eq!(found, ["vue-specialist", "javascript-specialist"]);
         assert!(detect(&Project::scan(&tmp.path().join("missing"))).is_empty());
+
+        // A huge directory costs at most MAX_SCANNED_ENTRIES names.
+        let big = tmp.path().join("big");
+        std::fs::create_dir(&big).unwrap();
+        for i in 0..MAX_SCANNED_ENTRIES + 10 {
+            std::fs::write(big.join(format!("f{i}")), "").unwrap();
+        }
+        assert_eq!(Project::scan(&big).names.len(), MAX_SCANNED_ENTRIES);
     }
 
     #[test]
