@@ -62,7 +62,7 @@ pub enum Command {
     Uninstall(uninstall::Args),
     /// Show the services' logs (journald, or the log files without a service manager).
     Logs(logs::Args),
-    /// List, show and check the agent roster.
+    /// List, show and check the agent roster; `cost` shows what it adds to each request.
     Agents(agents::Args),
     /// Print the event journal (what agents publish), optionally as it happens.
     Events(events::Args),

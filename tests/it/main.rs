@@ -7,6 +7,7 @@ mod common;
 mod context;
 mod contract;
 mod daemon;
+mod diet;
 mod e2e;
 mod edge;
 mod events;
