@@ -10,15 +10,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::SidecarState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
 use super::inbox::Recipient;
 use super::leases::{LeaseError, now_ms, relative_to};
 use super::routes::{DEFAULT_WAIT_MS, MAX_WAIT_MS};
-use super::SidecarState;
 use crate::api::leases::{
-    AgentOutcome, InboxBatch, Lease, LeaseCheck, LeaseList, ReleaseRequest, Released,
-    RenewRequest, ReserveOutcome, ReserveRequest, WaitAllAnswer,
+    AgentOutcome, InboxBatch, Lease, LeaseCheck, LeaseList, ReleaseRequest, Released, RenewRequest,
+    ReserveOutcome, ReserveRequest, WaitAllAnswer,
 };
 use crate::api::sidecar::{AgentRecord, StoredResult};
 use crate::api::{AgentId, AgentType, IssueId};
@@ -137,7 +137,11 @@ pub async fn list_all(
         .leases()
         .list(None, now_ms())
         .into_iter()
-        .filter(|l| claims.check_binding(Some(l.issue_id.as_str()), None).is_ok())
+        .filter(|l| {
+            claims
+                .check_binding(Some(l.issue_id.as_str()), None)
+                .is_ok()
+        })
         .collect();
     Ok(Json(LeaseList { leases }))
 }
@@ -295,7 +299,10 @@ pub async fn inbox(
     let s2 = s.clone();
     let (issue2, agent2) = (issue.clone(), agent.clone());
     let delivery = blocking(move || {
-        let agent_type = rec.as_ref().map(|r| &r.agent_type).or(q.agent_type.as_ref());
+        let agent_type = rec
+            .as_ref()
+            .map(|r| &r.agent_type)
+            .or(q.agent_type.as_ref());
         s2.inner.inbox.deliver(
             &Recipient {
                 issue: &issue2,
@@ -358,7 +365,11 @@ fn snapshot(
         .into_iter()
         .filter(|a| a.issue_id == *issue)
         .filter(|a| types.is_empty() || types.contains(&a.agent_type))
-        .filter(|a| claims.check_binding(None, Some(a.agent_type.as_str())).is_ok())
+        .filter(|a| {
+            claims
+                .check_binding(None, Some(a.agent_type.as_str()))
+                .is_ok()
+        })
         .collect();
     let missing: Vec<AgentType> = types
         .iter()

@@ -78,7 +78,7 @@ impl Inbox {
         let mut last = cursor;
         let mut bytes = 0;
         {
-                let mut stmt = tx.prepare_cached(&format!(
+            let mut stmt = tx.prepare_cached(&format!(
                 "SELECT seq, json {matching} ORDER BY seq LIMIT ?6"
             ))?;
             let mut rows = stmt.query(params![
@@ -97,14 +97,22 @@ impl Inbox {
                 bytes += json.len();
                 match serde_json::from_str::<Event>(&json) {
                     Ok(e) => events.push(e),
-                    Err(e) => tracing::warn!(seq, error = %e, "inbox: skipping an event that does not parse"),
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "inbox: skipping an event that does not parse")
+                    }
                 }
                 last = seq as u64;
             }
         }
         let more: i64 = tx.query_row(
             &format!("SELECT COUNT(*) {matching}"),
-            params![last as i64, head as i64, to.issue.as_str(), to.agent.as_str(), ty],
+            params![
+                last as i64,
+                head as i64,
+                to.issue.as_str(),
+                to.agent.as_str(),
+                ty
+            ],
             |r| r.get(0),
         )?;
         // Everything up to `head` was looked at unless some were left for the next call.
@@ -137,10 +145,9 @@ fn first_cursor(
     else {
         return Ok(head);
     };
-    let first: Option<i64> = conn.query_row(
-        "SELECT MIN(seq) FROM events WHERE ts_ms >= ?1",
-        [ms],
-        |r| r.get(0),
-    )?;
+    let first: Option<i64> =
+        conn.query_row("SELECT MIN(seq) FROM events WHERE ts_ms >= ?1", [ms], |r| {
+            r.get(0)
+        })?;
     Ok(first.map_or(head, |s| (s as u64).saturating_sub(1)))
 }

@@ -160,7 +160,11 @@ fn segments_overlap(x: &str, y: &str) -> bool {
     if !has_wildcard(x) && !has_wildcard(y) {
         return x == y;
     }
-    let literal_prefix = |s: &str| s.find(['*', '?', '[', '{']).map_or(s.len(), |i| i).min(s.len());
+    let literal_prefix = |s: &str| {
+        s.find(['*', '?', '[', '{'])
+            .map_or(s.len(), |i| i)
+            .min(s.len())
+    };
     let (px, py) = (&x[..literal_prefix(x)], &y[..literal_prefix(y)]);
     let suffix = |s: &str| {
         let cut = s.rfind(['*', '?', ']', '}']).map_or(0, |i| i + 1);
@@ -183,7 +187,10 @@ pub fn pattern_covers(pattern: &str, path: &str) -> bool {
         return false;
     };
     let m = glob.compile_matcher();
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let segs: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     (1..=segs.len()).any(|n| m.is_match(segs[..n].join("/")))
 }
 
@@ -303,9 +310,7 @@ impl LeaseTable {
 fn ttl(secs: Option<u64>) -> Result<Duration, LeaseError> {
     match secs {
         None => Ok(DEFAULT_TTL),
-        Some(0) => Err(LeaseError::Invalid(
-            "`ttl_secs` must be at least 1".into(),
-        )),
+        Some(0) => Err(LeaseError::Invalid("`ttl_secs` must be at least 1".into())),
         Some(s) if Duration::from_secs(s) > MAX_TTL => Err(LeaseError::Invalid(format!(
             "`ttl_secs` {s} is longer than the maximum {}; reserve for less and renew",
             MAX_TTL.as_secs()
@@ -343,7 +348,8 @@ impl LeaseStore {
         let mut table = LeaseTable::default();
         {
             let mut stmt = conn.prepare("SELECT lease_id, json FROM leases")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (id, json) = row?;
                 match serde_json::from_str::<Lease>(&json) {
@@ -466,11 +472,10 @@ impl LeaseStore {
     ) -> Result<Lease, LeaseError> {
         let ttl = ttl(ttl_secs)?;
         let mut t = self.table.write().expect("lease lock");
-        let Some(lease) = t
-            .by_issue
-            .get_mut(issue)
-            .and_then(|v| v.iter_mut().find(|l| l.lease_id == lease_id && l.expires_at_ms > now))
-        else {
+        let Some(lease) = t.by_issue.get_mut(issue).and_then(|v| {
+            v.iter_mut()
+                .find(|l| l.lease_id == lease_id && l.expires_at_ms > now)
+        }) else {
             return Err(LeaseError::NotFound(lease_id.to_string()));
         };
         if lease.agent_id != *agent {
@@ -524,7 +529,11 @@ impl LeaseStore {
         Ok(gone.into_iter().map(|l| l.lease_id).collect())
     }
 
-    fn remove(&self, issue: &IssueId, pred: impl Fn(&Lease) -> bool) -> Result<Vec<Lease>, LeaseError> {
+    fn remove(
+        &self,
+        issue: &IssueId,
+        pred: impl Fn(&Lease) -> bool,
+    ) -> Result<Vec<Lease>, LeaseError> {
         let mut t = self.table.write().expect("lease lock");
         let ids: Vec<String> = t
             .by_issue

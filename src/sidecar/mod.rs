@@ -252,10 +252,7 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .route("/api/events/{event_type}", post(routes::publish_event))
         .route("/api/agents", get(routes::list_agents))
         .route("/api/agents/{agent_id}/status", post(routes::agent_status))
-        .route(
-            "/api/agents/wait_all/{issue_id}",
-            get(coordinate::wait_all),
-        )
+        .route("/api/agents/wait_all/{issue_id}", get(coordinate::wait_all))
         .route("/api/inbox/{issue_id}/{agent_id}", get(coordinate::inbox))
         .route("/api/leases", get(coordinate::list_all))
         .route(

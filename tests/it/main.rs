@@ -14,6 +14,7 @@ mod faults;
 mod foreign;
 mod hooks;
 mod launcher;
+mod leases;
 mod remedies;
 mod service;
 mod sidecar;
