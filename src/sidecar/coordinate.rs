@@ -184,13 +184,18 @@ pub async fn check(
             holder: None,
         }));
     }
+    // A path outside the project cannot be leased, so nothing blocks it.
     let root = claims.project.as_deref().map(std::path::Path::new);
-    let rel = relative_to(root, &q.path).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "path {:?} is not inside the project; pass it relative to the project root",
-            q.path
-        ))
-    })?;
+    let canonical = root.and_then(|r| std::fs::canonicalize(r).ok());
+    let Some(rel) =
+        relative_to(root, &q.path).or_else(|| relative_to(canonical.as_deref(), &q.path))
+    else {
+        return Ok(Json(LeaseCheck {
+            path: q.path,
+            blocked: false,
+            holder: None,
+        }));
+    };
     let holder = s
         .leases()
         .exclusive_holder(&issue, &rel, q.agent.as_ref(), &alive(&s), now_ms());

@@ -315,3 +315,119 @@ fn wait_all_returns_when_every_agent_finished_or_at_the_timeout() {
         .unwrap();
     assert!(typed.done && typed.agents.len() == 1);
 }
+
+/// `cco hook pre-tool-use` for `tool` on `file` as `agent` (None: the main session).
+fn pre_tool_use(
+    env: &Env,
+    token: &str,
+    project: &std::path::Path,
+    tool: &str,
+    file: &str,
+    agent: Option<&str>,
+) -> serde_json::Value {
+    let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
+    let mut input = json!({
+        "session_id": "s-1", "hook_event_name": "PreToolUse", "cwd": project,
+        "tool_name": tool, "tool_input": {"file_path": file, "old_string": "a", "new_string": "b"},
+    });
+    if let Some(a) = agent {
+        input["agent_id"] = json!(a);
+    }
+    let mut cmd = env.cmd(["hook", "pre-tool-use"]);
+    cmd.env(
+        "ORCHESTRATOR_SIDECAR_URL",
+        format!("http://127.0.0.1:{}", env.sidecar_port),
+    )
+    .env("ORCHESTRATOR_TOKEN", token)
+    .env("ORCHESTRATOR_ISSUE_ID", "issue-12")
+    .env("ORCHESTRATOR_HOOKS_CONFIG", hooks);
+    let out = crate::common::run_with_stdin(&mut cmd, input.to_string().as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+#[test]
+fn pre_tool_use_denies_edits_of_a_file_another_agent_holds_exclusively() {
+    let env = Env::new();
+    let _daemon = env.start("daemon");
+    let _sidecar = env.start("sidecar");
+    let project = env.tmp.path().join("project");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::write(project.join("Cargo.toml"), "[package]\nname = \"p\"\n").unwrap();
+    std::fs::write(project.join("src/lib.rs"), "pub fn a() {}\n").unwrap();
+    let project = std::fs::canonicalize(project).unwrap();
+    let t = token(&env, &["--project", project.to_str().unwrap()]);
+    let c = SidecarClient::new(env.sidecar_port).with_token(&t);
+    let issue = IssueId::parse("issue-12").unwrap();
+    register(
+        &c,
+        &issue,
+        "holder-1",
+        "rust-specialist",
+        AgentState::Running,
+    );
+    let lib = project.join("src/lib.rs");
+    let lib = lib.to_str().unwrap();
+
+    // No leases: no change (whatever the policy says without them).
+    let before = pre_tool_use(&env, &t, &project, "Edit", lib, Some("other-1"));
+    assert_ne!(
+        before["hookSpecificOutput"]["permissionDecision"], "deny",
+        "{before}"
+    );
+
+    c.reserve(
+        &issue,
+        &reserve("holder-1", &["src/lib.rs"], LeaseMode::Exclusive),
+    )
+    .unwrap();
+    for (tool, file) in [("Edit", lib), ("Write", "src/lib.rs"), ("MultiEdit", lib)] {
+        let out = pre_tool_use(&env, &t, &project, tool, file, Some("other-1"));
+        let o = &out["hookSpecificOutput"];
+        assert_eq!(o["permissionDecision"], "deny", "{tool}: {out}");
+        let reason = o["permissionDecisionReason"].as_str().unwrap();
+        for part in [
+            "src/lib.rs",
+            "holder-1",
+            "rust-specialist",
+            "refactoring the parser",
+            "until 20",
+            "mcp__cco__wait",
+            "mcp__cco__publish",
+        ] {
+            assert!(reason.contains(part), "{part} missing: {reason}");
+        }
+    }
+    // The main session (no agent id) is refused too; the holder is not.
+    let main = pre_tool_use(&env, &t, &project, "Edit", lib, None);
+    assert_eq!(main["hookSpecificOutput"]["permissionDecision"], "deny");
+    let holder = pre_tool_use(&env, &t, &project, "Edit", lib, Some("holder-1"));
+    assert_eq!(holder, before, "the holder sees what it saw without leases");
+    // Other files and reads are untouched.
+    let other = project.join("Cargo.toml");
+    let other = pre_tool_use(
+        &env,
+        &t,
+        &project,
+        "Edit",
+        other.to_str().unwrap(),
+        Some("other-1"),
+    );
+    assert_ne!(other["hookSpecificOutput"]["permissionDecision"], "deny");
+    let read = pre_tool_use(&env, &t, &project, "Read", lib, Some("other-1"));
+    assert_ne!(read["hookSpecificOutput"]["permissionDecision"], "deny");
+
+    // SubagentStop of the holder releases its leases: the edit is allowed again.
+    c.release_agent_leases(&issue, &id("holder-1")).unwrap();
+    let after = pre_tool_use(&env, &t, &project, "Edit", lib, Some("other-1"));
+    assert_eq!(after, before);
+}
