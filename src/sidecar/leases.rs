@@ -177,21 +177,41 @@ fn segments_overlap(x: &str, y: &str) -> bool {
 /// Whether a normalized lease pattern covers the concrete relative `path`: the glob matches
 /// it or one of its parent directories (a lease on `src` covers `src/lib.rs`).
 pub fn pattern_covers(pattern: &str, path: &str) -> bool {
-    if pattern == "." {
-        return true;
+    compile(pattern).is_some_and(|m| m.covers(path))
+}
+
+/// A lease pattern compiled once (compiling a glob costs far more than matching it).
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    /// `.`: the whole project.
+    All,
+    Glob(globset::GlobMatcher),
+}
+
+impl Matcher {
+    pub fn covers(&self, path: &str) -> bool {
+        let m = match self {
+            Matcher::All => return true,
+            Matcher::Glob(m) => m,
+        };
+        let segs: Vec<&str> = path
+            .split('/')
+            .filter(|s| !s.is_empty() && *s != ".")
+            .collect();
+        (1..=segs.len()).any(|n| m.is_match(segs[..n].join("/")))
     }
-    let Ok(glob) = globset::GlobBuilder::new(pattern)
+}
+
+/// `None` for a pattern that is not a valid glob (refused by [`normalize`] before).
+pub fn compile(pattern: &str) -> Option<Matcher> {
+    if pattern == "." {
+        return Some(Matcher::All);
+    }
+    globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .build()
-    else {
-        return false;
-    };
-    let m = glob.compile_matcher();
-    let segs: Vec<&str> = path
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    (1..=segs.len()).any(|n| m.is_match(segs[..n].join("/")))
+        .ok()
+        .map(|g| Matcher::Glob(g.compile_matcher()))
 }
 
 /// Whether two leases of different agents conflict: they overlap and one is exclusive.
@@ -219,6 +239,8 @@ pub fn relative_to(root: Option<&Path>, path: &str) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     by_issue: HashMap<IssueId, Vec<Lease>>,
+    /// Every live lease's patterns, compiled when the lease is inserted.
+    matchers: HashMap<String, Matcher>,
 }
 
 impl LeaseTable {
@@ -271,11 +293,20 @@ impl LeaseTable {
             l.mode == LeaseMode::Exclusive
                 && Some(&l.agent_id) != asking
                 && alive(&l.agent_id)
-                && l.paths.iter().any(|p| pattern_covers(p, path))
+                && l.paths
+                    .iter()
+                    .any(|p| self.matchers.get(p).is_some_and(|m| m.covers(path)))
         })
     }
 
     fn insert(&mut self, lease: Lease) {
+        for p in &lease.paths {
+            if !self.matchers.contains_key(p)
+                && let Some(m) = compile(p)
+            {
+                self.matchers.insert(p.clone(), m);
+            }
+        }
         self.by_issue
             .entry(lease.issue_id.clone())
             .or_default()
@@ -291,6 +322,7 @@ impl LeaseTable {
         if v.is_empty() {
             self.by_issue.remove(issue);
         }
+        self.prune_matchers();
         gone
     }
 
@@ -299,6 +331,18 @@ impl LeaseTable {
             v.retain(|l| l.expires_at_ms > now);
             !v.is_empty()
         });
+        self.prune_matchers();
+    }
+
+    /// Drops the compiled patterns no lease uses any more.
+    fn prune_matchers(&mut self) {
+        let used: std::collections::HashSet<&String> = self
+            .by_issue
+            .values()
+            .flatten()
+            .flat_map(|l| &l.paths)
+            .collect();
+        self.matchers.retain(|p, _| used.contains(p));
     }
 
     fn count(&self) -> usize {

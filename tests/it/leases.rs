@@ -427,7 +427,20 @@ fn pre_tool_use_denies_edits_of_a_file_another_agent_holds_exclusively() {
     assert_ne!(read["hookSpecificOutput"]["permissionDecision"], "deny");
 
     // SubagentStop of the holder releases its leases: the edit is allowed again.
-    c.release_agent_leases(&issue, &id("holder-1")).unwrap();
+    let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
+    let stop = json!({"session_id": "s-1", "hook_event_name": "SubagentStop", "cwd": project,
+        "agent_id": "holder-1", "agent_type": "rust-specialist"});
+    let mut cmd = env.cmd(["hook", "subagent-stop"]);
+    cmd.env(
+        "ORCHESTRATOR_SIDECAR_URL",
+        format!("http://127.0.0.1:{}", env.sidecar_port),
+    )
+    .env("ORCHESTRATOR_TOKEN", &t)
+    .env("ORCHESTRATOR_ISSUE_ID", "issue-12")
+    .env("ORCHESTRATOR_HOOKS_CONFIG", hooks);
+    let out = crate::common::run_with_stdin(&mut cmd, stop.to_string().as_bytes());
+    assert!(out.status.success());
+    assert!(c.leases(Some(&issue)).unwrap().leases.is_empty());
     let after = pre_tool_use(&env, &t, &project, "Edit", lib, Some("other-1"));
     assert_eq!(after, before);
 }
