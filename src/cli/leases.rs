@@ -6,13 +6,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::api::IssueId;
 use crate::api::inert;
 use crate::api::leases::Lease;
 use crate::auth::{Keys, Scope, TokenSpec};
-use crate::client::SidecarClient;
+use crate::client::{ServiceError, SidecarClient};
 use crate::paths::Installation;
 use crate::secret::Secret;
 
@@ -60,15 +60,17 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config)?;
     let issue = parse_issue(args.issue.as_deref())?;
     let client = client(&inst)?;
-    let unreachable = || {
-        format!(
-            "cannot reach the sidecar on 127.0.0.1:{} — check it with `cco health`",
-            inst.config.sidecar.port
-        )
+    let port = inst.config.sidecar.port;
+    // Only "no answer" gets the remedy; a refusal speaks for itself.
+    let unreachable = |e: ServiceError| match e {
+        ServiceError::Unreachable { .. } => anyhow::anyhow!(
+            "the sidecar on 127.0.0.1:{port} does not answer ({e}) — check it with `cco health`, start it with `cco daemon start`"
+        ),
+        e => anyhow::Error::new(e),
     };
     match args.command {
         None => {
-            let list = client.leases(issue.as_ref()).with_context(unreachable)?;
+            let list = client.leases(issue.as_ref()).map_err(unreachable)?;
             let mut out = std::io::stdout().lock();
             if args.json {
                 writeln!(out, "{}", inert::json_pretty(&list)?)?;
@@ -78,7 +80,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(LeasesCommand::Release { id }) => {
-            let all = client.leases(issue.as_ref()).with_context(unreachable)?;
+            let all = client.leases(issue.as_ref()).map_err(unreachable)?;
             let Some(lease) = all.leases.iter().find(|l| l.lease_id == id) else {
                 bail!(
                     "no live lease {} (it may have expired or been released) — list them with `cco leases`",
@@ -87,7 +89,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
             };
             let done = client
                 .release_lease(&lease.issue_id, &id, None)
-                .with_context(unreachable)?;
+                .map_err(unreachable)?;
             for id in done.released {
                 println!(
                     "released {id} ({} held by {})",

@@ -151,3 +151,62 @@ fn first_cursor(
         })?;
     Ok(first.map_or(head, |s| (s as u64).saturating_sub(1)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::EventType;
+    use crate::sidecar::journal::{Journal, NewEvent, Retention};
+
+    fn ev(topic: &str, publisher: &str) -> NewEvent {
+        NewEvent {
+            event_type: EventType::parse("note").unwrap(),
+            publisher: publisher.into(),
+            topic: topic.into(),
+            data: serde_json::json!({}),
+            correlation_id: None,
+        }
+    }
+
+    /// The cursor is durable: a reopened inbox does not deliver an event twice.
+    #[tokio::test]
+    async fn each_event_is_delivered_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("state.db");
+        let keep = Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+        };
+        let j = Journal::open(&db, keep).unwrap();
+        let (issue, agent, ty) = (
+            IssueId::parse("i-1").unwrap(),
+            AgentId::parse("a-1").unwrap(),
+            AgentType::parse("reviewer").unwrap(),
+        );
+        let to = Recipient {
+            issue: &issue,
+            agent: &agent,
+            agent_type: Some(&ty),
+            registered_at: Some("1970-01-01T00:00:00Z"),
+        };
+        for (topic, publisher) in [
+            ("a-1", "m"),
+            ("reviewer", "m"),
+            ("i-1", "a-1"),
+            ("i-2", "m"),
+        ] {
+            j.publish(ev(topic, publisher)).await.unwrap();
+        }
+        let first = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
+        let seqs: Vec<u64> = first.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2], "own and other-issue events are not its mail");
+        assert_eq!(first.cursor, 4);
+        j.publish(ev("i-1", "m")).await.unwrap();
+        let again = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
+        let seqs: Vec<u64> = again.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [5]);
+        j.close();
+    }
+}
