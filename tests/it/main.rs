@@ -4,6 +4,7 @@ mod agents;
 mod claude;
 mod cli;
 mod common;
+mod context;
 mod contract;
 mod daemon;
 mod e2e;
