@@ -114,6 +114,15 @@ fn leases_conflict_block_edits_release_and_survive_a_restart() {
         .release_lease(&issue, &lease.lease_id, Some(&id("agent-b")))
         .unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
+    let auth = format!("Bearer {t}");
+    let (status, body) = crate::common::http(
+        env.sidecar_port,
+        "DELETE",
+        &format!("/api/leases/issue-7/{}?agent=agent-b", lease.lease_id),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
 
     // A token bound to another issue sees and touches nothing of this one.
     let other = SidecarClient::new(env.sidecar_port).with_token(token(
@@ -148,6 +157,14 @@ fn leases_conflict_block_edits_release_and_survive_a_restart() {
     // SubagentStop's call: everything agent-a holds is released.
     let done = c.release_agent_leases(&issue, &id("agent-a")).unwrap();
     assert_eq!(done.released, vec![lease.lease_id.clone()]);
+    let (status, _) = crate::common::http(
+        env.sidecar_port,
+        "DELETE",
+        &format!("/api/leases/issue-7/{}", lease.lease_id),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 404, "released already");
     assert!(
         !c.check_lease(&issue, "src/lib.rs", Some(&id("agent-b")))
             .unwrap()
