@@ -3,6 +3,7 @@
 
 pub mod ids;
 pub mod inert;
+pub mod leases;
 pub mod sidecar;
 
 use serde::{Deserialize, Serialize};

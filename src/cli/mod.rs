@@ -9,6 +9,7 @@ pub mod health;
 pub mod hook;
 pub mod install;
 pub mod launch;
+pub mod leases;
 pub mod logs;
 pub mod operate;
 pub mod sidecar;
@@ -66,6 +67,8 @@ pub enum Command {
     Agents(agents::Args),
     /// Print the event journal (what agents publish), optionally as it happens.
     Events(events::Args),
+    /// List the file leases agents hold; `cco leases release ID` force-releases one.
+    Leases(leases::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
     ///
     /// A hook reads only the ORCHESTRATOR_* environment the launcher gives Claude, never cco's
@@ -135,6 +138,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
                 action: daemon::Action::Run(args),
             },
         ),
+        Command::Leases(args) => leases::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -11,6 +11,10 @@ use serde::de::DeserializeOwned;
 
 use super::{ClientError, Request, Streaming};
 use crate::api::inert;
+use crate::api::leases::{
+    InboxBatch, Lease, LeaseCheck, LeaseList, ReleaseRequest, Released, RenewRequest,
+    ReserveOutcome, ReserveRequest, WaitAllAnswer,
+};
 use crate::api::sidecar::{
     AgentList, AgentRecord, AgentStatusUpdate, Context, Event, EventBatch, PublishRequest,
     ResultList, ResultStored, ResultSubmission, SidecarHealth, SidecarStatus,
@@ -136,6 +140,25 @@ impl Local {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<T, ServiceError> {
+        let (status, body) = self.raw(method, path, token, body)?;
+        if (200..300).contains(&status) {
+            serde_json::from_slice(&body).map_err(|e| ServiceError::Protocol {
+                status,
+                detail: format!("{method} {path}: the answer does not match the contract: {e}"),
+            })
+        } else {
+            Err(decode_error(status, &body))
+        }
+    }
+
+    /// One request; the status and body of whatever answered.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), ServiceError> {
         self.check_owner()?;
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = Vec::new();
@@ -153,14 +176,7 @@ impl Local {
         };
         let resp = super::send(super::local(self.port), &req, self.budget()?)
             .map_err(|e| self.unreachable(e))?;
-        if (200..300).contains(&resp.status) {
-            serde_json::from_slice(&resp.body).map_err(|e| ServiceError::Protocol {
-                status: resp.status,
-                detail: format!("{method} {path}: the answer does not match the contract: {e}"),
-            })
-        } else {
-            Err(decode_error(resp.status, &resp.body))
-        }
+        Ok((resp.status, resp.body))
     }
 }
 
@@ -362,6 +378,137 @@ impl SidecarClient {
     /// `GET /api/agents`.
     pub fn agents(&self) -> Result<AgentList, ServiceError> {
         self.api("GET", "/api/agents", None)
+    }
+
+    /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases
+    /// of other agents in the way (`granted: false`, the 409 answer).
+    pub fn reserve(
+        &self,
+        issue: &IssueId,
+        req: &ReserveRequest,
+    ) -> Result<ReserveOutcome, ServiceError> {
+        let token = self.token.as_deref().ok_or(ServiceError::NoToken)?;
+        let path = format!("/api/leases/{issue}");
+        let (status, body) = self
+            .local
+            .raw("POST", &path, Some(token), Some(to_json(req)))?;
+        if (200..300).contains(&status) || status == 409 {
+            serde_json::from_slice(&body).map_err(|e| ServiceError::Protocol {
+                status,
+                detail: format!("POST {path}: the answer does not match the contract: {e}"),
+            })
+        } else {
+            Err(decode_error(status, &body))
+        }
+    }
+
+    /// `GET /api/leases/{issue}`, or every issue's (`GET /api/leases`) without one.
+    pub fn leases(&self, issue: Option<&IssueId>) -> Result<LeaseList, ServiceError> {
+        match issue {
+            Some(i) => self.api("GET", &format!("/api/leases/{i}"), None),
+            None => self.api("GET", "/api/leases", None),
+        }
+    }
+
+    /// `GET /api/leases/{issue}/check`: whether another running agent holds `path`
+    /// exclusively (`agent`: who is asking; its own leases never block it).
+    pub fn check_lease(
+        &self,
+        issue: &IssueId,
+        path: &str,
+        agent: Option<&AgentId>,
+    ) -> Result<LeaseCheck, ServiceError> {
+        let mut q = format!("path={}", encode(path));
+        if let Some(a) = agent {
+            q.push_str(&format!("&agent={}", encode(a.as_str())));
+        }
+        self.api("GET", &format!("/api/leases/{issue}/check?{q}"), None)
+    }
+
+    /// `POST /api/leases/{issue}/{lease_id}/release`: `agent` must hold it; `None` forces.
+    pub fn release_lease(
+        &self,
+        issue: &IssueId,
+        lease_id: &str,
+        agent: Option<&AgentId>,
+    ) -> Result<Released, ServiceError> {
+        let body = ReleaseRequest {
+            agent: agent.cloned(),
+        };
+        self.api(
+            "POST",
+            &format!("/api/leases/{issue}/{}/release", encode(lease_id)),
+            Some(to_json(&body)),
+        )
+    }
+
+    /// `POST /api/leases/{issue}/{lease_id}/renew`.
+    pub fn renew_lease(
+        &self,
+        issue: &IssueId,
+        lease_id: &str,
+        req: &RenewRequest,
+    ) -> Result<Lease, ServiceError> {
+        self.api(
+            "POST",
+            &format!("/api/leases/{issue}/{}/renew", encode(lease_id)),
+            Some(to_json(req)),
+        )
+    }
+
+    /// `POST /api/leases/{issue}/agents/{agent}/release`: everything the agent holds
+    /// (SubagentStop).
+    pub fn release_agent_leases(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+    ) -> Result<Released, ServiceError> {
+        self.api(
+            "POST",
+            &format!("/api/leases/{issue}/agents/{agent}/release"),
+            Some(b"{}".to_vec()),
+        )
+    }
+
+    /// `GET /api/inbox/{issue}/{agent}`: the events addressed to the agent since its last
+    /// delivery (each delivered once). `agent_type` is used when the registry does not
+    /// know the agent yet.
+    pub fn inbox(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+        agent_type: Option<&AgentType>,
+    ) -> Result<InboxBatch, ServiceError> {
+        let q = agent_type
+            .map(|t| format!("?agent_type={t}"))
+            .unwrap_or_default();
+        self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
+    }
+
+    /// `GET /api/agents/wait_all/{issue}`: waits (up to `timeout`) until every agent of the
+    /// issue, or of `types`, completed or failed. The call's limit is raised to cover it.
+    pub fn wait_all(
+        &self,
+        issue: &IssueId,
+        types: &[AgentType],
+        timeout: Duration,
+    ) -> Result<WaitAllAnswer, ServiceError> {
+        let mut path = format!(
+            "/api/agents/wait_all/{issue}?timeout={}",
+            timeout.as_millis()
+        );
+        if !types.is_empty() {
+            let names: Vec<&str> = types.iter().map(AgentType::as_str).collect();
+            path.push_str(&format!("&types={}", encode(&names.join(","))));
+        }
+        let token = self.token.as_deref().ok_or(ServiceError::NoToken)?;
+        let waiting = Local {
+            port: self.local.port,
+            timeout: self.local.timeout + timeout,
+            deadline: self.local.deadline,
+            foreign: self.local.foreign.clone(),
+        };
+        waiting.call("GET", &path, Some(token), None)
     }
 
     /// `GET /api/events/stream`: the journal as Server-Sent Events, read as they arrive.

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::api::leases::LeaseCheck;
 use crate::api::sidecar::{
     AgentStatusUpdate, Context, Event, PublishRequest, ResultList, ResultStored, ResultSubmission,
 };
@@ -177,5 +178,29 @@ impl Sidecar {
 
     pub fn store_result(&self, result: &ResultSubmission) -> Result<ResultStored, HookError> {
         self.post("/api/results", result)
+    }
+
+    /// Whether another running agent holds `path` exclusively (`agent`: who asks).
+    pub fn lease_check(
+        &self,
+        issue: &IssueId,
+        path: &str,
+        agent: Option<&AgentId>,
+    ) -> Result<LeaseCheck, HookError> {
+        let mut q = format!("path={}", client::sidecar::encode(path));
+        if let Some(a) = agent {
+            q.push_str(&format!("&agent={a}"));
+        }
+        self.call("GET", &format!("/api/leases/{issue}/check?{q}"), None)
+    }
+
+    /// Ends every lease `agent` holds on `issue`.
+    pub fn release_leases(&self, issue: &IssueId, agent: &AgentId) -> Result<(), HookError> {
+        self.call::<serde::de::IgnoredAny>(
+            "POST",
+            &format!("/api/leases/{issue}/agents/{agent}/release"),
+            Some(b"{}".to_vec()),
+        )
+        .map(|_| ())
     }
 }

@@ -112,6 +112,10 @@ pub fn stop(env: &HookEnv, input: &Value, issue: &IssueId) -> Result<(), HookErr
     } else {
         AgentState::Failed
     };
+    // Its leases end with it; a failure here only delays that to their expiry.
+    if let Err(e) = env.sidecar.release_leases(issue, &agent_id) {
+        env.log(Event::SubagentStop, &format!("releasing leases: {e}"));
+    }
     env.sidecar.agent_status(
         &agent_id,
         &AgentStatusUpdate {

@@ -3,9 +3,12 @@
 //! the journal, the results store, the context broker and the metrics.
 
 pub mod context;
+mod coordinate;
 pub mod error;
 pub mod extract;
+pub mod inbox;
 pub mod journal;
+pub mod leases;
 pub mod metrics;
 pub mod registry;
 pub mod results;
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::auth::Keys;
 use crate::config::SidecarConfig;
@@ -82,6 +85,8 @@ struct Inner {
     state_db: PathBuf,
     keys: Keys,
     journal: journal::Journal,
+    leases: leases::LeaseStore,
+    inbox: inbox::Inbox,
     results: results::ResultsStore,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
@@ -122,6 +127,9 @@ impl SidecarState {
                 &stored.agent_path,
             ))
         })?;
+        // On the journal's database, which `open_recovering` has migrated.
+        let leases = leases::LeaseStore::open(&paths.state_db(), leases::now_ms())?;
+        let inbox = inbox::Inbox::open(&paths.state_db())?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
@@ -130,6 +138,8 @@ impl SidecarState {
                 state_db: paths.state_db(),
                 keys,
                 journal,
+                leases,
+                inbox,
                 results,
                 context,
                 metrics: metrics::Metrics::default(),
@@ -159,6 +169,9 @@ impl SidecarState {
     }
     pub fn journal(&self) -> &journal::Journal {
         &self.inner.journal
+    }
+    pub fn leases(&self) -> &leases::LeaseStore {
+        &self.inner.leases
     }
     pub fn tracker(&self) -> Arc<Tracker> {
         self.inner.tracker.clone()
@@ -239,6 +252,30 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .route("/api/events/{event_type}", post(routes::publish_event))
         .route("/api/agents", get(routes::list_agents))
         .route("/api/agents/{agent_id}/status", post(routes::agent_status))
+        .route("/api/agents/wait_all/{issue_id}", get(coordinate::wait_all))
+        .route("/api/inbox/{issue_id}/{agent_id}", get(coordinate::inbox))
+        .route("/api/leases", get(coordinate::list_all))
+        .route(
+            "/api/leases/{issue_id}",
+            get(coordinate::list).post(coordinate::reserve),
+        )
+        .route("/api/leases/{issue_id}/check", get(coordinate::check))
+        .route(
+            "/api/leases/{issue_id}/{lease_id}",
+            delete(coordinate::release_delete),
+        )
+        .route(
+            "/api/leases/{issue_id}/{lease_id}/release",
+            post(coordinate::release_post),
+        )
+        .route(
+            "/api/leases/{issue_id}/{lease_id}/renew",
+            post(coordinate::renew),
+        )
+        .route(
+            "/api/leases/{issue_id}/agents/{agent_id}/release",
+            post(coordinate::release_agent),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -18,6 +18,7 @@ mod fuzz_corpus;
 mod guide;
 mod hooks;
 mod launcher;
+mod leases;
 mod props;
 mod remedies;
 mod service;

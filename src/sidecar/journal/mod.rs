@@ -2,7 +2,7 @@
 //! versions), `writer` (the one writer thread, group commit, retention), `tail` (recent
 //! events in memory and waiter wake-ups). The agent registry lives in `super::registry`.
 
-mod schema;
+pub(crate) mod schema;
 mod tail;
 mod writer;
 

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{JournalError, JournalEvent};
 
 /// The layout this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 /// How long a statement waits for a lock held by another connection of this process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,11 +35,30 @@ const V1: &str = "
 CREATE TABLE IF NOT EXISTS pending_results (key TEXT PRIMARY KEY, json TEXT NOT NULL);
 ";
 
+/// Version 2: file leases (`sidecar::leases`) and each agent's inbox cursor
+/// (`sidecar::inbox`).
+const V2: &str = "
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id TEXT PRIMARY KEY,
+    issue_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_by_agent ON leases(issue_id, agent_id);
+CREATE TABLE IF NOT EXISTS inbox_cursors (
+    issue_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (issue_id, agent_id)
+);
+";
+
 /// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
-const MIGRATIONS: [&str; VERSION as usize] = [V1];
+const MIGRATIONS: [&str; VERSION as usize] = [V1, V2];
 
 /// Opens a connection with the journal's pragmas. A file that is not a database says so.
-pub(super) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
+pub(crate) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
     let open = || -> Result<Connection, rusqlite::Error> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -66,7 +85,7 @@ pub(super) fn on_open(path: &Path, source: rusqlite::Error) -> JournalError {
 }
 
 /// Brings the file to [`VERSION`]; a file from a newer cco is refused, not rewritten.
-pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
     let err = |e| on_open(path, e);
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))

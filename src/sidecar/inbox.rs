@@ -1,0 +1,212 @@
+//! Each agent's inbox: the journal's events addressed to it — topic = its agent id, its
+//! agent type, or its issue's id (the broadcast topic) — delivered once, through a cursor per
+//! (issue, agent) kept in SQLite (table `inbox_cursors`) and advanced in the same
+//! transaction that reads.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::api::sidecar::Event;
+use crate::api::{AgentId, AgentType, IssueId};
+
+use super::journal::JournalError;
+
+/// Most events one delivery carries; the rest are counted in `more`.
+pub const MAX_INBOX_EVENTS: usize = 20;
+/// Most bytes of event JSON one delivery carries (at least one event is always delivered).
+pub const MAX_INBOX_BYTES: usize = 16 * 1024;
+
+/// One delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub events: Vec<Event>,
+    pub more: u64,
+    pub cursor: u64,
+}
+
+/// The inbox cursors, on their own connection to the journal's database.
+#[derive(Debug)]
+pub struct Inbox {
+    conn: Mutex<Connection>,
+}
+
+/// Who is asking: the agent, its type if known, and when it was registered (RFC 3339).
+#[derive(Debug, Clone)]
+pub struct Recipient<'a> {
+    pub issue: &'a IssueId,
+    pub agent: &'a AgentId,
+    pub agent_type: Option<&'a AgentType>,
+    pub registered_at: Option<&'a str>,
+}
+
+impl Inbox {
+    /// Opens on the journal's database (migrated by `Journal::open`).
+    pub fn open(path: &Path) -> Result<Inbox, JournalError> {
+        Ok(Inbox {
+            conn: Mutex::new(super::journal::schema::open_conn(path)?),
+        })
+    }
+
+    /// Delivers the events addressed to `to` with seq in (cursor, `head`] and moves its
+    /// cursor past them, atomically. An agent's first call starts from its registration
+    /// (events published before it existed are not its mail); an unregistered agent's
+    /// first call starts at `head`. Lifecycle events (`agent_*`) and the agent's own events
+    /// are not delivered.
+    pub fn deliver(&self, to: &Recipient<'_>, head: u64) -> Result<Delivery, JournalError> {
+        let mut conn = self.conn.lock().expect("inbox lock");
+        let tx = conn.transaction()?;
+        let saved: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM inbox_cursors WHERE issue_id = ?1 AND agent_id = ?2",
+                params![to.issue.as_str(), to.agent.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let cursor = match saved {
+            Some(s) => s as u64,
+            None => first_cursor(&tx, to.registered_at, head)?,
+        };
+        let cursor = cursor.min(head);
+        let ty = to.agent_type.map(|t| t.as_str());
+        let matching = "FROM events WHERE seq > ?1 AND seq <= ?2
+               AND (topic = ?3 OR topic = ?4 OR topic = ?5)
+               AND event_type NOT IN ('agent_started', 'agent_completed', 'agent_failed')
+               AND json_extract(json, '$.publisher') IS NOT ?4";
+        let mut events = Vec::new();
+        let mut last = cursor;
+        let mut bytes = 0;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT seq, json {matching} ORDER BY seq LIMIT ?6"
+            ))?;
+            let mut rows = stmt.query(params![
+                cursor as i64,
+                head as i64,
+                to.issue.as_str(),
+                to.agent.as_str(),
+                ty,
+                MAX_INBOX_EVENTS as i64
+            ])?;
+            while let Some(r) = rows.next()? {
+                let (seq, json): (i64, String) = (r.get(0)?, r.get(1)?);
+                if !events.is_empty() && bytes + json.len() > MAX_INBOX_BYTES {
+                    break;
+                }
+                bytes += json.len();
+                match serde_json::from_str::<Event>(&json) {
+                    Ok(e) => events.push(e),
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "inbox: skipping an event that does not parse")
+                    }
+                }
+                last = seq as u64;
+            }
+        }
+        let more: i64 = tx.query_row(
+            &format!("SELECT COUNT(*) {matching}"),
+            params![
+                last as i64,
+                head as i64,
+                to.issue.as_str(),
+                to.agent.as_str(),
+                ty
+            ],
+            |r| r.get(0),
+        )?;
+        // Everything up to `head` was looked at unless some were left for the next call.
+        let next = if more > 0 { last } else { head };
+        tx.execute(
+            "INSERT INTO inbox_cursors(issue_id, agent_id, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT(issue_id, agent_id) DO UPDATE SET seq = excluded.seq",
+            params![to.issue.as_str(), to.agent.as_str(), next as i64],
+        )?;
+        tx.commit()?;
+        Ok(Delivery {
+            events,
+            more: more as u64,
+            cursor: next,
+        })
+    }
+}
+
+/// Where a new agent's cursor starts: just before the first event committed at or after its
+/// registration, else `head`.
+fn first_cursor(
+    conn: &Connection,
+    registered_at: Option<&str>,
+    head: u64,
+) -> Result<u64, JournalError> {
+    let Some(ms) = registered_at
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+    else {
+        return Ok(head);
+    };
+    let first: Option<i64> =
+        conn.query_row("SELECT MIN(seq) FROM events WHERE ts_ms >= ?1", [ms], |r| {
+            r.get(0)
+        })?;
+    Ok(first.map_or(head, |s| (s as u64).saturating_sub(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::EventType;
+    use crate::sidecar::journal::{Journal, NewEvent, Retention};
+
+    fn ev(topic: &str, publisher: &str) -> NewEvent {
+        NewEvent {
+            event_type: EventType::parse("note").unwrap(),
+            publisher: publisher.into(),
+            topic: topic.into(),
+            data: serde_json::json!({}),
+            correlation_id: None,
+        }
+    }
+
+    /// The cursor is durable: a reopened inbox does not deliver an event twice.
+    #[tokio::test]
+    async fn each_event_is_delivered_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("state.db");
+        let keep = Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+        };
+        let j = Journal::open(&db, keep).unwrap();
+        let (issue, agent, ty) = (
+            IssueId::parse("i-1").unwrap(),
+            AgentId::parse("a-1").unwrap(),
+            AgentType::parse("reviewer").unwrap(),
+        );
+        let to = Recipient {
+            issue: &issue,
+            agent: &agent,
+            agent_type: Some(&ty),
+            registered_at: Some("1970-01-01T00:00:00Z"),
+        };
+        for (topic, publisher) in [
+            ("a-1", "m"),
+            ("reviewer", "m"),
+            ("i-1", "a-1"),
+            ("i-2", "m"),
+        ] {
+            j.publish(ev(topic, publisher)).await.unwrap();
+        }
+        let first = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
+        let seqs: Vec<u64> = first.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2], "own and other-issue events are not its mail");
+        assert_eq!(first.cursor, 4);
+        j.publish(ev("i-1", "m")).await.unwrap();
+        let again = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
+        let seqs: Vec<u64> = again.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [5]);
+        j.close();
+    }
+}
