@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::api::AgentType;
-use crate::paths::{self, PathError};
+use crate::securefs::{self, PathError};
 use crate::untrusted::{self, Links, ReadError};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_agents.rs"));
@@ -225,7 +225,7 @@ impl Roster {
         let mut report = LoadReport::default();
         // Agent prompts are sealed into every session: a directory another user can write
         // to could smuggle one in, so none of its files is used.
-        if let Err(e) = paths::check_trusted_dir(user_dir) {
+        if let Err(e) = securefs::check_trusted_dir(user_dir) {
             report.problems.push(untrusted(user_dir, &e));
             return Ok((roster, report));
         }
@@ -334,7 +334,7 @@ pub const MAX_AGENT_FILE_BYTES: u64 = MAX_ARG_BYTES as u64;
 /// [`MAX_AGENT_FILE_BYTES`].
 pub fn read_agent_file(path: &Path) -> Result<String, AgentError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        paths::check_trusted_dir(dir).map_err(|e| untrusted(path, &e))?;
+        securefs::check_trusted_dir(dir).map_err(|e| untrusted(path, &e))?;
     }
     let unreadable = |e: ReadError| {
         let message = match e {
@@ -1303,7 +1303,7 @@ mod tests {
         );
 
         // Root can give the file away; another user's file is not trusted even when 0644.
-        if paths::current_uid() == 0 {
+        if securefs::current_uid() == 0 {
             set_mode(&evil, 0o644);
             std::os::unix::fs::chown(&evil, Some(65534), Some(65534)).unwrap();
             let (r, problems) = Roster::load(&dir).unwrap();
