@@ -4,7 +4,7 @@
 //! - [`cli`]: one file per subcommand; `cli::run` is the single dispatch table.
 //! - [`config`]: the one config tree and its loader (defaults < file < `CCO_*` env < flags).
 //! - [`paths`]: every on-disk location cco uses (re-exports [`securefs`] for old callers).
-//! - [`securefs`]: owner/mode/no-symlink checks, trusted opens, atomic writes, program trust.
+//! - [`securefs`]: owner/mode/no-symlink checks, trusted opens, capped reads, atomic writes.
 //! - [`secret`]: the per-installation 32-byte secret that signs seals and tokens.
 //! - [`untrusted`]: bounded reads of files others can shape (regular files only, size-capped).
 //! - [`secrets`]: what is never served to an agent or auto-allowed: credential files by name and content.
@@ -16,7 +16,7 @@
 //! - [`api`]: wire types shared by the CLI, the daemon and the sidecar; `api::inert` makes
 //!   untrusted text safe to print.
 //! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
-//! - [`sidecar`]: the `:3001` service — context, results, events, agents.
+//! - [`sidecar`]: the `:3001` service — context, results, events, agents, leases, inboxes.
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
 //! - [`startup`]: what both services do before they serve (installation, listener, secret, roster).
 //! - [`pidlock`]: one process per directory (an RAII `flock` holding the owner's pid).
