@@ -15,7 +15,7 @@ use crate::auth::{Keys, TokenSpec};
 use crate::client::{self, ClientError, Request};
 use crate::paths::{Installation, process_env};
 use crate::roster::MAX_ARG_BYTES;
-use crate::seal::{self, AGENTS, HOOKS, RULES, SETTINGS, Verified};
+use crate::seal::{self, AGENTS, HOOKS, MCP, RULES, SETTINGS, Verified};
 use crate::secret::Secret;
 
 /// How long the launcher waits for the daemon before it gives up.
@@ -260,6 +260,15 @@ fn user_passed(args: &[OsString], flag: &str) -> bool {
     })
 }
 
+/// `--mcp-config=<runtime dir>/mcp.json`: cco's MCP server. In the `=` form, because Claude's
+/// `--mcp-config` takes several values and would take a following prompt for one. Claude
+/// merges it with any `--mcp-config` of the user's, which stays in their arguments.
+pub fn mcp_config_arg(verified: &Verified) -> OsString {
+    let mut arg = OsString::from("--mcp-config=");
+    arg.push(verified.path(MCP));
+    arg
+}
+
 /// The full argv for Claude: our flags first, then the user's arguments untouched. A roster
 /// or rules text too large for one argument is left out (the kernel would refuse the exec);
 /// the returned warnings say so.
@@ -403,12 +412,15 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         &inst.paths.config_file,
     )?;
     let env = orchestrator_env(&inst, &verified, &token.0, &issue);
-    let (argv, warnings) = claude_args(
+    let (mut argv, warnings) = claude_args(
         &verified,
         inst.config.launcher.append_rules,
         inst.config.launcher.pass_agents,
         user_args,
     );
+    if inst.config.launcher.mcp {
+        argv.insert(0, mcp_config_arg(&verified));
+    }
 
     for w in &warnings {
         eprintln!("⚠️  {w}");

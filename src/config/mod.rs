@@ -89,6 +89,9 @@ pub struct LauncherConfig {
     pub append_rules: bool,
     /// Pass the sealed roster with `--agents` (unless the user passed their own).
     pub pass_agents: bool,
+    /// Pass the sealed `mcp.json` with `--mcp-config`: cco's MCP server (`mcp__cco__*`
+    /// tools) for the session and its agents. A user's own `--mcp-config` is kept beside it.
+    pub mcp: bool,
     /// Lifetime of the session token the launcher mints.
     #[serde(with = "humantime_serde_compat")]
     pub token_ttl: Duration,
@@ -144,6 +147,7 @@ impl Default for LauncherConfig {
         LauncherConfig {
             append_rules: true,
             pass_agents: true,
+            mcp: true,
             token_ttl: Duration::from_secs(24 * 3600),
         }
     }
