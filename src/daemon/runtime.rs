@@ -67,6 +67,9 @@ pub fn settings(config: &Config, exe: &Path) -> Value {
     }
     json!({
         "hooks": hooks,
+        // cco's own MCP tools touch only cco's event bus and results, never the project, so
+        // they need no prompt (in `-p` mode an unlisted MCP tool is refused outright).
+        "permissions": { "allow": [format!("mcp__{MCP_SERVER_NAME}")] },
         "env": {
             "ORCHESTRATOR_ENABLED": "true",
             "ORCHESTRATOR_API_URL": format!("http://127.0.0.1:{}", config.daemon.port),
@@ -131,6 +134,7 @@ mod tests {
         assert_eq!(cmd, "'/opt/my cco/cco' hook subagent-start");
         assert_eq!(s["hooks"]["PreToolUse"][0]["matcher"], "*");
         assert!(!s.to_string().contains("TOKEN"));
+        assert_eq!(s["permissions"]["allow"], json!(["mcp__cco"]));
 
         let mut c = Config::default();
         c.hooks.enabled = false;

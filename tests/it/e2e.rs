@@ -31,7 +31,7 @@ fn fake() -> FakeAnthropic {
     )
 }
 
-fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
+pub(crate) fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
     let mut env = Env::new();
     env.set("CCO_CLAUDE", claude.display().to_string())
         .set("ANTHROPIC_BASE_URL", fake.url())
@@ -42,7 +42,7 @@ fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
 }
 
 /// A small git project (a Rust crate with one commit) to run Claude in.
-fn project(env: &Env) -> std::path::PathBuf {
+pub(crate) fn project(env: &Env) -> std::path::PathBuf {
     let dir = env.tmp.path().join("project");
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(
@@ -81,7 +81,12 @@ fn project(env: &Env) -> std::path::PathBuf {
 const SESSION_LIMIT: Duration = Duration::from_secs(90);
 
 /// `cco ARGS…` in `cwd`, bounded by [`SESSION_LIMIT`]; its exit is the signal waited on.
-fn run_bounded(env: &Env, cwd: &std::path::Path, args: &[&str], fake: &FakeAnthropic) -> Output {
+pub(crate) fn run_bounded(
+    env: &Env,
+    cwd: &std::path::Path,
+    args: &[&str],
+    fake: &FakeAnthropic,
+) -> Output {
     let child = env
         .cmd(args)
         .current_dir(cwd)

@@ -13,6 +13,7 @@ mod fake_anthropic;
 mod foreign;
 mod hooks;
 mod launcher;
+mod mcp;
 mod remedies;
 mod service;
 mod sidecar;
