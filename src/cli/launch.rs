@@ -419,7 +419,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         user_args,
     );
     if inst.config.launcher.mcp {
-        argv.insert(0, mcp_config_arg(&verified));
+        // Right after `--settings <file>`, ahead of the user's arguments.
+        argv.insert(2, mcp_config_arg(&verified));
     }
 
     for w in &warnings {

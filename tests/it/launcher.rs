@@ -22,7 +22,7 @@ fn stub_claude(env: &Env) -> PathBuf {
     path
 }
 
-fn recorded(env: &Env) -> (Vec<String>, String) {
+pub(crate) fn recorded(env: &Env) -> (Vec<String>, String) {
     let rec = env.tmp.path().join("rec");
     let argv = std::fs::read_to_string(rec.with_extension("argv")).unwrap();
     let argv = argv
@@ -36,7 +36,7 @@ fn recorded(env: &Env) -> (Vec<String>, String) {
     )
 }
 
-fn with_claude(mut env: Env) -> Env {
+pub(crate) fn with_claude(mut env: Env) -> Env {
     let claude = stub_claude(&env);
     env.set("CCO_CLAUDE", claude.display().to_string());
     env

@@ -9,6 +9,7 @@ use crate::claude::real_claude;
 use crate::common::{Env, http};
 use crate::e2e::{env_for, project, run_bounded};
 use crate::fake_anthropic::{FakeAnthropic, Reply, Rules};
+use crate::launcher::{recorded, with_claude};
 
 fn token(env: &Env) -> String {
     let out = env.run(["token", "--ttl", "10m"]);
@@ -216,4 +217,37 @@ fn the_real_cli_publishes_through_mcp() {
     assert_eq!(journal[0]["data"]["issue_id"], "mcp-e2e");
     assert_eq!(journal[0]["data"]["steps"], 3);
     assert_eq!(journal[0]["publisher"], "main");
+}
+
+/// The launcher passes the sealed `mcp.json` in the `=` form (Claude's `--mcp-config` takes
+/// several values and would swallow a prompt), keeps the user's own beside it, and
+/// `launcher.mcp = false` (`CCO_MCP=false`) leaves it out.
+#[test]
+fn the_launcher_passes_the_sealed_mcp_config() {
+    let env = with_claude(Env::new());
+    let _d = env.start("daemon");
+    let sealed = env.runtime_dir().join("mcp.json");
+    env.run(["--mcp-config", "mine.json", "-p", "hi"]);
+    let (argv, _) = recorded(&env);
+    let ours = format!("--mcp-config={}", sealed.display());
+    assert_eq!(argv[2], ours, "{argv:?}");
+    assert_eq!(
+        &argv[argv.len() - 4..],
+        ["--mcp-config", "mine.json", "-p", "hi"]
+    );
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(&sealed).unwrap()).unwrap();
+    assert_eq!(
+        config["mcpServers"]["cco"]["url"],
+        format!("http://127.0.0.1:{}/mcp", env.daemon_port)
+    );
+
+    let mut off = with_claude(Env::new());
+    off.set("CCO_MCP", "false");
+    let _d2 = off.start("daemon");
+    off.run(["-p", "hi"]);
+    let (argv, _) = recorded(&off);
+    assert!(
+        !argv.iter().any(|a| a.starts_with("--mcp-config")),
+        "{argv:?}"
+    );
 }
