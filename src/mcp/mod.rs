@@ -228,6 +228,8 @@ mod tests {
         host: &'a str,
         token: Option<String>,
         issue: Option<&'a str>,
+        /// `MCP-Protocol-Version`, as Claude Code sends it.
+        version: &'a str,
         body: Value,
     }
 
@@ -237,6 +239,7 @@ mod tests {
                 host: "127.0.0.1:3998",
                 token: Some(token(None)),
                 issue: Some(ISSUE),
+                version: "2025-11-25",
                 body,
             }
         }
@@ -249,12 +252,15 @@ mod tests {
             .header(header::HOST, call.host)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
-            .header("MCP-Protocol-Version", "2025-11-25");
+            .header("MCP-Protocol-Version", call.version);
         if let Some(t) = &call.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         if let Some(i) = call.issue {
             req = req.header(ISSUE_HEADER, i);
+        }
+        if let Some(method) = call.body["method"].as_str() {
+            req = req.header("Mcp-Method", method);
         }
         let req = req.body(Body::from(call.body.to_string())).unwrap();
         let resp = app().oneshot(req).await.unwrap();
@@ -291,6 +297,30 @@ mod tests {
         assert_eq!(result["protocolVersion"], "2025-11-25", "{body}");
         assert_eq!(result["serverInfo"]["name"], "cco");
         assert!(result["capabilities"]["tools"].is_object(), "{body}");
+    }
+
+    /// Claude Code 2.1.332 first probes `server/discover` at 2026-07-28 (stateless, no
+    /// `initialize`) and falls back to `initialize` at 2025-11-25: both are served.
+    #[tokio::test]
+    async fn server_discover_offers_the_versions_claude_code_speaks() {
+        let discover = json!({
+            "jsonrpc": "2.0",
+            "id": "probe",
+            "method": "server/discover",
+            "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "claude-code", "version": "2.1.332"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }},
+        });
+        let mut call = Call::new(discover);
+        call.version = "2026-07-28";
+        let (status, _, body) = send(call).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let text = body.to_string();
+        for version in ["2026-07-28", "2025-11-25"] {
+            assert!(text.contains(version), "{version} not offered: {body}");
+        }
     }
 
     #[tokio::test]
@@ -404,6 +434,7 @@ mod tests {
     #[test]
     fn tool_definitions_stay_small() {
         let bytes = serde_json::to_string(tools::definitions()).unwrap().len();
+        println!("the five tool definitions: {bytes} bytes");
         assert!(bytes < MAX_DEFINITION_BYTES, "{bytes} bytes");
     }
 
