@@ -40,7 +40,10 @@ impl Target {
         let resp = self.client.request(req).await.expect("daemon answers");
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn tool(&self, name: &str, arguments: Value) {
@@ -81,11 +84,16 @@ async fn main() {
         issue: arg("--issue", "bench-mcp"),
     };
     let started = Instant::now();
-    let publish = json!({"event_type": "bench", "topic": "bench", "data": {"n": 1}, "agent": "bench-1"});
+    let publish =
+        json!({"event_type": "bench", "topic": "bench", "data": {"n": 1}, "agent": "bench-1"});
     let cases: [(&str, &str, Value); 3] = [
         ("mcp_publish", "publish", publish),
         ("mcp_agents", "agents", json!({})),
-        ("mcp_wait_ready", "wait", json!({"event_type": "bench", "since": 0, "timeout_ms": 1000})),
+        (
+            "mcp_wait_ready",
+            "wait",
+            json!({"event_type": "bench", "since": 0, "timeout_ms": 1000}),
+        ),
     ];
     for (label, tool, args) in cases {
         for _ in 0..WARMUP {

@@ -130,6 +130,13 @@ impl IntoResponse for McpRefusal {
 pub async fn authorize(State(state): State<McpState>, mut req: Request, next: Next) -> Response {
     match caller(&state, req.headers()) {
         Ok(caller) => {
+            let h = req.headers();
+            tracing::debug!(
+                method = header_text(h, "mcp-method"),
+                protocol = header_text(h, "mcp-protocol-version"),
+                issue = %caller.issue,
+                "MCP request"
+            );
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
@@ -138,6 +145,13 @@ pub async fn authorize(State(state): State<McpState>, mut req: Request, next: Ne
             refusal.into_response()
         }
     }
+}
+
+fn header_text<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
 }
 
 fn caller(state: &McpState, headers: &axum::http::HeaderMap) -> Result<Caller, McpRefusal> {

@@ -208,6 +208,21 @@ fn the_real_cli_publishes_through_mcp() {
     let result = answered.tool_results().join("\n");
     assert!(result.contains("\"topic\":\"mcp-e2e\""), "{result}");
 
+    let log = _daemon.log_text();
+    let protocols: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("MCP request"))
+        .map(|l| {
+            let v = l.split("protocol=").nth(1).unwrap_or("?");
+            v.split(' ').next().unwrap_or("?").trim_matches('"')
+        })
+        .collect();
+    // The pinned CLI probes `server/discover` at 2026-07-28 and stays there when answered.
+    assert!(
+        !protocols.is_empty() && protocols.iter().all(|p| *p == "2026-07-28"),
+        "{protocols:?}"
+    );
+
     let out = env.run(["events", "--json", "--type", "plan_ready"]);
     let journal: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
