@@ -47,6 +47,8 @@ enum ToolError {
     Sidecar(#[from] ServiceError),
     #[error("the cco daemon is stopping; call wait again with since={0}")]
     Stopping(u64),
+    #[error("internal error in the cco daemon; see `cco logs daemon`")]
+    Internal,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,10 +200,13 @@ impl CcoTools {
         call: impl FnOnce(SidecarClient) -> Result<T, ServiceError> + Send + 'static,
     ) -> Result<T, ToolError> {
         let client = self.client(caller);
-        tokio::task::spawn_blocking(move || call(client))
-            .await
-            .expect("sidecar calls do not panic")
-            .map_err(ToolError::from)
+        match tokio::task::spawn_blocking(move || call(client)).await {
+            Ok(answer) => answer.map_err(ToolError::from),
+            Err(e) => {
+                tracing::error!(error = %e, "MCP tool's sidecar call failed");
+                Err(ToolError::Internal)
+            }
+        }
     }
 
     async fn run(

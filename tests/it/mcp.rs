@@ -121,6 +121,9 @@ fn tools_reach_the_sidecar_scoped_to_the_issue() {
     assert_eq!(agents, json!({"issue_id": "mcp-1", "agents": []}));
     let results = call(&env, &token, "mcp-1", "results", json!({"agent_type": "x"}));
     assert_eq!(results["results"], json!([]));
+    let context = call(&env, &token, "mcp-1", "context", json!({"agent_type": "rust-specialist"}));
+    assert_eq!(context["issue_id"], "mcp-1");
+    assert_eq!(context["agent_type"], "rust-specialist");
 }
 
 #[test]
