@@ -27,6 +27,10 @@ use crate::server::Stopping;
 pub const MAX_WAIT_MS: u64 = 55_000;
 /// A `wait` without `timeout_ms`.
 pub const DEFAULT_WAIT_MS: u64 = 30_000;
+/// A `wait` is a series of sidecar long polls of at most this long: a poll runs on a blocking
+/// thread, which the daemon's exit waits for, so this bounds how long a pending `wait` can
+/// hold a stop (each slice costs one loopback request).
+pub const WAIT_SLICE: Duration = Duration::from_secs(1);
 /// The publisher of events from a caller that does not name itself (the main session).
 pub const MAIN_AGENT: &str = "main";
 
@@ -321,7 +325,9 @@ impl CcoTools {
         let mut cursor = since;
         let mut stopping = self.stopping.clone();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_SLICE);
             let (ty, t) = (event_type.clone(), topic.clone());
             let poll = self.blocking(caller, move |c| c.wait(&ty, cursor, t.as_deref(), left));
             let batch = tokio::select! {

@@ -121,7 +121,13 @@ fn tools_reach_the_sidecar_scoped_to_the_issue() {
     assert_eq!(agents, json!({"issue_id": "mcp-1", "agents": []}));
     let results = call(&env, &token, "mcp-1", "results", json!({"agent_type": "x"}));
     assert_eq!(results["results"], json!([]));
-    let context = call(&env, &token, "mcp-1", "context", json!({"agent_type": "rust-specialist"}));
+    let context = call(
+        &env,
+        &token,
+        "mcp-1",
+        "context",
+        json!({"agent_type": "rust-specialist"}),
+    );
     assert_eq!(context["issue_id"], "mcp-1");
     assert_eq!(context["agent_type"], "rust-specialist");
 }
@@ -268,4 +274,65 @@ fn the_launcher_passes_the_sealed_mcp_config() {
         !argv.iter().any(|a| a.starts_with("--mcp-config")),
         "{argv:?}"
     );
+}
+
+/// A `wait` parked in the sidecar does not hold the daemon's shutdown for its timeout: it
+/// answers at once with the cursor to wait again from.
+#[test]
+fn a_pending_wait_ends_when_the_daemon_stops() {
+    let env = Env::new();
+    let mut daemon = env.start("daemon");
+    let _s = env.start("sidecar");
+    let token = token(&env);
+    let waiter = {
+        let (port, token) = (env.daemon_port, token.clone());
+        std::thread::spawn(move || {
+            let auth = format!("Bearer {token}");
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "wait", "arguments": {"event_type": "never", "timeout_ms": 55000}}});
+            let answer = http(
+                port,
+                "POST",
+                "/mcp",
+                &[
+                    ("Authorization", &auth),
+                    ("X-Cco-Issue", "mcp-stop"),
+                    ("Content-Type", "application/json"),
+                    ("Accept", "application/json, text/event-stream"),
+                    ("MCP-Protocol-Version", "2025-11-25"),
+                ],
+                Some(&body.to_string()),
+            );
+            (answer, Instant::now())
+        })
+    };
+    // Readiness: the wait is parked in the sidecar.
+    let parked = Instant::now();
+    loop {
+        let (_, body) = crate::common::get(env.sidecar_port, "/status");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        if st["events"]["active_subscriptions"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(parked.elapsed() < Duration::from_secs(10), "{st}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = Instant::now();
+    assert!(daemon.terminate().success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the daemon took {:?} to exit",
+        stopped.elapsed()
+    );
+    let ((status, text), answered) = waiter.join().unwrap();
+    assert!(
+        answered.duration_since(stopped) < Duration::from_secs(5),
+        "the wait held the stop for {:?}",
+        answered.duration_since(stopped)
+    );
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["result"]["isError"], true, "{body}");
+    let msg = body["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(msg.contains("call wait again with since="), "{msg}");
 }
