@@ -21,9 +21,12 @@
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
 //! - [`startup`]: what both services do before they serve (installation, listener, secret, roster).
 //! - [`pidlock`]: one process per directory (an RAII `flock` holding the owner's pid).
+//! - [`trust`]: whether a program cco runs or registers could be changed by someone else.
 //! - [`service`]: systemd/launchd unit rendering (pure) and operations.
-//! - [`policy`]: the `PreToolUse` permission policy of `cco hook`.
+//! - [`hook`]: Claude Code's command hooks (`cco hook <event>`): input, sidecar calls within one deadline, answers.
+//! - [`policy`]: the `PreToolUse` permission policy of `cco hook`, and its shell classifier.
 //! - [`roster`]: the built-in agent roster and orchestrator rules.
+//! - [`marker`]: the mark in every directory cco creates, so a purge deletes only those.
 //! - [`logging`]: tracing set-up (journald when the journal owns stderr).
 
 pub mod api;
@@ -32,8 +35,10 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod hook;
 pub mod listen;
 pub mod logging;
+pub mod marker;
 pub mod mcp;
 pub mod paths;
 pub mod pidlock;
@@ -47,4 +52,5 @@ pub mod server;
 pub mod service;
 pub mod sidecar;
 pub mod startup;
+pub mod trust;
 pub mod untrusted;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
 pub use crate::securefs::{
-    PathError, check_private_dir, check_program, check_trusted_dir, check_trusted_path,
-    current_uid, ensure_private_dir, is_disk_full, open_private, open_trusted, read_private,
-    sync_dir, write_atomic,
+    PathError, check_private_dir, check_trusted_dir, check_trusted_path, current_uid,
+    ensure_private_dir, is_disk_full, open_private, open_trusted, read_private, sync_dir,
+    write_atomic,
 };
 
 /// Where one installation keeps its files.

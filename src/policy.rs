@@ -1,7 +1,10 @@
 //! The `PreToolUse` permission policy: which tool calls cco answers `allow` or `ask` for.
 //! An `allow` skips Claude Code's own prompt, so it is given only for calls that provably
 //! read inside the session's project and cannot run code or write; everything else gets no
-//! opinion and Claude's own rules apply.
+//! opinion and Claude's own rules apply. The answer is advisory: Claude reads the file
+//! after the hook has answered, so a process that can write the project can still swap it.
+
+mod shell;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -69,22 +72,12 @@ const READ_PROGRAMS: [(&str, &str); 7] = [
     ("pwd", ""),
 ];
 
-/// Programs and git sub-commands that create, update or delete.
-const CUD_COMMANDS: [&str; 17] = [
-    "rm", "rmdir", "mv", "cp", "mkdir", "touch", "chmod", "chown", "ln", "dd", "truncate", "tee",
-    "install", "unlink", "shred", "patch", "rsync",
-];
-const GIT_CUD: [&str; 12] = [
-    "commit", "push", "reset", "checkout", "rebase", "merge", "rm", "mv", "clean", "add", "stash",
-    "restore",
-];
 /// Shell syntax that makes a command more than one simple command, or expands to
 /// something cco cannot see.
 const SHELL_META: &[char] = &[
     ';', '&', '|', '`', '$', '(', ')', '<', '>', '\n', '\r', '\\', '*', '?', '[', '{', '}', '~',
     '"', '\'', '#', '=',
 ];
-
 /// A path any component of which names a credential file or directory.
 fn looks_secret(path: &Path) -> bool {
     path.components().any(|c| match c {
@@ -93,68 +86,110 @@ fn looks_secret(path: &Path) -> bool {
     })
 }
 
-/// `path` (relative to `cwd` when not absolute) resolves, through any symlink, to a place
-/// inside `cwd` that is not a secret.
-fn inside_project(cwd: &Path, path: &str) -> bool {
-    let Ok(root) = cwd.canonicalize() else {
-        return false;
-    };
-    let joined = if Path::new(path).is_absolute() {
-        PathBuf::from(path)
-    } else {
-        cwd.join(path)
-    };
-    // A path that does not exist yet resolves through its nearest existing ancestor.
-    let mut probe = joined.as_path();
-    let mut rest = Vec::new();
-    let resolved = loop {
-        match probe.canonicalize() {
-            Ok(p) => {
-                break rest
-                    .iter()
-                    .rev()
-                    .fold(p, |acc: PathBuf, part| acc.join(part));
-            }
-            Err(_) => match (probe.parent(), probe.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_owned());
-                    probe = parent;
-                }
-                _ => return false,
-            },
-        }
-    };
-    let within = resolved.strip_prefix(&root).ok();
-    within.is_some_and(|rel| {
-        !rel.components().any(|c| c == Component::ParentDir) && !looks_secret(rel)
-    })
+/// Trees whose files are never auto-allowed, wherever the session runs: process memory and
+/// environment, kernel state, devices.
+const NEVER_READ: &[&str] = &["/proc", "/sys", "/dev"];
+/// A file larger than this is never auto-allowed: its whole content is scanned for
+/// credentials first, and scanning must stay fast (about 25 ms per MiB, on every tool call).
+pub const SCAN_CAP: u64 = 1024 * 1024;
+
+/// The session's project: its canonical working directory, when that is a real project —
+/// the rule of the context endpoint (`sidecar::context::check_project`): not `/`, a system
+/// directory, `$HOME` or one of its ancestors, nor a credentials directory; and it, or a
+/// directory above it below `$HOME`, is a git work tree or holds a project file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    root: PathBuf,
 }
 
-/// How much of a file is scanned for credential-looking content before a read is allowed.
-const SCAN_BYTES: u64 = 64 * 1024;
-
-/// A file whose content may be shown: inside the project, not a secret by name, and (when it
-/// exists) nothing in its first [`SCAN_BYTES`] looks like a credential — the same rule the
-/// context broker applies before it serves a file.
-fn readable(cwd: &Path, path: &str) -> bool {
-    if !inside_project(cwd, path) {
-        return false;
-    }
-    let full = cwd.join(path);
-    match std::fs::metadata(&full) {
-        Ok(m) if m.is_file() => {
-            use std::io::Read;
-            let mut head = Vec::new();
-            let read =
-                std::fs::File::open(&full).and_then(|f| f.take(SCAN_BYTES).read_to_end(&mut head));
-            let name = full
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            read.is_ok() && !crate::secrets::looks_secret(&name, &String::from_utf8_lossy(&head))
+impl Project {
+    /// `cwd` and `home` as Claude and the environment give them; `None` outside a project.
+    pub fn of_session(cwd: &Path, home: Option<&Path>) -> Option<Project> {
+        use crate::sidecar::context::check_project;
+        let root = cwd.canonicalize().ok()?;
+        let home = home.and_then(|h| h.canonicalize().ok());
+        let home = home.as_deref();
+        if home.is_some_and(|h| h.starts_with(&root)) {
+            return None;
         }
-        // A directory (an error for cat/head/grep) or nothing yet: no content to show.
-        Ok(_) | Err(_) => true,
+        check_project(&root, home, false).ok()?;
+        // A sub-directory of a project counts: the project file is above it.
+        root.ancestors()
+            .any(|dir| check_project(dir, home, true).is_ok())
+            .then_some(Project { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `path` (relative to the root when not absolute) resolved through every symlink, if
+    /// it lands inside the project, outside [`NEVER_READ`], and is not a secret by name. A
+    /// path that does not exist yet resolves through its nearest existing ancestor.
+    fn resolve(&self, path: &str) -> Option<PathBuf> {
+        let joined = self.root.join(path);
+        let mut probe = joined.as_path();
+        let mut rest = Vec::new();
+        let resolved = loop {
+            match probe.canonicalize() {
+                Ok(p) => {
+                    break rest
+                        .iter()
+                        .rev()
+                        .fold(p, |acc: PathBuf, part| acc.join(part));
+                }
+                Err(_) => {
+                    rest.push(probe.file_name()?.to_owned());
+                    probe = probe.parent()?;
+                }
+            }
+        };
+        if NEVER_READ.iter().any(|t| resolved.starts_with(t)) {
+            return None;
+        }
+        let rel = resolved.strip_prefix(&self.root).ok()?;
+        (!rel.components().any(|c| c == Component::ParentDir) && !looks_secret(rel))
+            .then_some(resolved)
+    }
+
+    fn inside(&self, path: &str) -> bool {
+        self.resolve(path).is_some()
+    }
+
+    /// A file whose content may be shown: inside the project, not a secret by name, and
+    /// (when it exists) a regular file of at most [`SCAN_CAP`] bytes in whose whole text
+    /// nothing looks like a credential — the rule the context broker applies before it
+    /// serves a file. Any part of it may be shown (`tail`, `Read` with an offset, `Grep`),
+    /// so all of it is scanned. The resolved path is opened once, without following a
+    /// symlink swapped in since it was resolved.
+    fn readable(&self, path: &str) -> bool {
+        self.resolve(path).is_some_and(|r| content_ok(&r))
+    }
+
+    /// [`Project::readable`], and a regular file that exists.
+    fn readable_file(&self, path: &str) -> bool {
+        self.resolve(path)
+            .is_some_and(|r| r.is_file() && content_ok(&r))
+    }
+}
+
+/// The content check of [`Project::readable`] on a resolved path.
+fn content_ok(resolved: &Path) -> bool {
+    use crate::untrusted::{Links, read_capped};
+    match std::fs::symlink_metadata(resolved) {
+        Ok(m) if m.is_dir() => true, // an error for cat/head/grep: no content shown
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+        Ok(_) => match read_capped(resolved, SCAN_CAP, Links::Refuse) {
+            Ok(bytes) => {
+                let name = resolved
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                !crate::secrets::looks_secret(&name, &String::from_utf8_lossy(&bytes))
+            }
+            Err(_) => false,
+        },
     }
 }
 
@@ -167,25 +202,25 @@ fn contained_glob(pattern: &str) -> bool {
 }
 
 /// A read-only tool call inside the project.
-fn is_read_tool(tool: &str, input: &Value, cwd: &Path) -> bool {
+fn is_read_tool(tool: &str, input: &Value, project: &Project) -> bool {
     let path = |k: &str| input[k].as_str();
     if FILE_READ_TOOLS.contains(&tool) {
         return path("file_path")
             .or(path("notebook_path"))
-            .is_some_and(|p| readable(cwd, p) && cwd.join(p).is_file());
+            .is_some_and(|p| project.readable_file(p));
     }
     if LISTING_TOOLS.contains(&tool) {
-        return inside_project(cwd, path("path").unwrap_or("."))
+        return project.inside(path("path").unwrap_or("."))
             && path("pattern").is_none_or(contained_glob);
     }
     // Grep searches content: only a single file, never a tree (it would read secrets in it).
     tool == "Grep"
         && input["glob"].is_null()
-        && path("path").is_some_and(|p| readable(cwd, p) && cwd.join(p).is_file())
+        && path("path").is_some_and(|p| project.readable_file(p))
 }
 
 /// One simple command of a read-only program, with known flags and paths inside the project.
-fn is_read_command(cmd: &str, cwd: &Path) -> bool {
+fn is_read_command(cmd: &str, project: &Project) -> bool {
     if cmd.contains(SHELL_META) {
         return false;
     }
@@ -225,50 +260,56 @@ fn is_read_command(cmd: &str, cwd: &Path) -> bool {
             pattern_seen = true;
             continue;
         }
-        if !readable(cwd, arg) {
+        if !project.readable(arg) {
             return false;
         }
     }
     !expect_number
 }
 
-fn is_cud_command(cmd: &str) -> bool {
-    if cmd.contains('>') {
-        return true; // redirection writes a file
-    }
-    let words: Vec<&str> = cmd
-        .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '`'))
-        .filter(|w| !w.is_empty())
-        .collect();
-    words.iter().enumerate().any(|(i, w)| {
-        let w = w.rsplit('/').next().unwrap_or(w);
-        CUD_COMMANDS.contains(&w)
-            || (w == "sed" && words.get(i + 1).is_some_and(|a| a.starts_with("-i")))
-            || (w == "git" && words.get(i + 1).is_some_and(|a| GIT_CUD.contains(a)))
-            || (matches!(w, "npm" | "pip" | "pip3" | "cargo" | "apt" | "apt-get")
-                && words
-                    .get(i + 1)
-                    .is_some_and(|a| matches!(*a, "install" | "uninstall" | "remove")))
-    })
-}
+/// Why a call gets `ask` under `hooks.require_cud_confirmation`.
+const ASK_CUD: &str =
+    "cco policy: create/update/delete needs confirmation (hooks.require_cud_confirmation)";
+const ASK_OPAQUE: &str = "cco policy: cco cannot tell what this command changes, so it asks (hooks.require_cud_confirmation)";
+/// The answer for a tool call cco could not read (cut or malformed input).
+pub const ASK_UNREADABLE: &str = "cco policy: this tool call was too large or malformed for cco to inspect, so it asks (hooks.require_cud_confirmation)";
 
-/// The decision for one tool call made in the session whose working directory is `cwd`.
-pub fn decide(policy: &Policy, tool: &str, input: &Value, cwd: &Path) -> Decision {
-    let command = input["command"].as_str().unwrap_or("");
-    let cud = CUD_TOOLS.contains(&tool) || (tool == "Bash" && is_cud_command(command));
-    if policy.require_cud_confirmation && cud {
-        return Decision::Ask(
-            "cco policy: create/update/delete needs confirmation (hooks.require_cud_confirmation)",
-        );
+/// The decision for one tool call made in the session whose working directory is `cwd`,
+/// for the user whose home is `home`.
+pub fn decide(
+    policy: &Policy,
+    tool: &str,
+    input: &Value,
+    cwd: &Path,
+    home: Option<&Path>,
+) -> Decision {
+    let effect = match tool {
+        _ if CUD_TOOLS.contains(&tool) => shell::Effect::Writes,
+        "Bash" => match input["command"].as_str() {
+            Some(command) => shell::effect(command),
+            None => shell::Effect::Opaque,
+        },
+        _ => shell::Effect::Unseen,
+    };
+    if policy.require_cud_confirmation {
+        match effect {
+            shell::Effect::Writes => return Decision::Ask(ASK_CUD),
+            shell::Effect::Opaque => return Decision::Ask(ASK_OPAQUE),
+            shell::Effect::Unseen => {}
+        }
     }
-    if !policy.auto_allow_read || cud {
+    if !policy.auto_allow_read || effect != shell::Effect::Unseen {
         return Decision::NoOpinion;
     }
     if ORCHESTRATION_TOOLS.contains(&tool) {
         return Decision::Allow("cco policy: orchestration (hooks.auto_allow_read)");
     }
-    let reading =
-        is_read_tool(tool, input, cwd) || (tool == "Bash" && is_read_command(command, cwd));
+    let Some(project) = Project::of_session(cwd, home) else {
+        return Decision::NoOpinion;
+    };
+    let command = input["command"].as_str().unwrap_or("");
+    let reading = is_read_tool(tool, input, &project)
+        || (tool == "Bash" && is_read_command(command, &project));
     if reading {
         Decision::Allow("cco policy: read-only inside the project (hooks.auto_allow_read)")
     } else {
@@ -294,6 +335,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("src")).unwrap();
         std::fs::write(tmp.path().join("src/lib.rs"), "").unwrap();
+        std::fs::write(tmp.path().join("Cargo.toml"), "[package]").unwrap();
         std::fs::write(tmp.path().join(".env"), "SECRET=1").unwrap();
         std::fs::create_dir_all(tmp.path().join("cfg")).unwrap();
         std::fs::write(
@@ -317,7 +359,7 @@ mod tests {
         let cwd = p.path();
         let pol = policy(true, false);
         let allow = |tool: &str, input: Value| {
-            matches!(decide(&pol, tool, &input, cwd), Decision::Allow(_))
+            matches!(decide(&pol, tool, &input, cwd, None), Decision::Allow(_))
         };
         assert!(allow("Read", json!({"file_path": cwd.join("src/lib.rs")})));
         assert!(allow("Read", json!({"file_path": "src/lib.rs"})));
@@ -345,7 +387,7 @@ mod tests {
         let cwd = p.path();
         let pol = policy(true, false);
         let allowed = |tool: &str, input: Value| {
-            matches!(decide(&pol, tool, &input, cwd), Decision::Allow(_))
+            matches!(decide(&pol, tool, &input, cwd, None), Decision::Allow(_))
         };
         for (tool, input) in [
             ("Read", json!({"file_path": "/root/.ssh/id_rsa"})),
@@ -396,7 +438,8 @@ mod tests {
                 &policy(false, false),
                 "Read",
                 &json!({"file_path": "src/lib.rs"}),
-                cwd
+                cwd,
+                None
             ),
             Decision::NoOpinion
         );
@@ -408,7 +451,10 @@ mod tests {
         let pol = policy(true, true);
         for t in ["Write", "Edit", "MultiEdit", "NotebookEdit"] {
             assert!(
-                matches!(decide(&pol, t, &json!({}), p.path()), Decision::Ask(_)),
+                matches!(
+                    decide(&pol, t, &json!({}), p.path(), None),
+                    Decision::Ask(_)
+                ),
                 "{t}"
             );
         }
@@ -421,14 +467,176 @@ mod tests {
             "npm install left-pad",
         ] {
             assert!(
-                matches!(decide(&pol, "Bash", &bash(cmd), p.path()), Decision::Ask(_)),
+                matches!(
+                    decide(&pol, "Bash", &bash(cmd), p.path(), None),
+                    Decision::Ask(_)
+                ),
                 "{cmd}"
             );
         }
         assert_eq!(
-            decide(&policy(true, false), "Write", &json!({}), p.path()),
+            decide(&policy(true, false), "Write", &json!({}), p.path(), None),
             Decision::NoOpinion
         );
+    }
+
+    /// Issue 15 (2): a session in `$HOME` or `/` is not a project; nothing is auto-allowed
+    /// there, and `/proc`, `/sys`, `/dev` never are.
+    #[test]
+    fn no_allow_outside_a_real_project() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("code/app/src")).unwrap();
+        std::fs::write(home.join(".bash_history"), "ls\n").unwrap();
+        std::fs::write(home.join("Makefile"), "all:\n").unwrap();
+        std::fs::write(home.join("code/app/Cargo.toml"), "[package]").unwrap();
+        std::fs::write(home.join("code/app/src/lib.rs"), "").unwrap();
+        std::fs::create_dir_all(home.join("notes")).unwrap();
+        std::fs::write(home.join("notes/a.md"), "x").unwrap();
+        let pol = policy(true, false);
+        let verdict =
+            |cwd: &Path, tool: &str, input: Value| decide(&pol, tool, &input, cwd, Some(&home));
+        let none = |cwd: &Path, tool: &str, input: Value| {
+            assert_eq!(
+                verdict(cwd, tool, input.clone()),
+                Decision::NoOpinion,
+                "{} {tool} {input}",
+                cwd.display()
+            );
+        };
+        none(&home, "Read", json!({"file_path": ".bash_history"}));
+        none(&home, "Bash", bash("ls -laR ."));
+        none(&home, "Glob", json!({"pattern": "**/*"}));
+        none(tmp.path(), "Bash", bash("ls -la"));
+        none(Path::new("/"), "Bash", bash("cat /etc/shadow"));
+        none(
+            Path::new("/"),
+            "Read",
+            json!({"file_path": "/proc/self/environ"}),
+        );
+        none(
+            Path::new("/"),
+            "Read",
+            json!({"file_path": "proc/self/environ"}),
+        );
+        none(
+            Path::new("/proc/self"),
+            "Read",
+            json!({"file_path": "environ"}),
+        );
+        none(Path::new("/etc"), "Bash", bash("cat passwd"));
+        // A directory with no project file or git is not a project either.
+        none(&home.join("notes"), "Read", json!({"file_path": "a.md"}));
+        // A real project, and a directory inside it, still get their reads allowed.
+        let app = home.join("code/app");
+        assert!(matches!(
+            verdict(&app, "Read", json!({"file_path": "src/lib.rs"})),
+            Decision::Allow(_)
+        ));
+        assert!(matches!(
+            verdict(&app.join("src"), "Bash", bash("cat lib.rs")),
+            Decision::Allow(_)
+        ));
+        // …but never a link from it into /proc.
+        std::os::unix::fs::symlink("/proc/self/environ", app.join("env-link")).unwrap();
+        none(&app, "Read", json!({"file_path": "env-link"}));
+    }
+
+    /// Issue 15 (6): a key after 70 KB of padding is still found, whichever part the tool
+    /// shows; a file too large to scan is never auto-allowed.
+    #[test]
+    fn the_whole_file_is_scanned() {
+        let p = project();
+        let cwd = p.path();
+        let mut padded = "// padding\n".repeat(70 * 1024 / 11);
+        padded.push_str("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----\n");
+        std::fs::write(cwd.join("src/padded.rs"), &padded).unwrap();
+        let big = "x".repeat(SCAN_CAP as usize + 1);
+        std::fs::write(cwd.join("src/big.txt"), big).unwrap();
+        let pol = policy(true, false);
+        for (tool, input) in [
+            (
+                "Read",
+                json!({"file_path": "src/padded.rs", "offset": 6000}),
+            ),
+            (
+                "Grep",
+                json!({"pattern": "PRIVATE", "path": "src/padded.rs"}),
+            ),
+            ("Bash", bash("tail -n 3 src/padded.rs")),
+            ("Read", json!({"file_path": "src/big.txt"})),
+            ("Bash", bash("head -c 10 src/big.txt")),
+        ] {
+            assert_eq!(
+                decide(&pol, tool, &input, cwd, None),
+                Decision::NoOpinion,
+                "{tool} {input}"
+            );
+        }
+    }
+
+    /// Issue 16 (1): a FIFO or device named by a tool call is refused without blocking.
+    #[test]
+    fn special_files_are_never_read() {
+        let p = project();
+        let fifo = p.path().join("src/pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", p.path().join("src/zero")).unwrap();
+        let pol = policy(true, false);
+        for (tool, input) in [
+            ("Read", json!({"file_path": "src/pipe"})),
+            ("Bash", bash("cat src/pipe")),
+            ("Grep", json!({"pattern": "x", "path": "src/pipe"})),
+            ("Read", json!({"file_path": "src/zero"})),
+            ("Bash", bash("head -c 10 src/zero")),
+        ] {
+            assert_eq!(
+                decide(&pol, tool, &input, p.path(), None),
+                Decision::NoOpinion,
+                "{tool} {input}"
+            );
+        }
+    }
+
+    /// Issue 15 (11): forms of writing the old classifier missed, and commands cco cannot
+    /// see through, get `ask`.
+    #[test]
+    fn cud_confirmation_fails_closed() {
+        let p = project();
+        let pol = policy(true, true);
+        for cmd in [
+            "'rm' -rf build",
+            r"r\m -rf build",
+            "sh -c \"rm -rf build\"",
+            "x=rm; $x -rf build",
+            "find . -delete",
+            "sed -i s/a/b/ f",
+            "perl -pi -e s/a/b/ f",
+            "curl -o f https://x",
+            "tar xzf a.tgz",
+            "npm i left-pad",
+            "cargo add serde",
+            "echo 'unclosed",
+        ] {
+            assert!(
+                matches!(
+                    decide(&pol, "Bash", &bash(cmd), p.path(), None),
+                    Decision::Ask(_)
+                ),
+                "{cmd}"
+            );
+        }
+        assert!(matches!(
+            decide(&pol, "Bash", &json!({"command": 5}), p.path(), None),
+            Decision::Ask(_)
+        ));
+        // Reading stays reading.
+        assert!(matches!(
+            decide(&pol, "Bash", &bash("cat src/lib.rs"), p.path(), None),
+            Decision::Allow(_)
+        ));
     }
 
     #[test]

@@ -43,11 +43,6 @@ pub enum PathError {
          (`mv {path} {path}.old`) and run the command again"
     )]
     TooLarge { path: PathBuf, cap: u64 },
-    #[error(
-        "{path} is a chain of more than {MAX_LINKS} symlinks — point it at the program directly \
-         (`ln -sf \"$(readlink -f {path})\" {path}`)"
-    )]
-    LinkLoop { path: PathBuf },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -72,11 +67,14 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
     match fs::symlink_metadata(dir) {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let created = crate::marker::missing_dirs(dir);
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| PathError::io(dir, e))?;
+            // Marked as cco's, so `cco uninstall --purge` may delete them and nothing else.
+            crate::marker::mark_created(&created);
         }
         Err(e) => return Err(PathError::io(dir, e)),
     }
@@ -260,54 +258,6 @@ pub fn read_to_cap(file: File, path: &Path, cap: u64) -> Result<Vec<u8>, PathErr
 /// [`read_private`] with a size cap.
 pub fn read_private_capped(path: &Path, cap: u64) -> Result<Vec<u8>, PathError> {
     read_to_cap(open_private(path)?, path, cap)
-}
-
-/// Symlinks followed from a program's path before [`check_program`] gives up (the kernel's
-/// own limit is 40).
-pub const MAX_LINKS: usize = 40;
-
-/// Checks a program before cco runs it (with a session token in its environment) or
-/// registers it: every symlink on the way to it and every link in its chain is owned by this
-/// user or root, every directory on the way is not writable by group or others (sticky ones
-/// like `/tmp` pass), and the final target is a regular file owned by this user or root that
-/// group and others cannot write. Returns the resolved target.
-pub fn check_program(path: &Path) -> Result<PathBuf, PathError> {
-    let me = current_uid();
-    let mut at = if path.is_absolute() {
-        path.to_owned()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| PathError::io(path, e))?
-            .join(path)
-    };
-    for _ in 0..MAX_LINKS {
-        let dir = at.parent().unwrap_or(Path::new("/")).to_owned();
-        // Who can write a directory on the way can swap the program (or a link) under it.
-        check_trusted_path(&dir)?;
-        let meta = fs::symlink_metadata(&at).map_err(|e| PathError::io(&at, e))?;
-        if !meta.file_type().is_symlink() {
-            let target = at.canonicalize().map_err(|e| PathError::io(&at, e))?;
-            let meta = fs::metadata(&target).map_err(|e| PathError::io(&target, e))?;
-            if !meta.is_file() {
-                return Err(PathError::WrongKind {
-                    path: target,
-                    want: "regular file",
-                });
-            }
-            check_trusted_meta(&target, &meta)?;
-            return Ok(target);
-        }
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(PathError::ForeignOwner {
-                path: at,
-                owner: meta.uid(),
-                me,
-            });
-        }
-        let next = fs::read_link(&at).map_err(|e| PathError::io(&at, e))?;
-        at = dir.join(next);
-    }
-    Err(PathError::LinkLoop { path: path.into() })
 }
 
 /// Writes `bytes` to `dir/name` atomically and durably: a temp file in the same directory
@@ -509,107 +459,5 @@ mod tests {
             err.to_string().ends_with("and run the command again"),
             "{err}"
         );
-    }
-
-    fn exe(path: &Path, mode: u32) {
-        fs::write(path, "#!/bin/sh\n").unwrap();
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    #[test]
-    fn programs_must_be_yours_and_unwritable_by_others() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bin = tmp.path().join("bin");
-        fs::create_dir(&bin).unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-        let claude = bin.join("claude");
-        exe(&claude, 0o755);
-        assert_eq!(
-            check_program(&claude).unwrap(),
-            claude.canonicalize().unwrap()
-        );
-
-        // Writable by others: anyone could put their code in it.
-        fs::set_permissions(&claude, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = check_program(&claude).unwrap_err();
-        assert!(matches!(err, PathError::Writable { .. }), "{err}");
-        assert!(
-            err.to_string()
-                .ends_with(&format!("`chmod go-w {}`", claude.display())),
-            "{err}"
-        );
-        fs::set_permissions(&claude, fs::Permissions::from_mode(0o755)).unwrap();
-
-        // …or its directory (not sticky): anyone could swap it.
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = check_program(&claude).unwrap_err();
-        assert!(
-            matches!(&err, PathError::Writable { path, .. } if *path == bin),
-            "{err}"
-        );
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-
-        // A symlink is followed, and its target checked (npm's `.bin/claude` is one).
-        let lib = tmp.path().join("lib");
-        fs::create_dir(&lib).unwrap();
-        fs::set_permissions(&lib, fs::Permissions::from_mode(0o755)).unwrap();
-        let cli = lib.join("cli.js");
-        exe(&cli, 0o755);
-        let link = bin.join("claude-code");
-        std::os::unix::fs::symlink("../lib/cli.js", &link).unwrap();
-        assert_eq!(check_program(&link).unwrap(), cli.canonicalize().unwrap());
-        fs::set_permissions(&lib, fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(
-            check_program(&link),
-            Err(PathError::Writable { .. })
-        ));
-        fs::set_permissions(&lib, fs::Permissions::from_mode(0o755)).unwrap();
-
-        // Not a regular file, and a loop of links.
-        assert!(matches!(
-            check_program(&lib),
-            Err(PathError::WrongKind { .. })
-        ));
-        let a = bin.join("a");
-        std::os::unix::fs::symlink(bin.join("b"), &a).unwrap();
-        std::os::unix::fs::symlink(&a, bin.join("b")).unwrap();
-        assert!(matches!(check_program(&a), Err(PathError::LinkLoop { .. })));
-    }
-
-    /// Another user's script, or another user's link to your own program (they could point
-    /// it elsewhere later). Needs root to make files of another user.
-    #[test]
-    fn programs_or_links_of_another_user_are_refused() {
-        if current_uid() != 0 {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI runs the tests as root so this check runs"
-            );
-            eprintln!("note: needs root to make another user's files; skipping");
-            return;
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let claude = tmp.path().join("claude");
-        exe(&claude, 0o755);
-        std::os::unix::fs::chown(&claude, Some(65534), Some(65534)).unwrap();
-        let err = check_program(&claude).unwrap_err();
-        assert!(
-            matches!(err, PathError::ForeignOwner { owner: 65534, .. }),
-            "{err}"
-        );
-        assert!(
-            err.to_string()
-                .ends_with(&format!("`sudo chown 0 {}`", claude.display()))
-        );
-
-        std::os::unix::fs::chown(&claude, Some(0), Some(0)).unwrap();
-        let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(&claude, &link).unwrap();
-        check_program(&link).unwrap();
-        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
-        assert!(matches!(
-            check_program(&link),
-            Err(PathError::ForeignOwner { owner: 65534, .. })
-        ));
     }
 }

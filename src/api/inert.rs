@@ -5,9 +5,14 @@
 use std::borrow::Cow;
 
 /// Whether `c` must not reach a terminal raw: every control character and the bidi
-/// embedding, override and isolate characters (U+202A–U+202E, U+2066–U+2069).
+/// embedding, override and isolate characters (U+202A–U+202E, U+2066–U+2069) and the
+/// direction marks (U+200E, U+200F, U+061C).
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+        )
 }
 
 fn escape_where(s: &str, bad: impl Fn(char) -> bool) -> Cow<'_, str> {
@@ -80,6 +85,14 @@ mod tests {
     #[test]
     fn blocks_keep_their_lines() {
         assert_eq!(block("a\n\tb\u{9b}\r"), "a\n\tb\\u009b\\u000d");
+    }
+
+    #[test]
+    fn direction_marks_are_escaped_too() {
+        assert_eq!(
+            line("a\u{200e}b\u{200f}c\u{61c}"),
+            "a\\u200eb\\u200fc\\u061c"
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub enum LaunchError {
     #[error("refusing to run Claude Code at {path}: {cause}")]
     UntrustedClaude {
         path: PathBuf,
-        cause: crate::securefs::PathError,
+        cause: crate::trust::TrustError,
     },
     // `cause`, not `source`: the message already says it, and `{:#}` would repeat it.
     #[error(
@@ -212,7 +212,7 @@ pub fn find_claude(
     config_file: &Path,
 ) -> Result<PathBuf, LaunchError> {
     let found = locate_claude(configured, path_var, config_file)?;
-    crate::securefs::check_program(&found).map_err(|cause| LaunchError::UntrustedClaude {
+    crate::trust::check_program(&found).map_err(|cause| LaunchError::UntrustedClaude {
         path: found.clone(),
         cause,
     })?;

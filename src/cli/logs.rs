@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::paths::Installation;
 use crate::service::host::System;
-use crate::service::install::{self as svc_install, Manager};
+use crate::service::{Manager, install as svc_install};
 use crate::service::{Scope, Service, detached, systemd};
 
 /// How often `-f` looks for new lines in a log file.

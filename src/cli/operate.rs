@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use crate::paths::Installation;
 use crate::service::host::{Host, System};
-use crate::service::install::{self as svc_install, Manager};
 use crate::service::systemd::{self, UnitState};
+use crate::service::{Manager, install as svc_install, plan as svc_plan};
 use crate::service::{Scope, Service, detached, launchd};
 
 /// One line of output, inert: it quotes unit files, paths and the service manager's words.
@@ -46,7 +46,7 @@ pub fn run(
     args: Args,
 ) -> anyhow::Result<ExitCode> {
     let inst = Installation::from_process(config_flag)?;
-    let scope = super::install::scope(args.system);
+    let scope = svc_plan::scope(args.system);
     let mut host = System::new(false);
     let manager = if args.detached {
         None
@@ -58,7 +58,7 @@ pub fn run(
             systemd::state(&mut host, scope, &service.socket_unit()).installed()
         }
         Some(Manager::Launchd) => {
-            let plan = super::install::plan(config_flag, scope, Manager::Launchd)?;
+            let plan = svc_plan::plan(config_flag, scope, Manager::Launchd)?;
             plan.unit_dir.join(service.plist_name()).exists()
         }
         None => false,
@@ -221,7 +221,7 @@ fn exec_check(host: &mut dyn Host, svc: &UnitState) {
         .ok()
         .flatten()
         .unwrap_or_default();
-    let this = super::install::this_binary();
+    let this = svc_plan::this_binary();
     match systemd::exec_binary(&text) {
         Some(bin) if Path::new(&bin) == this => {
             say!("  ExecStart            {bin} (this binary)")
@@ -245,7 +245,7 @@ fn with_launchd(
     s: Service,
     verb: Verb,
 ) -> anyhow::Result<ExitCode> {
-    let plan = super::install::plan(config_flag, scope, Manager::Launchd)?;
+    let plan = svc_plan::plan(config_flag, scope, Manager::Launchd)?;
     let port = s.port(&inst.config);
     let loaded = launchd::loaded(host, &plan.domain, s);
     match verb {
@@ -301,7 +301,7 @@ fn with_launchd(
                         .replace("&gt;", ">")
                         .replace("&quot;", "\"")
                 });
-            let this = super::install::this_binary();
+            let this = svc_plan::this_binary();
             match bin {
                 Some(b) if Path::new(&b) == this => {
                     say!("  ProgramArguments[0] {b} (this binary)")

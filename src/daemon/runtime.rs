@@ -9,16 +9,6 @@ use crate::config::Config;
 use crate::roster::{self, Roster};
 use crate::seal::RuntimeFiles;
 
-/// Hook events cco registers, with the `cco hook` sub-command each one runs.
-pub const HOOK_EVENTS: [(&str, &str); 6] = [
-    ("SessionStart", "session-start"),
-    ("SubagentStart", "subagent-start"),
-    ("SubagentStop", "subagent-stop"),
-    ("PreToolUse", "pre-tool-use"),
-    ("Stop", "stop"),
-    ("SessionEnd", "session-end"),
-];
-
 /// Quotes a path for the POSIX shell Claude Code runs command hooks with.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -55,14 +45,15 @@ pub fn settings(config: &Config, exe: &Path) -> Value {
     let mut hooks = serde_json::Map::new();
     if config.hooks.enabled {
         let timeout = claude_hook_timeout_secs(config.hooks.timeout_ms);
-        for (event, sub) in HOOK_EVENTS {
+        for event in crate::hook::Event::ALL {
+            let sub = event.subcommand();
             let mut group = json!({
                 "hooks": [{ "type": "command", "command": format!("{exe} hook {sub}"), "timeout": timeout }]
             });
-            if event == "PreToolUse" {
+            if event == crate::hook::Event::PreToolUse {
                 group["matcher"] = json!("*");
             }
-            hooks.insert(event.into(), json!([group]));
+            hooks.insert(event.claude_name().into(), json!([group]));
         }
     }
     json!({

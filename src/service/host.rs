@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::paths;
+use crate::trust::TrustError;
 
 /// A command line to run (`systemctl --user …`, `launchctl …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,11 @@ pub trait Host {
     fn port_free(&mut self, port: u16) -> bool;
     /// `GET /health` on 127.0.0.1:`port`: the status word, or why there is none.
     fn health(&mut self, port: u16) -> Result<String, String>;
+    /// Holds an exclusive lock on the directory `dir` (created if missing) until the
+    /// returned file is dropped: concurrent installs take turns. None in a dry run.
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>>;
+    /// [`crate::trust::check_program_owned_by`]: may `owners` alone change `program`?
+    fn check_program(&mut self, program: &Path, owners: &[u32]) -> Result<(), TrustError>;
     /// Waits `ms` milliseconds (polling for launchd's bootout).
     fn sleep_ms(&mut self, ms: u64);
     /// One line of the report for the user.
@@ -191,6 +197,22 @@ impl Host for System {
             .map(|h| h.status)
             .map_err(|e| e.to_string())
     }
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>> {
+        if self.dry_run {
+            return Ok(None);
+        }
+        let trusted = |dir: &Path| paths::check_trusted_path(dir).map_err(io::Error::other);
+        trusted(dir)?;
+        std::fs::create_dir_all(dir)?;
+        trusted(dir)?;
+        // flock(2) on the directory itself: no lock file is left behind in the unit dir.
+        let f = std::fs::File::open(dir)?;
+        f.lock()?;
+        Ok(Some(f))
+    }
+    fn check_program(&mut self, program: &Path, owners: &[u32]) -> Result<(), TrustError> {
+        crate::trust::check_program_owned_by(program, owners)
+    }
     fn sleep_ms(&mut self, ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -231,6 +253,10 @@ pub mod fake {
         pub changes: Vec<String>,
         pub lines: Vec<String>,
         pub unhealthy: Vec<u16>,
+        /// Programs the trust check refuses, with the mode it reports.
+        pub untrusted: Vec<(PathBuf, u32)>,
+        /// Directories locked with [`Host::lock_dir`].
+        pub locks: Vec<PathBuf>,
     }
 
     impl Fake {
@@ -307,6 +333,20 @@ pub mod fake {
                 Ok("healthy".into())
             }
         }
+        fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>> {
+            self.locks.push(dir.into());
+            Ok(None)
+        }
+        fn check_program(&mut self, program: &Path, _owners: &[u32]) -> Result<(), TrustError> {
+            match self.untrusted.iter().find(|(p, _)| p == program) {
+                Some((p, mode)) => Err(TrustError::Writable {
+                    path: p.clone(),
+                    mode: *mode,
+                    program: p.clone(),
+                }),
+                None => Ok(()),
+            }
+        }
         fn sleep_ms(&mut self, _ms: u64) {}
         fn say(&mut self, line: &str) {
             self.lines.push(line.to_string());
@@ -318,6 +358,31 @@ pub mod fake {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Concurrent installs serialize: while one holds the unit directory, another cannot.
+    #[test]
+    fn the_unit_dir_lock_is_exclusive_until_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("systemd/user");
+        let held = System::new(false).lock_dir(&dir).unwrap().unwrap();
+        let other = std::fs::File::open(&dir).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        other.try_lock().unwrap();
+        assert!(
+            System::new(true)
+                .lock_dir(&tmp.path().join("dry"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !tmp.path().join("dry").exists(),
+            "a dry run creates nothing"
+        );
+    }
 
     #[test]
     fn units_are_never_written_through_a_directory_others_can_write() {

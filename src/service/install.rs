@@ -4,22 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::host::Host;
-use super::{Scope, Service, UnitSpec, launchd, systemd};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Manager {
-    Systemd,
-    Launchd,
-}
-
-impl Manager {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Manager::Systemd => "systemd",
-            Manager::Launchd => "launchd",
-        }
-    }
-}
+use super::plan::Plan;
+use super::{InstallError, Manager, Scope, Service, launchd, systemd};
 
 /// The service manager of this machine, or why there is none.
 pub fn detect(host: &mut dyn Host, scope: Scope) -> Result<Manager, String> {
@@ -27,73 +13,6 @@ pub fn detect(host: &mut dyn Host, scope: Scope) -> Result<Manager, String> {
         return Ok(Manager::Launchd);
     }
     systemd::detect(host, scope).map(|()| Manager::Systemd)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InstallError {
-    #[error(
-        "no service manager to install into ({reason}); this looks like a container or CI \
-         without a systemd user session — run both services detached instead: `cco daemon start`"
-    )]
-    NoManager { reason: String },
-    #[error(
-        "{path} is in a temporary directory ({dir}); units pointing there break when it is \
-         cleaned — copy cco somewhere stable and install from there: \
-         `install -Dm755 {path} ~/.local/bin/cco && ~/.local/bin/cco install`"
-    )]
-    TempBinary { path: PathBuf, dir: PathBuf },
-    #[error(
-        "port {port} on 127.0.0.1 is taken by another program, so the {} socket cannot have it{} — \
-         see who holds it with `ss -ltnp 'sport = :{port}'` and stop it, or set `{}.port` in cco's \
-         config (`cco doctor` shows where) and run `cco install` again",
-        service.name(),
-        if *socket_active { " (cco's socket is up on another port)" } else { "" },
-        service.name()
-    )]
-    PortInUse {
-        service: Service,
-        port: u16,
-        socket_active: bool,
-    },
-    #[error("`{cmd}` failed: {message} — fix the cause above and run `cco install` again")]
-    Command { cmd: String, message: String },
-    #[error(
-        "{path}: {source} — check that directory's owner and permissions, then run `cco install` again"
-    )]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl InstallError {
-    pub fn io(path: &Path, source: std::io::Error) -> InstallError {
-        InstallError::Io {
-            path: path.into(),
-            source,
-        }
-    }
-}
-
-/// What a manager-specific install did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    /// False when every unit was already in place and running: a no-op.
-    pub changed: bool,
-}
-
-/// Everything `install`/`uninstall` need, resolved by the CLI from the environment.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub manager: Manager,
-    pub spec: UnitSpec,
-    pub unit_dir: PathBuf,
-    /// systemd user scope: where packages put units (`/usr/lib/systemd/user`).
-    pub packaged_dir: Option<PathBuf>,
-    /// launchd domain (`gui/501`, `system`).
-    pub domain: String,
-    /// User scope on Linux: whose lingering to check.
-    pub linger_user: Option<String>,
 }
 
 /// Directories a unit must never point into: they are cleaned behind the service's back.
@@ -135,6 +54,28 @@ pub fn check_binary(path: &Path, temp: &[PathBuf]) -> Result<Option<String>, Ins
     }))
 }
 
+/// Characters systemd cannot carry in an `ExecStart=` program path: `$` stays `$$`, quotes,
+/// backslashes and control characters are refused or mangled (systemd.service(5)).
+pub fn check_unit_path(path: &Path) -> Result<(), InstallError> {
+    let odd = |what: &str| InstallError::UnitPath {
+        path: path.into(),
+        what: what.into(),
+    };
+    let Some(s) = path.to_str() else {
+        return Err(odd("bytes that are not UTF-8"));
+    };
+    if let Some(c) = s
+        .chars()
+        .find(|c| matches!(c, '$' | '"' | '\'' | '\\') || c.is_control())
+    {
+        return Err(odd(&match c {
+            c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
+            c => format!("`{c}`"),
+        }));
+    }
+    Ok(())
+}
+
 /// Installs (or updates) the units, then probes both services.
 /// Returns whether both answered `/health`.
 pub fn install(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
@@ -147,13 +88,28 @@ pub fn install(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
         plan.manager.as_str(),
         plan.spec.bin.display()
     ));
-    match check_binary(&plan.spec.bin, &temp_dirs()) {
+    // Everything that could refuse runs before anything is written.
+    let mut owners = vec![crate::paths::current_uid(), 0];
+    owners.extend(plan.spec.run_as.as_ref().map(|u| u.uid));
+    let checks = check_binary(&plan.spec.bin, &temp_dirs()).and_then(|warning| {
+        if plan.manager == Manager::Systemd {
+            check_unit_path(&plan.spec.bin)?;
+        }
+        host.check_program(&plan.spec.bin, &owners)?;
+        Ok(warning)
+    });
+    match checks {
         Ok(Some(w)) => host.say(&w),
         Ok(None) => {}
         // A dry run shows everything it would do, and says what a real run would refuse.
         Err(e) if host.dry_run() => host.say(&format!("a real install would stop here: {e}")),
         Err(e) => return Err(e),
     }
+    // One install at a time: a second one waits, then finds the first one's work in place
+    // (held through the health probes, so no install restarts what another is probing).
+    let _lock = host
+        .lock_dir(&plan.unit_dir)
+        .map_err(|e| InstallError::io(&plan.unit_dir, e))?;
     let outcome = match plan.manager {
         Manager::Systemd => systemd::install(
             host,
@@ -202,6 +158,13 @@ pub fn install(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
 
 /// Removes what `install` set up; true when there was something to remove.
 pub fn uninstall(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError> {
+    // Nothing to lock (and no directory to create) when there is no unit directory.
+    let _lock = if std::fs::symlink_metadata(&plan.unit_dir).is_ok() {
+        host.lock_dir(&plan.unit_dir)
+            .map_err(|e| InstallError::io(&plan.unit_dir, e))?
+    } else {
+        None
+    };
     match plan.manager {
         Manager::Systemd => systemd::uninstall(host, plan.spec.scope, &plan.unit_dir),
         Manager::Launchd => launchd::uninstall(host, &plan.unit_dir, &plan.domain),
@@ -211,6 +174,7 @@ pub fn uninstall(host: &mut dyn Host, plan: &Plan) -> Result<bool, InstallError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::UnitSpec;
     use crate::service::host::fake::Fake;
 
     #[test]
@@ -237,6 +201,76 @@ mod tests {
         insta::assert_snapshot!("no_manager", e.to_string());
     }
 
+    fn plan_for(bin: &str) -> Plan {
+        Plan {
+            manager: Manager::Systemd,
+            spec: UnitSpec {
+                bin: bin.into(),
+                ..UnitSpec::reference()
+            },
+            unit_dir: "/home/alice/.config/systemd/user".into(),
+            packaged_dir: None,
+            domain: String::new(),
+            linger_user: None,
+        }
+    }
+
+    /// The hostile round's odd directory names: the four systemd cannot start from are
+    /// refused before a unit is written or a service stopped; the others install.
+    #[test]
+    fn odd_binary_paths_are_refused_before_anything_changes() {
+        for bad in [
+            "/opt/a$b/cco",
+            "/opt/a\"b/cco",
+            "/opt/a'b/cco",
+            "/opt/a\\b/cco",
+            "/opt/a\nb/cco",
+        ] {
+            let mut f = Fake::default();
+            let e = install(&mut f, &plan_for(bad)).unwrap_err();
+            assert!(matches!(e, InstallError::UnitPath { .. }), "{bad}: {e}");
+            assert!(e.to_string().ends_with("~/.local/bin/cco install`"), "{e}");
+            assert!(
+                f.changes.is_empty() && f.files.is_empty(),
+                "{bad}: {:?}",
+                f.changes
+            );
+        }
+        insta::assert_snapshot!(
+            "odd_binary_path",
+            install(&mut Fake::default(), &plan_for("/opt/$HOME/cco"))
+                .unwrap_err()
+                .to_string()
+        );
+        for good in [
+            "/opt/a b/cco",
+            "/opt/100%/cco",
+            "/opt/é/cco",
+            "/opt/a;b/cco",
+        ] {
+            let mut f = Fake::default();
+            assert!(install(&mut f, &plan_for(good)).unwrap(), "{good}");
+            assert_eq!(f.files.len(), 4, "{good}");
+        }
+    }
+
+    #[test]
+    fn a_binary_others_can_change_is_refused_before_anything_changes() {
+        let mut f = Fake::default();
+        f.untrusted.push(("/opt/shared/cco".into(), 0o777));
+        let e = install(&mut f, &plan_for("/opt/shared/cco")).unwrap_err();
+        assert!(matches!(e, InstallError::Untrusted(_)), "{e}");
+        assert!(
+            e.to_string().ends_with("`chmod go-w /opt/shared/cco`"),
+            "{e}"
+        );
+        assert!(
+            f.changes.is_empty() && f.files.is_empty(),
+            "{:?}",
+            f.changes
+        );
+    }
+
     #[test]
     fn lingering_off_is_reported_with_the_command() {
         let mut f = Fake::default();
@@ -250,6 +284,11 @@ mod tests {
             linger_user: Some("alice".into()),
         };
         assert!(install(&mut f, &plan).unwrap());
+        assert_eq!(
+            f.locks,
+            vec![plan.unit_dir],
+            "installs serialize on the unit dir"
+        );
         assert!(
             f.transcript().contains("`loginctl enable-linger alice`"),
             "{}",

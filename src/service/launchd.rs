@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
-use super::install::{InstallError, Outcome};
+use super::must;
 use super::render;
-use super::systemd::must;
+use super::{InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
 
 /// How long `bootout` may take to remove a job before we give up waiting.
@@ -86,7 +86,7 @@ pub fn install(
     let mut changed_any = false;
     // launchd opens StandardErrorPath but does not create its directory.
     if !host.dry_run() {
-        std::fs::create_dir_all(&spec.launchd_log_dir)
+        crate::marker::create_dir_all_marked(&spec.launchd_log_dir)
             .map_err(|e| InstallError::io(&spec.launchd_log_dir, e))?;
     }
     for (f, s) in render::launchd_plists(spec).into_iter().zip(Service::ALL) {

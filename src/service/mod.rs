@@ -1,15 +1,112 @@
-//! Service-manager integration: unit rendering (pure, [`render`]), the side effects behind a
-//! small [`host::Host`] trait, and what `cco install|uninstall|daemon start…` do with them
-//! on systemd ([`systemd`]), launchd ([`launchd`]) or with no manager at all ([`detached`]).
+//! Service-manager integration: what to install ([`plan`]), unit rendering (pure, [`render`]),
+//! side effects behind [`host::Host`], the sequences on systemd ([`systemd`]), launchd
+//! ([`launchd`]) or none ([`detached`]); program trust ([`trust`]) and the purge ([`purge`]).
 
 pub mod detached;
 pub mod host;
 pub mod install;
 pub mod launchd;
+pub mod plan;
+pub mod purge;
 pub mod render;
 pub mod systemd;
 
 use std::path::{Path, PathBuf};
+
+/// The service manager cco registers its sockets with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    Systemd,
+    Launchd,
+}
+
+impl Manager {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Manager::Systemd => "systemd",
+            Manager::Launchd => "launchd",
+        }
+    }
+}
+
+/// Why `cco install`/`cco uninstall` stopped; each message ends with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(
+        "no service manager to install into ({reason}); this looks like a container or CI \
+         without a systemd user session — run both services detached instead: `cco daemon start`"
+    )]
+    NoManager { reason: String },
+    #[error(
+        "{path} is in a temporary directory ({dir}); units pointing there break when it is \
+         cleaned — copy cco somewhere stable and install from there: \
+         `install -Dm755 {path} ~/.local/bin/cco && ~/.local/bin/cco install`"
+    )]
+    TempBinary { path: PathBuf, dir: PathBuf },
+    #[error(
+        "port {port} on 127.0.0.1 is taken by another program, so the {} socket cannot have it{} — \
+         see who holds it with `ss -ltnp 'sport = :{port}'` and stop it, or set `{}.port` in cco's \
+         config (`cco doctor` shows where) and run `cco install` again",
+        service.name(),
+        if *socket_active { " (cco's socket is up on another port)" } else { "" },
+        service.name()
+    )]
+    PortInUse {
+        service: Service,
+        port: u16,
+        socket_active: bool,
+    },
+    #[error(
+        "{path} contains {what}, which systemd cannot run from a unit's ExecStart= — copy cco to \
+         a directory whose path has no `$`, quotes, backslashes or control characters and \
+         install from there: `install -Dm755 {} ~/.local/bin/cco && ~/.local/bin/cco install`",
+        host::shell_quote(&path.to_string_lossy())
+    )]
+    UnitPath { path: PathBuf, what: String },
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::TrustError),
+    #[error("`{cmd}` failed: {message} — fix the cause above and run `cco install` again")]
+    Command { cmd: String, message: String },
+    #[error(
+        "{path}: {source} — check that directory's owner and permissions, then run `cco install` again"
+    )]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl InstallError {
+    pub fn io(path: &Path, source: std::io::Error) -> InstallError {
+        InstallError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Runs a change and turns a failure into an error that shows the command.
+pub fn must(host: &mut dyn host::Host, cmd: &host::Cmd) -> Result<(), InstallError> {
+    let out = host.change(cmd).map_err(|e| InstallError::Command {
+        cmd: cmd.to_string(),
+        message: e.to_string(),
+    })?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(InstallError::Command {
+            cmd: cmd.to_string(),
+            message: out.message(),
+        })
+    }
+}
+
+/// What a manager-specific install did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// False when every unit was already in place and running: a no-op.
+    pub changed: bool,
+}
 
 /// The two socket-activated processes cco installs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +158,7 @@ pub enum Scope {
 pub struct RunAs {
     pub name: String,
     pub uid: u32,
+    pub gid: u32,
     pub home: PathBuf,
 }
 

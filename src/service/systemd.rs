@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::host::{Cmd, Host};
 use super::render::{self, UnitFile};
+// `must` lives in service/mod.rs, shared with launchd; re-exported for the operate commands.
+pub use super::must;
+use super::{InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
-use crate::service::install::{InstallError, Outcome};
 
 /// Where distribution packages put user units (`cargo deb` ships ours there).
 pub const PACKAGED_USER_DIR: &str = "/usr/lib/systemd/user";
@@ -71,6 +73,8 @@ pub struct UnitState {
     pub fragment: String,
     pub listen: String,
     pub main_pid: String,
+    /// The file on disk differs from what the manager loaded (`daemon-reload` pending).
+    pub need_reload: bool,
 }
 
 impl UnitState {
@@ -80,6 +84,10 @@ impl UnitState {
     pub fn active(&self) -> bool {
         self.active == "active"
     }
+    /// The address a socket unit listens on now (`127.0.0.1:3000` of `127.0.0.1:3000 (Stream)`).
+    pub fn listen_addr(&self) -> &str {
+        self.listen.split_whitespace().next().unwrap_or("")
+    }
 }
 
 pub fn state(host: &mut dyn Host, scope: Scope, unit: &str) -> UnitState {
@@ -88,7 +96,7 @@ pub fn state(host: &mut dyn Host, scope: Scope, unit: &str) -> UnitState {
         &[
             "show",
             "-p",
-            "LoadState,ActiveState,SubState,UnitFileState,FragmentPath,Listen,MainPID",
+            "LoadState,ActiveState,SubState,UnitFileState,FragmentPath,Listen,MainPID,NeedDaemonReload",
             unit,
         ],
     );
@@ -103,6 +111,7 @@ pub fn state(host: &mut dyn Host, scope: Scope, unit: &str) -> UnitState {
         fragment: get("FragmentPath"),
         listen: get("Listen"),
         main_pid: get("MainPID"),
+        need_reload: get("NeedDaemonReload") == "yes",
     }
 }
 
@@ -139,11 +148,16 @@ pub fn install(
         .iter()
         .map(|&s| (s, state(host, scope, &s.socket_unit())))
         .collect();
+    let services: HashMap<Service, UnitState> = Service::ALL
+        .iter()
+        .map(|&s| (s, state(host, scope, &s.service_unit())))
+        .collect();
+    let want = |s: Service| format!("127.0.0.1:{}", spec.port(s));
 
     // Ports: free, or held by our own socket unit.
     for s in Service::ALL {
         let port = spec.port(s);
-        let ours = before[&s].active() && before[&s].listen.contains(&format!("127.0.0.1:{port} "));
+        let ours = before[&s].active() && before[&s].listen_addr() == want(s);
         if !ours && !host.port_free(port) {
             return Err(InstallError::PortInUse {
                 service: s,
@@ -199,6 +213,31 @@ pub fn install(
             shown.display()
         ));
     }
+    // What runs, not only what is written: an install interrupted after writing leaves the
+    // files current while the manager still runs the old ones (or listens on the old port).
+    for s in Service::ALL {
+        let socket = &before[&s];
+        if socket.active()
+            && socket.listen_addr() != want(s)
+            && !changed.contains_key(&s.socket_unit())
+        {
+            host.say(&format!(
+                "  {:<20} listens on {}, not {} — restarting it",
+                s.socket_unit(),
+                socket.listen_addr(),
+                want(s)
+            ));
+            changed.insert(s.socket_unit(), true);
+        }
+        for (unit, st) in [(s.socket_unit(), socket), (s.service_unit(), &services[&s])] {
+            if st.need_reload {
+                host.say(&format!(
+                    "  {unit:<20} not yet loaded by systemd — reloading"
+                ));
+                changed.insert(unit, true);
+            }
+        }
+    }
     let any_changed = !changed.is_empty();
     let is_changed = |u: &str| changed.get(u).copied().unwrap_or(false);
 
@@ -227,22 +266,6 @@ pub fn install(
     Ok(Outcome {
         changed: any_changed || !all_enabled,
     })
-}
-
-/// Runs a change and turns a failure into an error that shows the command.
-pub fn must(host: &mut dyn Host, cmd: &Cmd) -> Result<(), InstallError> {
-    let out = host.change(cmd).map_err(|e| InstallError::Command {
-        cmd: cmd.to_string(),
-        message: e.to_string(),
-    })?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(InstallError::Command {
-            cmd: cmd.to_string(),
-            message: out.message(),
-        })
-    }
 }
 
 /// Stops and disables everything, removes our unit files, reloads, forgets failures.
@@ -331,8 +354,7 @@ mod tests {
         }
     }
 
-    const SHOW: &str =
-        "show -p LoadState,ActiveState,SubState,UnitFileState,FragmentPath,Listen,MainPID";
+    const SHOW: &str = "show -p LoadState,ActiveState,SubState,UnitFileState,FragmentPath,Listen,MainPID,NeedDaemonReload";
 
     fn socket_up(f: &mut Fake, s: Service, port: u16) {
         f.answer(
@@ -369,6 +391,57 @@ mod tests {
         f.busy_ports = vec![3001];
         install(&mut f, &spec("/opt/cco/bin/cco", 3002), dir, None).unwrap();
         insta::assert_snapshot!("new_port", f.transcript());
+    }
+
+    /// The hostile round's instance: a port change interrupted after the files were written
+    /// left the socket on the old port, and a re-run said "unchanged". It must restart it.
+    #[test]
+    fn an_interrupted_port_change_is_healed() {
+        let dir = Path::new("/u/.config/systemd/user");
+        let mut f = Fake::default();
+        // The new units (daemon on 3002) are on disk; the manager still listens on 3000.
+        for u in render::systemd_units(&spec("/usr/bin/cco", 3002)) {
+            f.files.insert(dir.join(&u.name), u.text);
+        }
+        socket_up(&mut f, Service::Daemon, 3000);
+        socket_up(&mut f, Service::Sidecar, 3001);
+        f.busy_ports = vec![3000, 3001];
+        let out = install(&mut f, &spec("/usr/bin/cco", 3002), dir, None).unwrap();
+        assert!(out.changed);
+        assert!(f.files.len() == 4 && !f.changes.iter().any(|c| c.starts_with("write")));
+        insta::assert_snapshot!("healed_port", f.transcript());
+        assert!(
+            f.changes
+                .contains(&"systemctl --user restart cco-daemon.socket".to_string()),
+            "{:?}",
+            f.changes
+        );
+    }
+
+    #[test]
+    fn a_unit_systemd_has_not_reloaded_is_reloaded() {
+        let dir = Path::new("/u/.config/systemd/user");
+        let mut f = Fake::default();
+        for u in render::systemd_units(&spec("/usr/bin/cco", 3000)) {
+            f.files.insert(dir.join(&u.name), u.text);
+        }
+        socket_up(&mut f, Service::Daemon, 3000);
+        socket_up(&mut f, Service::Sidecar, 3001);
+        f.answer(
+            &format!("systemctl --user {SHOW} cco-daemon.service"),
+            "LoadState=loaded\nActiveState=active\nNeedDaemonReload=yes\n",
+        );
+        f.busy_ports = vec![3000, 3001];
+        let out = install(&mut f, &spec("/usr/bin/cco", 3000), dir, None).unwrap();
+        assert!(out.changed);
+        assert_eq!(
+            f.changes,
+            [
+                "systemctl --user daemon-reload",
+                "systemctl --user try-restart cco-daemon.service",
+                "systemctl --user enable --now cco-daemon.socket cco-sidecar.socket",
+            ]
+        );
     }
 
     #[test]

@@ -42,6 +42,14 @@ pub enum ApiError {
     DiskFull,
     #[error("the sidecar is shutting down; retry in a moment")]
     Unavailable,
+    /// The journal could not commit; `reason` is SQLite's description (no paths).
+    #[error(
+        "the event journal could not commit ({reason}); nothing was stored — see `cco logs` for the cause, then retry"
+    )]
+    JournalFailed { reason: String },
+    /// The results store cannot write where it must; the path is the user's own data dir.
+    #[error("cannot store the result: {message}")]
+    Storage { message: String },
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -67,8 +75,10 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable | ApiError::JournalFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) | ApiError::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -89,6 +99,8 @@ impl ApiError {
             ApiError::NotJson => "unsupported_media_type",
             ApiError::DiskFull => "disk_full",
             ApiError::Unavailable => "unavailable",
+            ApiError::JournalFailed { .. } => "journal_failed",
+            ApiError::Storage { .. } => "storage_error",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -106,6 +118,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
             ApiError::DiskFull => tracing::error!("disk full: request refused"),
+            ApiError::JournalFailed { .. } | ApiError::Storage { .. } => {
+                tracing::error!(error = %self, "storage failure")
+            }
             e if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
                 tracing::debug!(error = %e, "request refused")
             }
@@ -163,6 +178,13 @@ mod tests {
             ),
             (ApiError::NotJson, 415, "unsupported_media_type"),
             (ApiError::DiskFull, 507, "disk_full"),
+            (
+                ApiError::JournalFailed {
+                    reason: "database is locked".into(),
+                },
+                503,
+                "journal_failed",
+            ),
         ];
         for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod journal;
 pub mod metrics;
+pub mod registry;
 pub mod results;
 mod routes;
 pub mod run;
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use crate::auth::Keys;
 use crate::config::SidecarConfig;
 use crate::paths::Paths;
+use crate::pidlock::{PidLock, PidLockError};
 use crate::roster::Roster;
 use crate::server::{GuardPort, Stopping, Tracker, guard};
 
@@ -39,6 +41,32 @@ pub enum OpenError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Results(#[from] results::StoreError),
+    #[error(
+        "another sidecar{} is using the data directory {}; stop it (`cco daemon stop`, or `systemctl --user stop cco-sidecar.service`) or give this one another `data_dir`, then `cco sidecar run`",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir.display()
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("{0} — check the data directory's owner and mode, then `cco sidecar run`")]
+    Lock(crate::pidlock::PidLockError),
+    #[error(transparent)]
+    Dir(#[from] crate::paths::PathError),
+}
+
+/// Name of the lock file in the orchestration directory; it holds the owner's pid.
+pub const DATA_LOCK_FILE: &str = "sidecar.lock";
+
+/// Locks the orchestration directory for this sidecar, so a second one on the same data
+/// refuses to start instead of failing every write.
+fn lock_data_dir(dir: &std::path::Path) -> Result<PidLock, OpenError> {
+    crate::paths::ensure_private_dir(dir)?;
+    PidLock::acquire(&dir.join(DATA_LOCK_FILE)).map_err(|e| match e {
+        PidLockError::Held { pid, .. } => OpenError::Locked {
+            dir: dir.to_owned(),
+            pid,
+        },
+        other => OpenError::Lock(other),
+    })
 }
 
 /// Everything the handlers share; cheap to clone.
@@ -61,6 +89,8 @@ struct Inner {
     db_bytes: std::sync::atomic::AtomicU64,
     started: Instant,
     tracker: Arc<Tracker>,
+    /// Dropped last: no other sidecar writes this data while we might.
+    _lock: PidLock,
     stopping: Stopping,
     /// The user's home, canonical: never served as a project (`context::check_project`).
     home: Option<PathBuf>,
@@ -80,8 +110,18 @@ impl SidecarState {
             max_events: config.retention_events,
             max_age: config.retention_age,
         };
-        let journal = journal::Journal::open(&paths.state_db(), retention)?;
+        let lock = lock_data_dir(&paths.orchestration_dir())?;
         let results = results::ResultsStore::open(paths.results_dir())?;
+        // Results recorded as pending before a crash are written and announced now, before
+        // any request is served.
+        let journal = journal::Journal::open_recovering(&paths.state_db(), retention, &mut |p| {
+            let (result, stored) = results.restore_pending(&p.json)?;
+            Ok(routes::completed_event(
+                &result,
+                &stored.path,
+                &stored.agent_path,
+            ))
+        })?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
@@ -98,6 +138,7 @@ impl SidecarState {
                 started: Instant::now(),
                 tracker,
                 stopping,
+                _lock: lock,
                 home: std::env::var_os("HOME")
                     .filter(|h| !h.is_empty())
                     .and_then(|h| std::fs::canonicalize(h).ok()),
@@ -126,13 +167,18 @@ impl SidecarState {
     /// Runs the health probes (blocking): write and remove a probe file, query the journal,
     /// read the RSS.
     pub fn refresh_probes(&self) {
-        let probe = self.inner.orchestration_dir.join(".health-probe");
-        let storage =
-            match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
-                Ok(()) => "healthy",
-                Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
-                Err(_) => "unwritable",
-            };
+        // Probed where the journal and the results are written.
+        let probe_in = |dir: &std::path::Path| {
+            let probe = dir.join(".health-probe");
+            std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
+        };
+        let storage = match probe_in(&self.inner.orchestration_dir)
+            .and_then(|()| probe_in(self.inner.results.dir()))
+        {
+            Ok(()) => "healthy",
+            Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
+            Err(_) => "unwritable",
+        };
         let j = &self.inner.journal;
         let event_bus = if j.writer_alive() && j.ping() {
             "healthy"

@@ -19,8 +19,10 @@ use serde_json::json;
 use super::context::{ProjectRefused, check_project};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
-use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent, Subscription};
-use super::results::StoreError;
+use super::journal::{
+    EventFilter, JournalError, JournalEvent, NewEvent, PendingResult, Subscription,
+};
+use super::results::{StoreError, pending_key};
 use super::{SERVICE, SidecarState, VERSION};
 use crate::api::sidecar::{
     AgentList, AgentState, AgentStatusUpdate, EventStats, HealthChecks, Performance,
@@ -40,6 +42,9 @@ pub const AGENT_COMPLETED: &str = "agent_completed";
 /// The events an agent status update publishes.
 pub const AGENT_STARTED: &str = "agent_started";
 pub const AGENT_FAILED: &str = "agent_failed";
+/// Deepest JSON a result or event may carry: contexts and event batches embed it a few
+/// levels down, and JSON parsers (serde_json among them) stop at 128.
+pub const MAX_JSON_DEPTH: usize = 64;
 /// Lifecycle events only the sidecar publishes, so waiters can trust them.
 const RESERVED_EVENTS: [&str; 3] = [AGENT_STARTED, AGENT_COMPLETED, AGENT_FAILED];
 
@@ -54,6 +59,11 @@ impl From<JournalError> for ApiError {
             JournalError::Ahead { since, head } => ApiError::CursorAhead { since, head },
             JournalError::DiskFull => ApiError::DiskFull,
             JournalError::Closed => ApiError::Unavailable,
+            JournalError::Commit(cause) => ApiError::JournalFailed {
+                reason: cause
+                    .sqlite_error()
+                    .map_or_else(|| "database error".to_string(), |f| f.to_string()),
+            },
             e => ApiError::internal(e),
         }
     }
@@ -63,7 +73,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::DiskFull(_) => ApiError::DiskFull,
-            e => ApiError::internal(e),
+            e => ApiError::Storage {
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -98,7 +110,11 @@ pub async fn method_not_allowed() -> Response {
 }
 
 pub async fn health(State(s): State<SidecarState>) -> (StatusCode, Json<SidecarHealth>) {
-    let probes = s.inner.probes.read().expect("probes lock").clone();
+    let mut probes = s.inner.probes.read().expect("probes lock").clone();
+    // The last result write failed where the probe succeeded (a blocked or foreign path).
+    if probes.storage == "healthy" && s.inner.results.failing() {
+        probes.storage = "degraded";
+    }
     let healthy = probes.storage == "healthy" && probes.event_bus == "healthy";
     let body = SidecarHealth {
         status: if healthy { "healthy" } else { "unhealthy" }.into(),
@@ -242,6 +258,51 @@ pub async fn get_context(
     Ok(json_response(StatusCode::OK, body))
 }
 
+/// The `agent_completed` event announcing a stored result (also used by recovery).
+pub fn completed_event(r: &StoredResult, path: &Path, agent_path: &Path) -> NewEvent {
+    let status = r
+        .result
+        .get("status")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default();
+    NewEvent {
+        event_type: EventType::parse(AGENT_COMPLETED).expect("valid event type"),
+        publisher: r.agent_id.to_string(),
+        topic: r.issue_id.to_string(),
+        data: json!({
+            "issue_id": r.issue_id,
+            "agent_type": r.agent_type,
+            "agent_id": r.agent_id,
+            "status": status,
+            "path": path.display().to_string(),
+            "agent_path": agent_path.display().to_string(),
+        }),
+        correlation_id: None,
+    }
+}
+
+/// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`]: it could not be embedded again in a
+/// context or an event batch that clients parse.
+fn check_depth(what: &str, v: &serde_json::Value) -> Result<(), ApiError> {
+    fn depth(v: &serde_json::Value, limit: usize) -> bool {
+        if limit == 0 {
+            return false;
+        }
+        match v {
+            serde_json::Value::Array(a) => a.iter().all(|x| depth(x, limit - 1)),
+            serde_json::Value::Object(o) => o.values().all(|x| depth(x, limit - 1)),
+            _ => true,
+        }
+    }
+    if depth(v, MAX_JSON_DEPTH) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "`{what}` is nested deeper than {MAX_JSON_DEPTH} levels; flatten it and retry"
+        )))
+    }
+}
+
 pub async fn store_result(
     claims: Claims,
     State(s): State<SidecarState>,
@@ -249,30 +310,39 @@ pub async fn store_result(
 ) -> Result<Response, ApiError> {
     claims.require(Scope::ResultsWrite)?;
     claims.check_binding(Some(sub.issue_id.as_str()), Some(sub.agent_type.as_str()))?;
-    let status = match sub.result.get("status") {
-        Some(serde_json::Value::String(st)) if !st.is_empty() => st.clone(),
+    match sub.result.get("status") {
+        Some(serde_json::Value::String(st)) if !st.is_empty() => {}
         _ => {
             return Err(ApiError::BadRequest(
                 "`result` must be an object with a `status` string".into(),
             ));
         }
-    };
+    }
+    check_depth("result", &sub.result)?;
+    let results = &s.inner.results;
+    // One submission of this agent at a time: the check below and the write cannot
+    // interleave with a concurrent retry.
+    let _turn = results.lock_agent(&sub.issue_id, &sub.agent_id).await;
     // A repeat of what this agent already stored (a retried hook, a stop reported twice) is
-    // acknowledged without a second write or a second `agent_completed`.
+    // acknowledged without a second write or a second `agent_completed` — only when its
+    // event exists: a result still pending (its undo failed) is stored and announced again.
     let existing = {
-        let (s, issue, ty) = (s.clone(), sub.issue_id.clone(), sub.agent_type.clone());
-        blocking(move || s.inner.results.get(&issue, &ty)).await?
+        let (s, sub) = (s.clone(), sub.clone());
+        blocking(move || {
+            s.inner
+                .results
+                .get_agent(&sub.issue_id, &sub.agent_type, &sub.agent_id)
+        })
+        .await?
     };
     if let Some(json) = existing
         && let Ok(prev) = serde_json::from_str::<StoredResult>(&json)
-        && prev.agent_id == sub.agent_id
         && prev.result == sub.result
+        && !s.journal().is_pending(&pending_key(&prev))
     {
         let body = ResultStored {
             stored: true,
-            path: s
-                .inner
-                .results
+            path: results
                 .path_of(&sub.issue_id, &sub.agent_type)
                 .display()
                 .to_string(),
@@ -291,40 +361,44 @@ pub async fn store_result(
         result: sub.result,
         stored_at: super::journal::rfc3339_now(),
     };
-    // Written first, then announced; if the announcement fails the write is undone, so a 5xx
-    // means "nothing happened" and a retry is safe.
+    // Recorded as pending first, then written, then announced in the commit that clears the
+    // pending row: a crash anywhere is finished on the next start (`SidecarState::open`).
+    // If writing or announcing fails, the write is undone and the pending row dropped, so a
+    // 5xx means "nothing happened" and a retry is safe.
+    let key = pending_key(&stored);
+    s.journal()
+        .intend(PendingResult {
+            key: key.clone(),
+            json: serde_json::to_string(&stored).expect("results serialize"),
+        })
+        .await?;
     let written = {
         let (s, stored) = (s.clone(), stored.clone());
-        blocking(move || s.inner.results.store(&stored)).await??
+        blocking(move || s.inner.results.store(&stored)).await?
     };
-    let path = written.path.clone();
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            forget(&s, key).await;
+            return Err(e.into());
+        }
+    };
+    let (path, agent_path) = (written.path.clone(), written.agent_path.clone());
     let published = s
         .journal()
-        .publish(NewEvent {
-            event_type: EventType::parse(AGENT_COMPLETED).expect("valid event type"),
-            publisher: stored.agent_id.to_string(),
-            topic: stored.issue_id.to_string(),
-            data: json!({
-                "issue_id": stored.issue_id,
-                "agent_type": stored.agent_type,
-                "agent_id": stored.agent_id,
-                "status": status,
-                "path": path.display().to_string(),
-            }),
-            correlation_id: None,
-        })
+        .complete(key.clone(), completed_event(&stored, &path, &agent_path))
         .await;
     let event = match published {
         Ok(event) => event,
         Err(e) => {
-            let s = s.clone();
-            match blocking(move || s.inner.results.undo(written)).await {
-                Ok(Ok(())) => {}
+            let s2 = s.clone();
+            match blocking(move || s2.inner.results.undo(written)).await {
+                Ok(Ok(())) => forget(&s, key).await,
                 Ok(Err(undo)) => {
-                    tracing::error!(error = %undo, "cannot undo a result whose event failed")
+                    tracing::error!(error = %undo, "cannot undo a result whose event failed; it is announced on the next start")
                 }
                 Err(undo) => {
-                    tracing::error!(error = %undo, "cannot undo a result whose event failed")
+                    tracing::error!(error = %undo, "cannot undo a result whose event failed; it is announced on the next start")
                 }
             }
             return Err(e.into());
@@ -340,6 +414,14 @@ pub async fn store_result(
         unchanged: false,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Drops a pending result whose files were not (or no longer) written; if even that fails,
+/// the next start finishes it, which a retry would have done anyway.
+async fn forget(s: &SidecarState, key: String) {
+    if let Err(e) = s.journal().forget(key.clone()).await {
+        tracing::error!(key, error = %e, "cannot drop a pending result; it is announced on the next start");
+    }
 }
 
 pub async fn list_results(
@@ -387,17 +469,18 @@ pub async fn publish_event(
     }
     check_label("publisher", &req.publisher, true)?;
     check_label("topic", &req.topic, true)?;
-    if let Some(issue) = &claims.issue_id
-        && req.topic != *issue
-    {
+    if !topic_allowed(&claims, &req.topic) {
         return Err(AuthError::OutOfScope(format!(
-            "token is bound to issue {issue}; publish with \"topic\": \"{issue}\""
+            "token is bound to {}; publish with \"topic\": {}",
+            binding_label(&claims),
+            allowed_topics(&claims)
         ))
         .into());
     }
     if let Some(c) = &req.correlation_id {
         check_label("correlation_id", c, false)?;
     }
+    check_depth("data", &req.data)?;
     let event = s
         .journal()
         .publish(NewEvent {
@@ -438,16 +521,51 @@ fn parse_filter(filter: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The topic a reader may see: a token bound to an issue reads only that issue's topic
-/// (forced when no filter is given; another topic is 403).
+/// Topics a bound token may publish to and wait on: an issue-bound token its issue's
+/// (the broadcast topic), an agent-type-bound token its type's (its inbox), a token bound
+/// to both either one. An unbound token any.
+fn topic_allowed(claims: &Claims, topic: &str) -> bool {
+    match (&claims.issue_id, &claims.agent_type) {
+        (None, None) => true,
+        (issue, ty) => issue.as_deref() == Some(topic) || ty.as_deref() == Some(topic),
+    }
+}
+
+fn allowed_topics(claims: &Claims) -> String {
+    [&claims.issue_id, &claims.agent_type]
+        .into_iter()
+        .flatten()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+fn binding_label(claims: &Claims) -> String {
+    let mut parts = Vec::new();
+    if let Some(i) = &claims.issue_id {
+        parts.push(format!("issue {i}"));
+    }
+    if let Some(t) = &claims.agent_type {
+        parts.push(format!("agent type {t}"));
+    }
+    parts.join(" and ")
+}
+
+/// The topic a reader may see: a bound token reads only its topics (see `topic_allowed`);
+/// without a filter it reads its issue's topic, or its type's when bound to no issue.
 fn scoped_topic(claims: &Claims, asked: Option<String>) -> Result<Option<String>, ApiError> {
-    match (&claims.issue_id, asked) {
-        (Some(issue), Some(topic)) if topic != *issue => Err(AuthError::OutOfScope(format!(
-            "token is bound to issue {issue}; wait with filter=topic:{issue} or without a filter"
+    match asked {
+        Some(topic) if !topic_allowed(claims, &topic) => Err(AuthError::OutOfScope(format!(
+            "token is bound to {}; wait with filter=topic:NAME for {} or without a filter",
+            binding_label(claims),
+            allowed_topics(claims)
         ))
         .into()),
-        (Some(issue), _) => Ok(Some(issue.clone())),
-        (None, topic) => Ok(topic),
+        Some(topic) => Ok(Some(topic)),
+        None => Ok(claims
+            .issue_id
+            .clone()
+            .or_else(|| claims.agent_type.clone())),
     }
 }
 
@@ -628,6 +746,21 @@ pub async fn agent_status(
         "status": update.status.as_str(),
         "message": update.message,
     });
+    // A bound token may only touch records of its own issue and type: it could otherwise
+    // move another issue's agent to its own and mark it failed.
+    if let Some(existing) = s.journal().agent(&agent_id) {
+        claims
+            .check_binding(
+                Some(existing.issue_id.as_str()),
+                Some(existing.agent_type.as_str()),
+            )
+            .map_err(|_| {
+                AuthError::OutOfScope(format!(
+                    "agent {agent_id} belongs to issue {} ({}), outside this token's binding",
+                    existing.issue_id, existing.agent_type
+                ))
+            })?;
+    }
     let topic = update.issue_id.to_string();
     let record = s.journal().set_agent(agent_id.clone(), update).await?;
     if let Some(event_type) = lifecycle {
@@ -662,4 +795,82 @@ pub async fn list_agents(
         .collect();
     let counts = super::journal::counts(agents.iter());
     Ok(Json(AgentList { agents, counts }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Keys;
+    use crate::paths::Paths;
+    use crate::roster::Roster;
+    use crate::secret::Secret;
+    use crate::server::{Stopper, Tracker};
+
+    fn state(dir: &Path, stopper: &Stopper) -> SidecarState {
+        let paths = Paths {
+            config_file: dir.join("cfg/daemon.toml"),
+            runtime_dir: dir.join("run"),
+            data_dir: dir.join("data"),
+        };
+        SidecarState::open(
+            crate::config::SidecarConfig::default(),
+            &paths,
+            Keys::new(&Secret::from_bytes(vec![7; 32])).unwrap(),
+            Roster::builtin().unwrap(),
+            Arc::new(Tracker::default()),
+            stopper.subscribe(),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> Claims {
+        Claims {
+            iss: "cco".into(),
+            aud: "cco-sidecar".into(),
+            sub: "test".into(),
+            iat: 0,
+            exp: u64::MAX,
+            scope: Scope::ALL.map(|s| s.as_str()).join(" "),
+            project: None,
+            issue_id: None,
+            agent_type: None,
+        }
+    }
+
+    /// `unchanged` only when the result's event exists: a result still pending (its event
+    /// failed and its undo too) is announced on the next identical submission.
+    #[tokio::test]
+    async fn unchanged_only_when_the_event_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let stopper = Stopper::default();
+        let s = state(dir.path(), &stopper);
+        let sub: ResultSubmission = serde_json::from_value(json!({
+            "agent_id": "a-1", "agent_type": "t", "issue_id": "i",
+            "result": {"status": "ok"}
+        }))
+        .unwrap();
+        let post = || store_result(claims(), State(s.clone()), ApiJson(sub.clone()));
+        assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
+        assert_eq!(post().await.unwrap().status(), StatusCode::OK);
+        // What a failed announcement with a failed undo leaves: stored, still pending.
+        let stored = s
+            .inner
+            .results
+            .get_agent(&sub.issue_id, &sub.agent_type, &sub.agent_id)
+            .unwrap();
+        let key = format!("{}/{}/{}", sub.issue_id, sub.agent_type, sub.agent_id);
+        s.journal()
+            .intend(PendingResult {
+                key: key.clone(),
+                json: stored.to_string(),
+            })
+            .await
+            .unwrap();
+        let head = s.journal().head();
+        assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
+        assert_eq!(s.journal().head(), head + 1);
+        assert!(!s.journal().is_pending(&key));
+        assert_eq!(post().await.unwrap().status(), StatusCode::OK);
+        s.close();
+    }
 }

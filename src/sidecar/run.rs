@@ -45,7 +45,7 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
         )
         .with_context(|| {
             format!(
-                "cannot open the orchestration data in {} — check its permissions and free space, then `cco sidecar run`",
+                "cannot open the orchestration data in {}",
                 paths.orchestration_dir().display()
             )
         })?;

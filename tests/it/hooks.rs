@@ -2,7 +2,9 @@
 //! sends: the session and sub-agent lifecycle lands in the journal, sub-agents get context,
 //! results are stored, and a down sidecar never breaks the hook.
 
-use std::process::Output;
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -39,6 +41,11 @@ fn installation(cud: bool) -> Installation {
 impl Installation {
     /// `cco hook EVENT` with `input` on stdin and the environment the launcher gives Claude.
     fn hook(&self, event: &str, input: &Value) -> Output {
+        self.hook_raw(event, input.to_string().as_bytes())
+    }
+
+    /// `cco hook EVENT` with `input` on stdin as given (it need not be JSON).
+    fn hook_raw(&self, event: &str, input: &[u8]) -> Output {
         let rt = self.env.runtime_dir();
         let hooks = std::fs::read_to_string(rt.join("hooks-sealed.json")).unwrap();
         let mut cmd = self.env.cmd(["hook", event]);
@@ -53,7 +60,7 @@ impl Installation {
             "ORCHESTRATOR_SETTINGS",
             rt.join("orchestrator-settings.json"),
         );
-        let out = run_with_stdin(&mut cmd, input.to_string().as_bytes());
+        let out = run_bounded(&mut cmd, input, false);
         assert!(
             out.status.success(),
             "hook {event} failed: {}",
@@ -95,6 +102,8 @@ fn session_and_subagent_lifecycle_reach_the_journal_and_results() {
     let out = inst.hook("subagent-start", &start);
     let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log")).unwrap_or_default();
     assert!(!out.stdout.is_empty(), "no answer; hooks.log:\n{log}");
+    // The sidecar's context answer decodes into the shared wire type: no fallback.
+    assert!(!log.contains("results only"), "{log}");
     let answer = stdout_json(&out);
     assert_eq!(
         answer["hookSpecificOutput"]["hookEventName"],
@@ -171,6 +180,7 @@ fn pre_tool_use_follows_the_policy() {
     let project = inst.env.tmp.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(project.join("notes.md"), "x").unwrap();
+    std::fs::write(project.join("Cargo.toml"), "[package]").unwrap();
     let ask = |tool: &str, input: Value| {
         let out = inst.hook(
             "pre-tool-use",
@@ -276,4 +286,211 @@ fn hook_help_does_not_offer_config() {
     // Other subcommands still offer it.
     let out = env.run(["daemon", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--config <FILE>"));
+}
+
+fn decision_of(out: &Output) -> String {
+    if out.stdout.is_empty() {
+        return "none".to_string();
+    }
+    stdout_json(out)["hookSpecificOutput"]["permissionDecision"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Issue 15 (2): a session in `$HOME` or `/` is not a project: no read is auto-allowed.
+#[test]
+fn pre_tool_use_allows_nothing_in_home_or_root() {
+    let inst = installation(false);
+    let home = inst.env.home.clone();
+    std::fs::write(home.join(".bash_history"), "secret-command\n").unwrap();
+    let ask = |cwd: &std::path::Path, tool: &str, input: Value| {
+        decision_of(&inst.hook(
+            "pre-tool-use",
+            &json!({"session_id": "s", "hook_event_name": "PreToolUse", "cwd": cwd, "tool_name": tool, "tool_input": input}),
+        ))
+    };
+    assert_eq!(
+        ask(&home, "Read", json!({"file_path": ".bash_history"})),
+        "none"
+    );
+    assert_eq!(ask(&home, "Bash", json!({"command": "ls -laR ."})), "none");
+    let root = std::path::Path::new("/");
+    assert_eq!(
+        ask(root, "Bash", json!({"command": "cat /etc/shadow"})),
+        "none"
+    );
+    assert_eq!(
+        ask(root, "Read", json!({"file_path": "/proc/self/environ"})),
+        "none"
+    );
+}
+
+/// Issue 15 (11): a tool call too large or too broken to read gets `ask`, not silence.
+#[test]
+fn an_unreadable_tool_call_asks_when_confirmation_is_required() {
+    let inst = installation(true);
+    let huge = json!({"session_id": "s", "hook_event_name": "PreToolUse", "cwd": "/p", "tool_name": "Write",
+        "tool_input": {"file_path": "/p/x", "content": "x".repeat(4 * 1024 * 1024 + 10)}});
+    assert_eq!(decision_of(&inst.hook("pre-tool-use", &huge)), "ask");
+    let cut = br#"{"session_id": "s", "tool_name": "Bash", "tool_input": {"command": "rm -rf"#;
+    assert_eq!(decision_of(&inst.hook_raw("pre-tool-use", cut)), "ask");
+    // Without the confirmation requirement, nothing is decided.
+    let inst = installation(false);
+    assert_eq!(decision_of(&inst.hook_raw("pre-tool-use", cut)), "none");
+}
+
+/// Longest a hook under test may run: Claude Code kills a hook at
+/// `ceil(hooks.timeout_ms / 1000) + 3` s, so at 2000 ms, 5 s.
+const CLAUDE_KILL: Duration = Duration::from_secs(5);
+/// The `hooks.timeout_ms` the deadline tests run with.
+const HOOK_MS: u64 = 2000;
+
+/// Runs `cmd` with `input` on stdin (a write refused because the hook stopped reading is
+/// fine), keeping stdin open afterwards when `hold_open`; fails the test if the hook is still
+/// running after [`CLAUDE_KILL`] (and kills it).
+fn run_bounded(cmd: &mut std::process::Command, input: &[u8], hold_open: bool) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+        hold_open.then_some(stdin)
+    });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(CLAUDE_KILL) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("hook still running after {CLAUDE_KILL:?}: Claude would have killed it");
+        }
+    };
+    drop(writer.join());
+    out
+}
+
+/// A hook environment pointing at `port`, with `hooks.timeout_ms` = [`HOOK_MS`].
+fn hook_cmd(env: &Env, event: &str, port: u16) -> std::process::Command {
+    let mut cmd = env.cmd(["hook", event]);
+    cmd.env(
+        "ORCHESTRATOR_SIDECAR_URL",
+        format!("http://127.0.0.1:{port}"),
+    )
+    .env("ORCHESTRATOR_TOKEN", "t")
+    .env("ORCHESTRATOR_ISSUE_ID", "issue-7")
+    .env(
+        "ORCHESTRATOR_HOOKS_CONFIG",
+        json!({"enabled": true, "timeouts": {"hook_ms": HOOK_MS}}).to_string(),
+    )
+    .env(
+        "ORCHESTRATOR_SETTINGS",
+        env.tmp.path().join("orchestrator-settings.json"),
+    );
+    cmd
+}
+
+/// Issue 16 (3): against a sidecar that accepts and never answers, SubagentStart's three
+/// calls share one deadline and the hook ends before Claude would kill it.
+#[test]
+fn a_silent_sidecar_costs_one_deadline_not_three() {
+    let env = Env::new();
+    // The kernel completes connections into the backlog; nobody ever reads or answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let start = Instant::now();
+    let out = run_bounded(
+        &mut hook_cmd(&env, "subagent-start", port),
+        json!({"session_id": "s", "agent_id": "a", "agent_type": "test-engineer"})
+            .to_string()
+            .as_bytes(),
+        false,
+    );
+    let took = start.elapsed();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    assert!(
+        took >= Duration::from_millis(HOOK_MS),
+        "gave up early: {took:?}"
+    );
+    let log = std::fs::read_to_string(env.tmp.path().join("hooks.log")).unwrap();
+    assert!(log.contains("deadline"), "{log}");
+}
+
+/// Issue 15 (low): a stdin that never closes does not hold the hook past its deadline.
+#[test]
+fn a_stdin_that_never_closes_does_not_hang_the_hook() {
+    let env = Env::new();
+    let out = run_bounded(
+        &mut hook_cmd(&env, "session-start", 1),
+        b"{\"session_id\": ",
+        true,
+    );
+    assert!(out.status.success());
+    let log = std::fs::read_to_string(env.tmp.path().join("hooks.log")).unwrap();
+    assert!(log.contains("deadline passed"), "{log}");
+    // A tool call that never finishes arriving is unreadable: with confirmation required, ask.
+    let mut cmd = hook_cmd(&env, "pre-tool-use", 1);
+    cmd.env(
+        "ORCHESTRATOR_HOOKS_CONFIG",
+        json!({"permissions": {"require_cud_confirmation": true}, "timeouts": {"hook_ms": HOOK_MS}})
+            .to_string(),
+    );
+    let out = run_bounded(&mut cmd, b"{\"tool_name\": \"Bash\", ", true);
+    assert_eq!(decision_of(&out), "ask");
+}
+
+/// Issue 15 (low) and 16 (1): a transcript path naming a device is refused at once, and a
+/// final message over the sidecar's body limit is stored cut, marked `truncated`.
+#[test]
+fn subagent_stop_bounds_what_it_reads_and_sends() {
+    let inst = installation(false);
+    let start = Instant::now();
+    inst.hook(
+        "subagent-stop",
+        &json!({"session_id": "s", "agent_id": "z1", "agent_type": "test-engineer",
+            "agent_transcript_path": "/dev/zero"}),
+    );
+    assert!(start.elapsed() < CLAUDE_KILL);
+    let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log")).unwrap();
+    assert!(log.contains("not a regular file"), "{log}");
+
+    let message = format!("BEGIN {} END", "x".repeat(1536 * 1024));
+    inst.hook(
+        "subagent-stop",
+        &json!({"session_id": "s", "agent_id": "big1", "agent_type": "rust-specialist",
+            "last_assistant_message": message}),
+    );
+    let stored: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            inst.env
+                .data_dir()
+                .join("orchestration/results/issue-7/rust-specialist.json"),
+        )
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(inst.env.runtime_dir().join("hooks.log"));
+            panic!("no result stored ({e}); hooks.log: {log:?}")
+        }),
+    )
+    .unwrap();
+    assert_eq!(stored["result"]["status"], "success");
+    assert_eq!(stored["result"]["truncated"], true);
+    assert_eq!(stored["result"]["message_bytes"], message.len());
+    let summary = stored["result"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("BEGIN ") && summary.contains("final message truncated"));
+    // Stored, so announced as a success (the /dev/zero agent's, with no message, is not).
+    let completed = inst.events(&["--type", "agent_completed"]);
+    let big = completed.iter().find(|e| e["data"]["agent_id"] == "big1");
+    assert_eq!(
+        big.map(|e| &e["data"]["status"]),
+        Some(&json!("success")),
+        "{completed:?}"
+    );
 }

@@ -10,6 +10,7 @@ mod e2e;
 mod edge;
 mod events;
 mod fake_anthropic;
+mod faults;
 mod foreign;
 mod hooks;
 mod launcher;

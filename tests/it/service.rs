@@ -129,7 +129,8 @@ fn install_without_a_service_manager_points_to_detached_mode() {
 fn purge_never_reads_a_non_terminal_stdin() {
     let mut env = Env::new();
     fake_systemctl(&mut env, "offline");
-    std::fs::create_dir_all(env.data_dir()).unwrap();
+    // As cco creates it: marked as cco's, so the purge may remove it.
+    cco::marker::create_dir_all_marked(&env.data_dir()).unwrap();
     let out = env.run(["uninstall", "--purge"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -148,12 +149,36 @@ fn purge_of_a_data_dir_shared_with_a_project_keeps_the_project() {
     let mut env = Env::new();
     fake_systemctl(&mut env, "offline");
     let data = env.data_dir();
-    std::fs::create_dir_all(data.join("orchestration/results")).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    cco::marker::create_dir_all_marked(&data.join("orchestration/results")).unwrap();
     std::fs::write(data.join("Cargo.toml"), "[package]").unwrap();
     let out = env.run(["uninstall", "--purge", "--yes"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!data.join("orchestration").exists());
     assert!(data.join("Cargo.toml").exists(), "{}", text(&out.stdout));
+}
+
+/// `data_dir = $HOME`: the user's own `~/orchestration` and `~/logs` are not cco's (no mark),
+/// so they stay, and so does `$HOME`; the secret still goes, and the run says what it kept.
+#[test]
+fn purge_with_data_dir_home_deletes_nothing_of_the_users() {
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let home = env.home.clone();
+    env.set("CCO_DATA_DIR", home.display().to_string());
+    std::fs::create_dir_all(home.join("orchestration")).unwrap();
+    std::fs::write(home.join("orchestration/plan.md"), "mine").unwrap();
+    std::fs::create_dir_all(home.join("logs")).unwrap();
+    std::fs::write(home.join("logs/daemon.log.2024-notes"), "mine").unwrap();
+    let out = env.run(["uninstall", "--purge", "--yes"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(home.join("orchestration/plan.md").exists(), "{stdout}");
+    assert!(home.join("logs/daemon.log.2024-notes").exists(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("kept {}", home.join("orchestration").display())),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -289,4 +314,54 @@ fn install_dry_run_without_a_service_manager_shows_the_units() {
     assert!(stdout.contains("would run: systemctl --user"), "{stdout}");
     assert!(stdout.contains("dry run: nothing was changed"), "{stdout}");
     assert!(!calls.exists(), "dry run ran systemctl");
+}
+
+/// `sudo cco install --system` by someone who has run cco: their config is theirs, not
+/// root's, and must be trusted for what it is — never "chown it to root". Runs as root (CI
+/// does) to act as the account `nobody`.
+#[test]
+fn sudo_install_system_trusts_the_invoking_users_own_config() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test acts as another account and needs root (CI runs as root)"
+    );
+    let mut env = Env::new();
+    fake_systemctl(&mut env, "offline");
+    let base = env.tmp.path();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg_dir = base.join("nobody-cfg");
+    std::fs::create_dir(&cfg_dir).unwrap();
+    let cfg = cfg_dir.join("daemon.toml");
+    std::fs::write(&cfg, "[daemon]\nport = 3999\n").unwrap();
+    for p in [&cfg_dir, &cfg] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(&cfg_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.set("SUDO_USER", "nobody").set("SUDO_UID", "65534");
+    let out = env
+        .cmd([
+            "--config",
+            &cfg.display().to_string(),
+            "install",
+            "--system",
+            "--dry-run",
+        ])
+        .env_remove("CCO_DAEMON_PORT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("chown 0") && !stdout.contains("chown 0"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("User=nobody"), "{stdout}");
+    assert!(
+        stdout.contains("ListenStream=127.0.0.1:3999"),
+        "the user's config was read: {stdout}"
+    );
 }

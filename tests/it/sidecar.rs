@@ -1351,17 +1351,85 @@ fn disk_full_is_507_and_leaves_no_partial_file() {
         "result":{"status":"ok","blob":"x".repeat(200 * 1024)}});
     let (status, e) = api(port, "POST", "/api/results", &sc.token, Some(&big));
     assert_error(status, &e, 507, "disk_full");
-    let names: Vec<String> = std::fs::read_dir(results.join("full"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    // Every result has its own file beside the latest of its type; nothing else is left.
+    let mut names = files_under(&results.join("full"));
+    names.sort();
     assert_eq!(
         names,
-        vec!["small.json"],
+        vec!["small.json", "small/a.json"],
         "partial or temp file left behind"
     );
     // The sidecar keeps serving; the earlier result is intact.
     let (status, list) = api(port, "GET", "/api/results/full", &sc.token, None);
     assert_eq!(status, 200);
     assert_eq!(list["results"].as_array().unwrap().len(), 1);
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(dir).unwrap().to_path_buf();
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A token bound to an agent type publishes and waits only on its type's topic (its inbox)
+/// and, when also bound to an issue, the issue's; an unbound token anywhere.
+#[test]
+fn agent_type_tokens_use_only_their_topics() {
+    let sc = start_sidecar(Env::new());
+    let port = sc.env.sidecar_port;
+    let typed = token(&sc.env, &["--agent-type", "rust-specialist"]);
+    let both = token(
+        &sc.env,
+        &["--agent-type", "rust-specialist", "--issue", "issue-1"],
+    );
+    let publish = |tok: &str, topic: &str| {
+        api(
+            port,
+            "POST",
+            "/api/events/progress",
+            tok,
+            Some(&json!({"publisher":"p","topic":topic})),
+        )
+    };
+    assert_eq!(publish(&typed, "rust-specialist").0, 201);
+    let (status, e) = publish(&typed, "issue-9");
+    assert_error(status, &e, 403, "out_of_scope");
+    assert_eq!(publish(&both, "issue-1").0, 201);
+    assert_eq!(publish(&both, "rust-specialist").0, 201);
+    let (status, e) = publish(&both, "python-specialist");
+    assert_error(status, &e, 403, "out_of_scope");
+    let wait = |tok: &str, filter: &str| {
+        api(
+            port,
+            "GET",
+            &format!("/api/events/wait/progress?since=0&timeout=0{filter}"),
+            tok,
+            None,
+        )
+    };
+    let (status, e) = wait(&typed, "&filter=topic:issue-9");
+    assert_error(status, &e, 403, "out_of_scope");
+    // Without a filter a type-bound token reads its type's topic only.
+    let (status, batch) = wait(&typed, "");
+    assert_eq!(status, 200, "{batch}");
+    let topics: BTreeSet<String> = batch["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(topics, BTreeSet::from(["rust-specialist".to_string()]));
+    assert_eq!(publish(&sc.token, "anything").0, 201);
 }

@@ -1,0 +1,146 @@
+//! The journal's SQLite layout and its versions: `PRAGMA user_version` names the layout a
+//! file has, and `migrate` brings an older file up to [`VERSION`] in one transaction.
+//! Version 0 is the layout of the first release (no `user_version` set).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode};
+use serde_json::value::RawValue;
+
+use super::{JournalError, JournalEvent};
+
+/// The layout this build writes.
+pub const VERSION: i64 = 1;
+/// How long a statement waits for a lock held by another connection of this process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Version 0: events, the agent registry and the retention floor.
+const V0: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON events(event_type, seq);
+CREATE TABLE IF NOT EXISTS agents (agent_id TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// Version 1: results whose files may be written but whose `agent_completed` is not yet
+/// committed; finished on start-up so a crash cannot leave a result unannounced.
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS pending_results (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+";
+
+/// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
+const MIGRATIONS: [&str; VERSION as usize] = [V1];
+
+/// Opens a connection with the journal's pragmas. A file that is not a database says so.
+pub(super) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
+    let open = || -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk when `publish` returns; group commit pays for it.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(conn)
+    };
+    open().map_err(|e| on_open(path, e))
+}
+
+/// Classifies an error met while opening or migrating `path`.
+pub(super) fn on_open(path: &Path, source: rusqlite::Error) -> JournalError {
+    match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => JournalError::Corrupt {
+            path: path.to_owned(),
+        },
+        Some(ErrorCode::DiskFull) => JournalError::DiskFull,
+        _ => JournalError::Open {
+            path: path.display().to_string(),
+            source,
+        },
+    }
+}
+
+/// Brings the file to [`VERSION`]; a file from a newer cco is refused, not rewritten.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
+    let err = |e| on_open(path, e);
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if found > VERSION {
+        return Err(JournalError::NewerSchema {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if found == VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(err)?;
+    // Version 0 files may predate any table (a fresh file); `IF NOT EXISTS` covers both.
+    tx.execute_batch(V0).map_err(err)?;
+    for m in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(m).map_err(err)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)
+        .map_err(err)?;
+    tx.commit().map_err(err)?;
+    if found > 0 || has_events(conn) {
+        tracing::info!(from = found, to = VERSION, "journal schema migrated");
+    }
+    Ok(())
+}
+
+fn has_events(conn: &Connection) -> bool {
+    conn.query_row("SELECT EXISTS(SELECT 1 FROM events)", [], |r| r.get(0))
+        .unwrap_or(false)
+}
+
+pub(super) fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEvent> {
+    let json: String = r.get(3)?;
+    Ok(JournalEvent {
+        seq: r.get::<_, i64>(0)? as u64,
+        event_type: r.get(1)?,
+        topic: r.get(2)?,
+        json: RawValue::from_string(json)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_file_gets_the_current_version_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_conn(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        conn.pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            migrate(&mut conn, &path),
+            Err(JournalError::NewerSchema { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_called_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let e = open_conn(&path)
+            .and_then(|mut c| migrate(&mut c, &path))
+            .unwrap_err();
+        assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+    }
+}
