@@ -1,5 +1,5 @@
 //! cco's MCP server (Streamable HTTP, stateless) at the daemon's `/mcp`: the tools agents
-//! coordinate with (`mcp__cco__publish`, `wait`, `results`, `context`, `agents`). It sits
+//! coordinate with (`mcp__cco__publish`, `wait`, `results`, `context`, `wait_all`, `agents`). It sits
 //! behind the daemon's Host/Origin guard and the same JWT as `/api`; the sidecar owns state.
 
 pub mod tools;
@@ -338,7 +338,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tools_list_has_exactly_the_five_tools() {
+    async fn tools_list_has_exactly_the_six_tools() {
         let (status, _, body) = send(Call::new(rpc(2, "tools/list", json!({})))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let names: Vec<&str> = body["result"]["tools"]
@@ -347,7 +347,12 @@ mod tests {
             .iter()
             .map(|t| t["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["publish", "wait", "results", "context", "agents"]);
+        assert_eq!(
+            names,
+            [
+                "publish", "wait", "results", "context", "wait_all", "agents"
+            ]
+        );
         let wait = &body["result"]["tools"][1]["inputSchema"];
         assert_eq!(wait["properties"]["timeout_ms"]["maximum"], 55_000);
         assert_eq!(wait["required"], json!(["event_type"]));
@@ -448,10 +453,10 @@ mod tests {
     #[test]
     fn tool_definitions_stay_small() {
         let bytes = serde_json::to_string(tools::definitions()).unwrap().len();
-        println!("the five tool definitions: {bytes} bytes");
+        println!("the six tool definitions: {bytes} bytes");
         assert!(bytes < MAX_DEFINITION_BYTES, "{bytes} bytes");
     }
 
-    /// A budget for the five definitions (they ride on every turn of every agent).
+    /// A budget for the six definitions (they ride on every turn of every agent).
     const MAX_DEFINITION_BYTES: usize = 2048;
 }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::Caller;
-use crate::api::sidecar::{Event, PublishRequest};
+use crate::api::sidecar::{AgentRecord, AgentState, Event, PublishRequest};
 use crate::api::{AgentId, AgentType, EventType};
 use crate::client::{ServiceError, SidecarClient};
 use crate::server::Stopping;
@@ -31,6 +31,8 @@ pub const DEFAULT_WAIT_MS: u64 = 30_000;
 /// thread, which the daemon's exit waits for, so this bounds how long a pending `wait` can
 /// hold a stop (each slice costs one loopback request).
 pub const WAIT_SLICE: Duration = Duration::from_secs(1);
+/// The event the sidecar publishes when an agent's result is stored.
+const AGENT_COMPLETED: &str = "agent_completed";
 /// The publisher of events from a caller that does not name itself (the main session).
 pub const MAIN_AGENT: &str = "main";
 
@@ -73,6 +75,14 @@ struct WaitArgs {
     topic: Option<String>,
     #[serde(default)]
     since: Option<u64>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitAllArgs {
+    #[serde(default)]
+    agent_types: Option<Vec<String>>,
     #[serde(default)]
     timeout_ms: Option<u64>,
 }
@@ -143,6 +153,17 @@ pub fn definitions() -> &'static [Tool] {
                     "type": "object",
                     "properties": {"agent_type": agent_type},
                     "required": ["agent_type"],
+                })),
+            ),
+            Tool::new(
+                "wait_all",
+                "Wait until every agent of this issue (or of agent_types) has completed or failed. Returns {done,agents} with each one's status and result summary; done is false on timeout.",
+                schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "agent_types": {"type": "array", "items": {"type": "string"}},
+                        "timeout_ms": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS, "default": DEFAULT_WAIT_MS},
+                    },
                 })),
             ),
             Tool::new(
@@ -305,9 +326,81 @@ impl CcoTools {
                     .collect();
                 Ok(json!({"issue_id": caller.issue, "agents": agents}))
             }
+            "wait_all" => {
+                let a: WaitAllArgs = args(name, arguments)?;
+                let types = a
+                    .agent_types
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| parse_id("agent_types", t, AgentType::parse))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let timeout =
+                    Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+                self.wait_all(caller, types, timeout).await
+            }
             other => Err(ToolError::Args(format!(
-                "no tool {other:?}; cco has publish, wait, results, context, agents"
+                "no tool {other:?}; cco has publish, wait, wait_all, results, context, agents"
             ))),
+        }
+    }
+
+    /// Polls the registry until every agent of the issue (of `types`, when given) has
+    /// finished, waking early on `agent_completed`; a failure is seen within one slice.
+    async fn wait_all(
+        &self,
+        caller: &Caller,
+        types: Vec<AgentType>,
+        timeout: Duration,
+    ) -> Result<Value, ToolError> {
+        let deadline = Instant::now() + timeout;
+        let completed = EventType::parse(AGENT_COMPLETED).expect("valid event type");
+        let mut cursor = None;
+        let mut stopping = self.stopping.clone();
+        loop {
+            let list = self.blocking(caller, |c| c.agents()).await?;
+            let mine: Vec<&AgentRecord> = list
+                .agents
+                .iter()
+                .filter(|a| a.issue_id == caller.issue)
+                .filter(|a| types.is_empty() || types.contains(&a.agent_type))
+                .collect();
+            let done = mine
+                .iter()
+                .all(|a| matches!(a.status, AgentState::Completed | AgentState::Failed));
+            if done || Instant::now() >= deadline {
+                let issue = caller.issue.clone();
+                let results = self.blocking(caller, move |c| c.results(&issue)).await?;
+                let summary = |a: &AgentRecord| {
+                    results
+                        .results
+                        .iter()
+                        .find(|r| r.agent_id == a.agent_id)
+                        .and_then(|r| r.result.get("summary").cloned())
+                        .unwrap_or(Value::Null)
+                };
+                let agents: Vec<Value> = mine
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "agent_id": a.agent_id,
+                            "agent_type": a.agent_type,
+                            "status": a.status,
+                            "summary": summary(a),
+                        })
+                    })
+                    .collect();
+                return Ok(json!({"done": done, "agents": agents}));
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_SLICE);
+            let ty = completed.clone();
+            let poll = self.blocking(caller, move |c| c.wait(&ty, cursor, None, left));
+            let batch = tokio::select! {
+                b = poll => b?,
+                _ = stopping.wait() => return Err(ToolError::Stopping(cursor.unwrap_or(0))),
+            };
+            cursor = Some(batch.next_since);
         }
     }
 

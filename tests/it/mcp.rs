@@ -336,3 +336,79 @@ fn a_pending_wait_ends_when_the_daemon_stops() {
     let msg = body["result"]["content"][0]["text"].as_str().unwrap();
     assert!(msg.contains("call wait again with since="), "{msg}");
 }
+
+/// `wait_all` is the issue's join: not done while an agent runs, done once every one has
+/// completed or failed, with each one's status and result summary.
+#[test]
+fn wait_all_returns_once_every_agent_of_the_issue_finished() {
+    let env = Env::new();
+    let _d = env.start("daemon");
+    let _s = env.start("sidecar");
+    let token = token(&env);
+    let auth = format!("Bearer {token}");
+    let post = |path: &str, body: Value| {
+        let (status, text) = http(
+            env.daemon_port,
+            "POST",
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&body.to_string()),
+        );
+        assert!((200..300).contains(&status), "{path}: {status} {text}");
+    };
+    for (id, ty) in [("a-1", "backend-dev"), ("a-2", "frontend-dev")] {
+        post(
+            &format!("/api/agents/{id}/status"),
+            json!({"status": "started", "agent_type": ty, "issue_id": "join-1"}),
+        );
+    }
+    let pending = call(&env, &token, "join-1", "wait_all", json!({"timeout_ms": 0}));
+    assert_eq!(pending["done"], false, "{pending}");
+    assert_eq!(pending["agents"].as_array().unwrap().len(), 2);
+
+    post(
+        "/api/results",
+        json!({"agent_id": "a-1", "agent_type": "backend-dev", "issue_id": "join-1",
+               "result": {"status": "success", "summary": "API done"}}),
+    );
+    post(
+        "/api/agents/a-1/status",
+        json!({"status": "completed", "agent_type": "backend-dev", "issue_id": "join-1"}),
+    );
+    let one = call(
+        &env,
+        &token,
+        "join-1",
+        "wait_all",
+        json!({"agent_types": ["backend-dev"], "timeout_ms": 5000}),
+    );
+    assert_eq!(one["done"], true, "{one}");
+    assert_eq!(one["agents"][0]["summary"], "API done");
+
+    post(
+        "/api/agents/a-2/status",
+        json!({"status": "failed", "agent_type": "frontend-dev", "issue_id": "join-1"}),
+    );
+    let all = call(
+        &env,
+        &token,
+        "join-1",
+        "wait_all",
+        json!({"timeout_ms": 5000}),
+    );
+    assert_eq!(all["done"], true, "{all}");
+    let statuses: Vec<&str> = all["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    assert!(
+        statuses.contains(&"completed") && statuses.contains(&"failed"),
+        "{all}"
+    );
+}
