@@ -16,6 +16,7 @@
 //! - [`api`]: wire types shared by the CLI, the daemon and the sidecar; `api::inert` makes
 //!   untrusted text safe to print.
 //! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
+//! - [`mcp`]: the daemon's MCP server at `/mcp` — the `mcp__cco__*` tools agents coordinate with.
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents, leases, inboxes.
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
 //! - [`startup`]: what both services do before they serve (installation, listener, secret, roster).
@@ -38,6 +39,7 @@ pub mod hook;
 pub mod listen;
 pub mod logging;
 pub mod marker;
+pub mod mcp;
 pub mod paths;
 pub mod pidlock;
 pub mod policy;

@@ -19,32 +19,37 @@ pub const SETTINGS: &str = "orchestrator-settings.json";
 pub const AGENTS: &str = "agents-sealed.json";
 pub const RULES: &str = "rules-sealed.md";
 pub const HOOKS: &str = "hooks-sealed.json";
+/// cco's MCP server for `claude --mcp-config`; its headers name environment variables, never
+/// the token itself.
+pub const MCP: &str = "mcp.json";
 pub const SEAL: &str = "seal.json";
 pub const LOCK: &str = ".lock";
 
 /// The sealed files, in the order they are written (the seal itself comes last).
-pub const FILES: [&str; 4] = [SETTINGS, AGENTS, RULES, HOOKS];
+pub const FILES: [&str; 5] = [SETTINGS, AGENTS, RULES, HOOKS, MCP];
 
 const SEAL_VERSION: u32 = 1;
 /// Domain separation: the same secret also signs JWTs.
 const MAC_LABEL: &[u8] = b"cco-seal-v1\0";
 
-/// The content of the four sealed files.
+/// The content of the sealed files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeFiles {
     pub settings: Vec<u8>,
     pub agents: Vec<u8>,
     pub rules: Vec<u8>,
     pub hooks: Vec<u8>,
+    pub mcp: Vec<u8>,
 }
 
 impl RuntimeFiles {
-    fn entries(&self) -> [(&'static str, &[u8]); 4] {
+    fn entries(&self) -> [(&'static str, &[u8]); 5] {
         [
             (SETTINGS, &self.settings),
             (AGENTS, &self.agents),
             (RULES, &self.rules),
             (HOOKS, &self.hooks),
+            (MCP, &self.mcp),
         ]
     }
 }
@@ -190,7 +195,8 @@ fn verify_locked(dir: &Path, secret: &Secret) -> Result<(u64, RuntimeFiles), Sea
         }
         contents.push(content);
     }
-    let [settings, agents, rules, hooks]: [Vec<u8>; 4] = contents.try_into().expect("one per file");
+    let [settings, agents, rules, hooks, mcp]: [Vec<u8>; 5] =
+        contents.try_into().expect("one per file");
     Ok((
         doc.generation,
         RuntimeFiles {
@@ -198,6 +204,7 @@ fn verify_locked(dir: &Path, secret: &Secret) -> Result<(u64, RuntimeFiles), Sea
             agents,
             rules,
             hooks,
+            mcp,
         },
     ))
 }
@@ -291,6 +298,7 @@ mod tests {
             agents: b"{}".to_vec(),
             rules: b"# rules".to_vec(),
             hooks: b"{\"enabled\":true}".to_vec(),
+            mcp: b"{\"mcpServers\":{}}".to_vec(),
         }
     }
 
@@ -367,6 +375,25 @@ mod tests {
             verify(&dir, &secret),
             Err(SealError::NotSealed { .. })
         ));
+    }
+
+    /// `mcp.json` names the server Claude sends the session token to: it is sealed like the
+    /// settings, so a rewritten URL is refused before any token leaves.
+    #[test]
+    fn a_rewritten_mcp_config_is_refused() {
+        let (_tmp, dir, secret) = setup();
+        seal(&dir, &secret, &files("a")).unwrap();
+        assert_eq!(verify(&dir, &secret).unwrap().files.mcp, files("a").mcp);
+        fs::write(
+            dir.join(MCP),
+            r#"{"mcpServers":{"cco":{"type":"http","url":"http://evil.example:80/mcp"}}}"#,
+        )
+        .unwrap();
+        let err = verify(&dir, &secret).unwrap_err();
+        assert!(
+            matches!(&err, SealError::Tampered { path } if path.ends_with(MCP)),
+            "{err}"
+        );
     }
 
     #[test]

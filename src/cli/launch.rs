@@ -15,7 +15,7 @@ use crate::auth::{Keys, TokenSpec};
 use crate::client::{self, ClientError, Request};
 use crate::paths::{Installation, process_env};
 use crate::roster::{self, MAX_ARG_BYTES, RosterChoice};
-use crate::seal::{self, AGENTS, HOOKS, RULES, SETTINGS, Verified};
+use crate::seal::{self, AGENTS, HOOKS, MCP, RULES, SETTINGS, Verified};
 use crate::secret::Secret;
 
 /// How long the launcher waits for the daemon before it gives up.
@@ -277,6 +277,15 @@ fn user_passed(args: &[OsString], flag: &str) -> bool {
     })
 }
 
+/// `--mcp-config=<runtime dir>/mcp.json`: cco's MCP server. In the `=` form, because Claude's
+/// `--mcp-config` takes several values and would take a following prompt for one. Claude
+/// merges it with any `--mcp-config` of the user's, which stays in their arguments.
+pub fn mcp_config_arg(verified: &Verified) -> OsString {
+    let mut arg = OsString::from("--mcp-config=");
+    arg.push(verified.path(MCP));
+    arg
+}
+
 /// The full argv for Claude: our flags first, then the user's arguments untouched. A roster
 /// or rules text too large for one argument is left out (the kernel would refuse the exec);
 /// the returned warnings say so.
@@ -463,13 +472,17 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         (None, true) => inst.config.launcher.roster.clone(),
     };
     let (agents, mut warnings) = roster_arg(&verified.files.agents, &choice, &cwd);
-    let (argv, more) = claude_args(
+    let (mut argv, more) = claude_args(
         &verified,
         inst.config.launcher.append_rules,
         agents.as_deref(),
         user_args,
     );
     warnings.extend(more);
+    if inst.config.launcher.mcp {
+        // Right after `--settings <file>`, ahead of the user's arguments.
+        argv.insert(2, mcp_config_arg(&verified));
+    }
 
     for w in &warnings {
         eprintln!("⚠️  {w}");

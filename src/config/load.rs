@@ -88,6 +88,9 @@ impl Config {
         if let Some(v) = env("CCO_HOOKS_ENABLED") {
             self.hooks.enabled = parse_bool("CCO_HOOKS_ENABLED", &v)?;
         }
+        if let Some(v) = env("CCO_MCP") {
+            self.launcher.mcp = parse_bool("CCO_MCP", &v)?;
+        }
         if let Some(v) = env("CCO_IDLE_EXIT_AFTER") {
             self.idle_exit_after =
                 validate::parse_idle_exit(&v).map_err(|cause| ConfigError::EnvValue {

@@ -92,6 +92,9 @@ pub struct LauncherConfig {
     /// Which agents of the roster to pass: `"auto"` (a core plus the project's
     /// specialists), `"all"`, `"none"`, or a list of names; `cco --roster` for one launch.
     pub roster: crate::roster::RosterChoice,
+    /// Pass the sealed `mcp.json` with `--mcp-config`: cco's MCP server (`mcp__cco__*`
+    /// tools) for the session and its agents. A user's own `--mcp-config` is kept beside it.
+    pub mcp: bool,
     /// Lifetime of the session token the launcher mints.
     #[serde(with = "humantime_serde_compat")]
     pub token_ttl: Duration,
@@ -148,6 +151,7 @@ impl Default for LauncherConfig {
             append_rules: true,
             pass_agents: true,
             roster: crate::roster::RosterChoice::Auto,
+            mcp: true,
             token_ttl: Duration::from_secs(24 * 3600),
         }
     }

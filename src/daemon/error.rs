@@ -8,7 +8,7 @@ use crate::server::error_response;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("no route {path} on the daemon; it serves /health, /status and /api/*")]
+    #[error("no route {path} on the daemon; it serves /health, /status, /api/* and /mcp")]
     NotFound { path: String },
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },

@@ -1,5 +1,5 @@
 //! The daemon (`:3000`): seals the runtime files at start-up, answers `/health` and
-//! `/status`, and forwards `/api/*` to the sidecar.
+//! `/status`, forwards `/api/*` to the sidecar and serves cco's MCP tools at `/mcp`.
 
 pub mod error;
 pub mod forward;
@@ -46,6 +46,8 @@ struct Inner {
     stopping: Stopping,
     /// When the sidecar port's owner was last found to be this user (unix seconds).
     sidecar_owner_checked_at: std::sync::atomic::AtomicU64,
+    /// Verifies the bearer tokens of `/mcp` (the `/api` ones are the sidecar's to check).
+    keys: Option<Arc<crate::auth::Keys>>,
 }
 
 impl DaemonState {
@@ -70,7 +72,23 @@ impl DaemonState {
                 client: forward::client(),
                 stopping,
                 sidecar_owner_checked_at: std::sync::atomic::AtomicU64::new(0),
+                keys: None,
             }),
+        }
+    }
+
+    /// Gives `/mcp` the keys to check tokens with; without them it answers 503.
+    pub fn with_keys(mut self, keys: crate::auth::Keys) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("keys are set before the state is shared");
+        inner.keys = Some(Arc::new(keys));
+        self
+    }
+
+    fn mcp_state(&self) -> crate::mcp::McpState {
+        crate::mcp::McpState {
+            keys: self.inner.keys.clone(),
+            sidecar_port: self.inner.config.sidecar.port,
+            stopping: self.inner.stopping.clone(),
         }
     }
 
@@ -82,6 +100,7 @@ impl DaemonState {
 /// Every route of the daemon.
 pub fn router(state: DaemonState) -> Router {
     let guard_state = (GuardPort(state.inner.port), state.inner.tracker.clone());
+    let mcp = crate::mcp::router(state.mcp_state());
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
@@ -89,6 +108,7 @@ pub fn router(state: DaemonState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .merge(mcp)
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
 }
 

@@ -58,11 +58,34 @@ pub fn settings(config: &Config, exe: &Path) -> Value {
     }
     json!({
         "hooks": hooks,
+        // cco's own MCP tools touch only cco's event bus and results, never the project, so
+        // they need no prompt (in `-p` mode an unlisted MCP tool is refused outright).
+        "permissions": { "allow": [format!("mcp__{MCP_SERVER_NAME}")] },
         "env": {
             "ORCHESTRATOR_ENABLED": "true",
             "ORCHESTRATOR_API_URL": format!("http://127.0.0.1:{}", config.daemon.port),
             "ORCHESTRATOR_SIDECAR_URL": format!("http://127.0.0.1:{}", config.sidecar.port),
         },
+    })
+}
+
+/// The server name Claude Code shows cco's tools under (`mcp__cco__publish`, …).
+pub const MCP_SERVER_NAME: &str = "cco";
+
+/// The `--mcp-config` file: cco's MCP server on the daemon's port. The headers are Claude
+/// Code's `${VAR}` expansions of the launcher's environment, so no secret is written here.
+pub fn mcp_config(config: &Config) -> Value {
+    json!({
+        "mcpServers": {
+            MCP_SERVER_NAME: {
+                "type": "http",
+                "url": format!("http://127.0.0.1:{}/mcp", config.daemon.port),
+                "headers": {
+                    "Authorization": "Bearer ${ORCHESTRATOR_TOKEN}",
+                    crate::mcp::ISSUE_HEADER: "${ORCHESTRATOR_ISSUE_ID}",
+                },
+            }
+        }
     })
 }
 
@@ -78,6 +101,7 @@ pub fn render(config: &Config, roster: &Roster, exe: &Path) -> RuntimeFiles {
         agents: roster.claude_json().into_bytes(),
         rules: roster::rules().as_bytes().to_vec(),
         hooks: pretty(&hooks_policy(config)),
+        mcp: pretty(&mcp_config(config)),
     }
 }
 
@@ -101,9 +125,26 @@ mod tests {
         assert_eq!(cmd, "'/opt/my cco/cco' hook subagent-start");
         assert_eq!(s["hooks"]["PreToolUse"][0]["matcher"], "*");
         assert!(!s.to_string().contains("TOKEN"));
+        assert_eq!(s["permissions"]["allow"], json!(["mcp__cco"]));
 
         let mut c = Config::default();
         c.hooks.enabled = false;
         assert_eq!(settings(&c, Path::new("/x"))["hooks"], json!({}));
+    }
+
+    /// The MCP config points at the daemon and carries only `${VAR}` references.
+    #[test]
+    fn mcp_config_names_env_vars_not_secrets() {
+        let mut c = Config::default();
+        c.daemon.port = 3456;
+        let m = mcp_config(&c);
+        let cco = &m["mcpServers"]["cco"];
+        assert_eq!(cco["type"], "http");
+        assert_eq!(cco["url"], "http://127.0.0.1:3456/mcp");
+        assert_eq!(
+            cco["headers"]["Authorization"],
+            "Bearer ${ORCHESTRATOR_TOKEN}"
+        );
+        assert_eq!(cco["headers"]["X-Cco-Issue"], "${ORCHESTRATOR_ISSUE_ID}");
     }
 }

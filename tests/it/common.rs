@@ -39,6 +39,27 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// How long a restart may wait for the kernel to let go of its service's port.
+const REBIND_PATIENCE: Duration = Duration::from_secs(5);
+
+/// [`reserve_port`] for a restart: the previous process is gone, but under load the kernel
+/// can take a moment to tear down its sockets on the port; retry briefly, bounded.
+fn rebind(port: u16) -> std::io::Result<OwnedFd> {
+    let deadline = std::time::Instant::now() + REBIND_PATIENCE;
+    loop {
+        match reserve_port(port) {
+            Ok((fd, _)) => return Ok(fd),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A loopback port held for a service that has not started yet: bound with `SO_REUSEADDR`
 /// but not listening, so connections are refused (as to a stopped service), no port-0 bind
 /// or outgoing connection elsewhere can take it, and a test or process that binds the port
@@ -202,11 +223,8 @@ impl Env {
         };
         let fd = match held {
             Some(fd) => fd,
-            None => {
-                reserve_port(port)
-                    .unwrap_or_else(|e| panic!("127.0.0.1:{port} for the {service} again: {e}"))
-                    .0
-            }
+            None => rebind(port)
+                .unwrap_or_else(|e| panic!("127.0.0.1:{port} for the {service} again: {e}")),
         };
         self.start_activated(service, listen_on(fd))
     }

@@ -19,6 +19,7 @@ mod guide;
 mod hooks;
 mod launcher;
 mod leases;
+mod mcp;
 mod props;
 mod remedies;
 mod service;
