@@ -80,6 +80,20 @@ pub struct HooksConfig {
     pub require_cud_confirmation: bool,
     /// How long one hook may wait for the sidecar before it gives up silently.
     pub timeout_ms: u64,
+    /// How Claude Code reaches the hooks: `http` (POST to the daemon) or `command`
+    /// (`cco hook <event>` processes). SessionStart is a command hook either way.
+    pub transport: HookTransport,
+}
+
+/// `hooks.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HookTransport {
+    /// `type: "http"` hooks served by the daemon at `/hooks/<event>`: no process per hook.
+    #[default]
+    Http,
+    /// `type: "command"` hooks: one `cco hook <event>` process per call.
+    Command,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +149,7 @@ impl Default for HooksConfig {
             auto_allow_read: true,
             require_cud_confirmation: false,
             timeout_ms: 2000,
+            transport: HookTransport::default(),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The daemon (`:3000`): seals the runtime files at start-up, answers `/health` and
-//! `/status`, and forwards `/api/*` to the sidecar.
+//! `/status`, answers Claude Code's http hooks (`/hooks/<event>`), and forwards `/api/*` to
+//! the sidecar.
 
 pub mod error;
 pub mod forward;
+pub mod hooks;
 pub mod run;
 pub mod runtime;
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{Method, Uri};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 
 use crate::api::{DaemonHealth, DaemonStatus};
@@ -46,6 +48,8 @@ struct Inner {
     stopping: Stopping,
     /// When the sidecar port's owner was last found to be this user (unix seconds).
     sidecar_owner_checked_at: std::sync::atomic::AtomicU64,
+    /// Verifies the session tokens http hooks send; `None` refuses every hook.
+    keys: Option<Arc<crate::auth::Keys>>,
 }
 
 impl DaemonState {
@@ -70,8 +74,17 @@ impl DaemonState {
                 client: forward::client(),
                 stopping,
                 sidecar_owner_checked_at: std::sync::atomic::AtomicU64::new(0),
+                keys: None,
             }),
         }
+    }
+
+    /// The keys that verify the tokens of http hooks; call before the state is shared.
+    pub fn with_keys(mut self, keys: crate::auth::Keys) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_keys is called on a fresh state")
+            .keys = Some(Arc::new(keys));
+        self
     }
 
     pub fn tracker(&self) -> Arc<Tracker> {
@@ -85,6 +98,10 @@ pub fn router(state: DaemonState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
+        .route(
+            "/hooks/{event}",
+            post(hooks::handle).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+        )
         .route("/api/{*rest}", any(forward::forward))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

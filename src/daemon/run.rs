@@ -29,6 +29,7 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
         agents = start.roster.agents.len(),
         "runtime files sealed"
     );
+    let keys = crate::auth::Keys::new(&start.secret)?;
     let server = start.server();
     let Startup {
         config,
@@ -49,7 +50,8 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
             sealed.generation,
             server.tracker(),
             server.stopping(),
-        );
+        )
+        .with_keys(keys);
         let app = daemon::router(state);
         // Logged before READY=1, so whoever waited for it finds the line.
         tracing::info!(
