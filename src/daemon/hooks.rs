@@ -144,3 +144,176 @@ pub async fn handle(
     // `{}` is Claude's "no opinion": the same as a command hook that prints nothing.
     (StatusCode::OK, axum::Json(out.unwrap_or_else(|| json!({})))).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The hook route in process, through `oneshot`: no socket, no Claude.
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::{Keys, TokenSpec};
+    use crate::config::Config;
+    use crate::listen::Origin;
+    use crate::paths::Paths;
+    use crate::secret::Secret;
+    use crate::server::{Stopper, Tracker};
+
+    const PORT: u16 = 3998;
+
+    fn keys() -> Keys {
+        Keys::new(&Secret::from_bytes(vec![7; 32])).unwrap()
+    }
+
+    fn state(tmp: &std::path::Path, cud: bool) -> DaemonState {
+        let mut config = Config::default();
+        config.hooks.require_cud_confirmation = cud;
+        let paths = Paths {
+            config_file: tmp.join("daemon.toml"),
+            runtime_dir: tmp.to_path_buf(),
+            data_dir: tmp.join("data"),
+        };
+        DaemonState::new(
+            config,
+            paths,
+            Origin::Bound,
+            PORT,
+            1,
+            Arc::new(Tracker::default()),
+            Stopper::default().subscribe(),
+        )
+        .with_keys(keys())
+    }
+
+    async fn post(
+        state: DaemonState,
+        event: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("/hooks/{event}"))
+            .header(header::HOST, format!("127.0.0.1:{PORT}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(ISSUE_HEADER, "");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let resp = super::super::router(state).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn write_call(cwd: &std::path::Path) -> Value {
+        json!({"session_id": "s1", "hook_event_name": "PreToolUse", "cwd": cwd,
+            "tool_name": "Write", "tool_input": {"file_path": cwd.join("x.txt"), "content": "x"}})
+    }
+
+    /// A project directory (policy decisions are made only in a project).
+    fn project() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn pre_tool_use_answers_with_the_policy_decision() {
+        let dir = project();
+        let token = keys().mint(&TokenSpec::session("t", Duration::from_secs(60)));
+        let (status, body) = post(
+            state(dir.path(), true),
+            "pre-tool-use",
+            Some(&token.0),
+            &write_call(dir.path()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["hookSpecificOutput"]["permissionDecision"], "ask");
+        // No opinion is `{}`, as a command hook that prints nothing.
+        let (status, body) = post(
+            state(dir.path(), false),
+            "pre-tool-use",
+            Some(&token.0),
+            &write_call(dir.path()),
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::OK, json!({})));
+    }
+
+    #[tokio::test]
+    async fn a_hook_without_a_valid_token_is_refused() {
+        let dir = project();
+        let s = || state(dir.path(), true);
+        let call = write_call(dir.path());
+        let (status, body) = post(s(), "pre-tool-use", None, &call).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("`cco`"),
+            "{body}"
+        );
+        let other = Keys::new(&Secret::from_bytes(vec![8; 32])).unwrap();
+        let forged = other.mint(&TokenSpec::session("t", Duration::from_secs(60)));
+        let (status, _) = post(s(), "pre-tool-use", Some(&forged.0), &call).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn unknown_events_are_a_json_404() {
+        let dir = project();
+        let token = keys().mint(&TokenSpec::session("t", Duration::from_secs(60)));
+        let (status, body) =
+            post(state(dir.path(), false), "nope", Some(&token.0), &json!({})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/hooks/pre-tool-use"),
+            "{body}"
+        );
+    }
+
+    /// A down sidecar costs the hook nothing but its log line: the answer is still `{}`.
+    #[tokio::test]
+    async fn a_down_sidecar_is_an_empty_answer_and_a_log_line() {
+        let dir = project();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = free.local_addr().unwrap().port();
+        drop(free);
+        let s = state(dir.path(), false);
+        let mut config = s.inner.config.clone();
+        config.sidecar.port = port;
+        let s = DaemonState::new(
+            config,
+            s.inner.paths.clone(),
+            Origin::Bound,
+            PORT,
+            1,
+            s.tracker(),
+            s.inner.stopping.clone(),
+        )
+        .with_keys(keys());
+        let token = keys().mint(&TokenSpec::session("t", Duration::from_secs(60)));
+        let (status, body) = post(
+            s,
+            "stop",
+            Some(&token.0),
+            &json!({"session_id": "s1", "hook_event_name": "Stop"}),
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::OK, json!({})));
+        let log = std::fs::read_to_string(dir.path().join("hooks.log")).unwrap();
+        assert!(log.contains("Stop") && log.contains("refused"), "{log}");
+    }
+}

@@ -42,11 +42,15 @@ pub fn hooks_policy(config: &Config) -> Value {
 /// The environment variables an http hook's headers read: Claude interpolates only these.
 const HTTP_HOOK_ENV: [&str; 2] = ["ORCHESTRATOR_TOKEN", "ORCHESTRATOR_ISSUE_ID"];
 
-/// One hook entry for `event`: an http hook to the daemon when the transport is `http`
-/// (Claude Code runs no http hooks for SessionStart, so that one stays a command).
+/// Events that stay command hooks under the http transport: Claude Code runs no http hooks
+/// for SessionStart, and a failed SessionEnd http hook is the one failure Claude prints on
+/// stderr (a daemon gone mid-session); it runs once, off the interactive path.
+pub const COMMAND_ONLY: [Event; 2] = [Event::SessionStart, Event::SessionEnd];
+
+/// One hook entry for `event`: an http hook to the daemon when the transport is `http`.
 fn hook_entry(config: &Config, exe: &str, event: Event) -> Value {
     let timeout = claude_hook_timeout_secs(config.hooks.timeout_ms);
-    if config.hooks.transport == HookTransport::Http && event != Event::SessionStart {
+    if config.hooks.transport == HookTransport::Http && !COMMAND_ONLY.contains(&event) {
         return json!({
             "type": "http",
             "url": format!("http://127.0.0.1:{}{}", config.daemon.port, crate::daemon::hooks::path(event)),
@@ -112,14 +116,26 @@ mod tests {
     }
 
     #[test]
-    fn http_transport_registers_http_hooks_except_session_start() {
+    fn http_transport_registers_http_hooks_except_session_start_and_end() {
         let s = settings(&Config::default(), Path::new("/opt/cco"));
         let hook = |e: &str| s["hooks"][e][0]["hooks"][0].clone();
-        assert_eq!(hook("SessionStart")["type"], "command");
-        for e in ["SubagentStart", "SubagentStop", "PreToolUse", "Stop", "SessionEnd"] {
+        assert_eq!(
+            hook("SessionStart")["command"],
+            "/opt/cco hook session-start"
+        );
+        assert_eq!(hook("SessionEnd")["command"], "/opt/cco hook session-end");
+        for e in ["SubagentStart", "SubagentStop", "PreToolUse", "Stop"] {
             assert_eq!(hook(e)["type"], "http", "{e}");
-            assert!(hook(e)["url"].as_str().unwrap().starts_with("http://127.0.0.1:3000/hooks/"));
-            assert_eq!(hook(e)["headers"]["Authorization"], "Bearer ${ORCHESTRATOR_TOKEN}");
+            assert!(
+                hook(e)["url"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://127.0.0.1:3000/hooks/")
+            );
+            assert_eq!(
+                hook(e)["headers"]["Authorization"],
+                "Bearer ${ORCHESTRATOR_TOKEN}"
+            );
             assert_eq!(hook(e)["allowedEnvVars"], json!(HTTP_HOOK_ENV));
         }
         assert_eq!(
