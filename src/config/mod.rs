@@ -361,13 +361,17 @@ mod tests {
         assert_eq!(Config::default().hooks.transport, HookTransport::Http);
         let c = Config::parse("[hooks]\ntransport = \"command\"\n").unwrap();
         assert_eq!(c.hooks.transport, HookTransport::Command);
-        let env = |v: &'static str| move |k: &str| (k == "CCO_HOOKS_TRANSPORT").then(|| v.to_string());
+        let env =
+            |v: &'static str| move |k: &str| (k == "CCO_HOOKS_TRANSPORT").then(|| v.to_string());
         let c = Config::load(Path::new("/nonexistent"), &env("command")).unwrap();
         assert_eq!(c.hooks.transport, HookTransport::Command);
         let err = Config::load(Path::new("/nonexistent"), &env("grpc"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("CCO_HOOKS_TRANSPORT") && err.contains("grpc"), "{err}");
+        assert!(
+            err.contains("CCO_HOOKS_TRANSPORT") && err.contains("grpc"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub async fn handle(
             "not_found",
             format!(
                 "no hook event {name:?}; the daemon serves {}",
-                Event::ALL.map(|e| path(e)).join(", ")
+                Event::ALL.map(path).join(", ")
             ),
         );
     };
