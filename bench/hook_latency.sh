@@ -6,15 +6,17 @@
 # Times come from Claude's --debug-file: a command hook's "finished with status 0 (N ms)",
 # an http hook's "HTTP hook POST" → "HTTP hook response" timestamps (ms resolution).
 # Usage: bench/hook_latency.sh [delegations]  (default 25; needs python3, jq, curl;
-#   CCO_TEST_CLAUDE names the CLI, default the pinned one under ~/.cache/cco-ci)
+#   CCO_TEST_CLAUDE names the CLI, default the pinned one under ~/.cache/cco-ci;
+#   CCO_BENCH_BIN a cco binary to use instead of building the release one)
 # Targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms (warm context).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-25}
 claude=${CCO_TEST_CLAUDE:-$HOME/.cache/cco-ci/claude-2.1.332/node_modules/.bin/claude}
 [ -x "$claude" ] || { echo "no Claude Code at $claude; set CCO_TEST_CLAUDE" >&2; exit 1; }
-cargo build --release --quiet
-cco=$PWD/target/release/cco
+# CCO_BENCH_BIN: a cco binary to measure instead of a fresh release build.
+cco=${CCO_BENCH_BIN:-}
+if [ -z "$cco" ]; then cargo build --release --quiet; cco=$PWD/target/release/cco; fi
 
 tmp=$(mktemp -d)
 pids=()
@@ -94,6 +96,11 @@ run_transport() {
 }
 run_transport http 24100
 run_transport command 24110
+# CCO_BENCH_LOGS: a directory to keep Claude's two debug logs in.
+if [ -n "${CCO_BENCH_LOGS:-}" ]; then
+  mkdir -p "$CCO_BENCH_LOGS"
+  for t in http command; do cp "$tmp/$t/debug.log" "$CCO_BENCH_LOGS/$t.debug.log"; done
+fi
 
 # Per hook event: "<event> <ms>" lines from one debug log.
 times() {
@@ -111,7 +118,7 @@ times() {
 median() { sort -n | awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
 printf '%-14s %18s %18s\n' hook "http median (n)" "command median (n)"
-for ev in PreToolUse SubagentStart SubagentStop Stop SessionStart SessionEnd; do
+for ev in PreToolUse SubagentStart SubagentStop Stop SessionStart; do
   row="$(printf '%-14s' "$ev")"
   for t in http command; do
     vals=$(times "$tmp/$t/debug.log" | awk -v e="$ev" '$1 == e { print $2 }')
@@ -120,4 +127,6 @@ for ev in PreToolUse SubagentStart SubagentStop Stop SessionStart SessionEnd; do
   done
   echo "$row"
 done
-echo "(targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms; SessionStart and SessionEnd are command hooks in both)"
+echo "(targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms. SessionStart is a command hook in both;"
+echo " SessionEnd, also a command hook in both, runs at exit and Claude logs no duration for it.)"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (the numbers mean little on a loaded machine)"
