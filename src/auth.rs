@@ -147,7 +147,7 @@ pub enum AuthError {
         "missing bearer token: send `Authorization: Bearer <token>` (mint one with `cco token`)"
     )]
     Missing,
-    #[error("invalid token: {0}")]
+    #[error("invalid token ({0}): mint one with `cco token`")]
     Invalid(String),
     #[error("token has expired — mint a new one with `cco token`")]
     Expired,

@@ -109,6 +109,11 @@ const CONFIG_EXTENSIONS: &[&str] = &[
     ".conf",
     ".cfg",
     ".properties",
+    ".tf",
+    ".hcl",
+    ".cnf",
+    ".config",
+    ".xml",
 ];
 
 /// Whether the text of the file named `name` contains something that looks like a
@@ -156,9 +161,158 @@ pub fn looks_secret(name: &str, text: &str) -> bool {
         || prefixed(text, &["hooks.slack.com/services/"], 20, |b| {
             b.is_ascii_alphanumeric() || b == b'/'
         })
+        // Hugging Face, SendGrid, DigitalOcean (personal, OAuth, refresh).
+        || prefixed(text, &["hf_"], 30, |b| b.is_ascii_alphanumeric())
+        || prefixed(text, &["SG."], 60, |b| {
+            b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
+        })
+        || prefixed(text, &["dop_v1_", "doo_v1_", "dor_v1_"], 64, |b| {
+            b.is_ascii_hexdigit()
+        })
         || json_private_key(text)
         || registry_token(text)
+        || aws_secret_key(text)
+        || url_credentials(text)
+        || azure_key(text)
+        || xml_password(text)
+        || docker_auth(text)
+        || pgpass_line(text)
         || (config && password_assignment(text))
+}
+
+/// Characters of base64 (standard and URL-safe).
+fn base64_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+}
+
+/// The value assigned to `key` (lower case) anywhere in `lower`, quotes and blanks around
+/// `:`/`=` skipped: every such value's first `len` bytes accepted by `body`, then the end.
+fn keyed_values<'a>(lower: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    lower.match_indices(key).filter_map(move |(i, m)| {
+        let rest = lower[i + m.len()..].trim_start_matches(['"', '\'', ' ', '\t']);
+        let rest = rest.strip_prefix([':', '='])?;
+        Some(rest.trim_start_matches([' ', '\t', '"', '\'']))
+    })
+}
+
+/// An AWS secret access key given without its key id: 40 base64 characters assigned to a
+/// key that names it (`aws_secret_access_key`, `"SecretAccessKey":`, `AWS_SECRET=`).
+fn aws_secret_key(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    [
+        "secret_access_key",
+        "secretaccesskey",
+        "aws_secret",
+        "secret_key",
+    ]
+    .iter()
+    .any(|key| {
+        keyed_values(&lower, key)
+            .any(|v| v.bytes().take_while(|b| base64_char(*b)).count() == AWS_SECRET_LEN)
+    })
+}
+const AWS_SECRET_LEN: usize = 40;
+
+/// Passwords that documentation writes in place of one.
+fn placeholder_password(p: &str) -> bool {
+    let lower = p.to_ascii_lowercase();
+    p.is_empty()
+        || p.starts_with(['$', '{', '<', '[', '%', '*'])
+        || p.bytes()
+            .all(|b| b == b'x' || b == b'X' || b == b'*' || b == b'.')
+        || [
+            "password",
+            "pass",
+            "passwd",
+            "pwd",
+            "secret",
+            "changeme",
+            "your_password",
+            "yourpassword",
+            "mypassword",
+        ]
+        .contains(&lower.as_str())
+}
+
+/// `scheme://user:password@host` (databases, queues, git remotes): the password is literal.
+fn url_credentials(text: &str) -> bool {
+    text.match_indices("://").any(|(i, m)| {
+        let rest = &text[i + m.len()..];
+        let end = rest
+            .find(|c: char| c == '/' || c == '@' || c.is_whitespace() || "\"'`<>".contains(c))
+            .unwrap_or(rest.len());
+        if !rest[end..].starts_with('@') {
+            return false;
+        }
+        rest[..end]
+            .split_once(':')
+            .is_some_and(|(user, pass)| !user.is_empty() && !placeholder_password(pass))
+    })
+}
+
+/// Azure storage / service bus connection strings: `AccountKey=…`, `SharedAccessKey=…`.
+fn azure_key(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    ["accountkey=", "sharedaccesskey="].iter().any(|key| {
+        lower.match_indices(key).any(|(i, m)| {
+            lower[i + m.len()..]
+                .bytes()
+                .take_while(|b| base64_char(*b))
+                .count()
+                >= AZURE_KEY_MIN
+        })
+    })
+}
+const AZURE_KEY_MIN: usize = 20;
+
+/// `<password>…</password>` (Maven `settings.xml`, NuGet, app configs), not `${…}`.
+fn xml_password(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    ["<password>", "<passphrase>"].iter().any(|tag| {
+        lower.match_indices(tag).any(|(i, m)| {
+            let value = &text[i + m.len()..];
+            let value = value.split('<').next().unwrap_or("").trim();
+            !placeholder_password(value)
+        })
+    })
+}
+
+/// Docker's `config.json`: `"auths": {"registry": {"auth": "<base64 user:pass>"}}`, and
+/// `identitytoken`.
+fn docker_auth(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    ["\"auth\"", "\"identitytoken\""].iter().any(|key| {
+        lower.match_indices(key).any(|(i, m)| {
+            let rest = lower[i + m.len()..].trim_start_matches([' ', '\t']);
+            let Some(rest) = rest.strip_prefix(':') else {
+                return false;
+            };
+            let Some(value) = rest.trim_start().strip_prefix('"') else {
+                return false;
+            };
+            value.bytes().take_while(|b| base64_char(*b)).count() >= DOCKER_AUTH_MIN
+        })
+    })
+}
+const DOCKER_AUTH_MIN: usize = 8;
+
+/// A `.pgpass` line copied anywhere: `host:port:database:user:password`, the port a number
+/// or `*`, no blanks.
+fn pgpass_line(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.contains(char::is_whitespace) {
+            return false;
+        }
+        let f: Vec<&str> = line.split(':').collect();
+        f.len() == 5
+            && f.iter().all(|x| !x.is_empty())
+            && (f[1] == "*" || f[1].bytes().all(|b| b.is_ascii_digit()))
+            && f[0]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-*_".contains(&b))
+            && !placeholder_password(f[4])
+    })
 }
 
 /// `-----BEGIN … PRIVATE KEY-----` (RSA, EC, OPENSSH, ENCRYPTED, PGP … BLOCK).
@@ -197,7 +351,10 @@ fn json_private_key(text: &str) -> bool {
 /// `password = value`, `db_password: value`, `"password": "value"` — not placeholders such
 /// as `${DB_PASSWORD}`, `{{ vault }}`, `""` or `null`.
 fn password_assignment(text: &str) -> bool {
-    assignment(&text.to_ascii_lowercase(), "password")
+    let lower = text.to_ascii_lowercase();
+    ["password", "passwd", "passphrase"]
+        .iter()
+        .any(|key| assignment(&lower, key))
 }
 
 /// A package registry's credential in any file (`.npmrc` lines copied into docs, CI
@@ -220,7 +377,8 @@ fn assignment(lower: &str, key: &str) -> bool {
         let value = rest.trim_start_matches([' ', '\t']);
         let first = value.split(['\n', '\r']).next().unwrap_or("").trim_end();
         let placeholder = first.is_empty()
-            || ["${", "{{", "\"\"", "''", "null", "~", "<", "$("]
+            // The last ones are Terraform references, not literals.
+            || ["${", "{{", "\"\"", "''", "null", "~", "<", "$(", "var.", "local.", "data.", "module.", "random_"]
                 .iter()
                 .any(|p| first.starts_with(p));
         !placeholder
@@ -393,6 +551,116 @@ mod tests {
             ("config.yml", "password:\n"),
             ("a.json", "{\"password\": null}"),
             ("a.md", "the password field"),
+        ];
+        for (name, text) in no {
+            assert!(!looks_secret(name, text), "{name}: {text}");
+        }
+    }
+
+    /// Issue 15: credentials in innocently named files, one case per pattern.
+    #[test]
+    fn credentials_in_innocent_files() {
+        let yes = [
+            (
+                "aws secret without key id",
+                "settings.py",
+                "AWS_SECRET_ACCESS_KEY = \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"",
+            ),
+            (
+                "aws secret in json",
+                "out.json",
+                "{\"SecretAccessKey\": \"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"}",
+            ),
+            (
+                "postgres url",
+                "db.py",
+                "DSN = 'postgres://app:S3cr3tPw@db.internal:5432/prod'",
+            ),
+            (
+                "mongodb url",
+                "README.md",
+                "mongodb+srv://admin:hunter2@cluster0.example.net/",
+            ),
+            ("terraform", "main.tf", "  password = \"S3cr3tPw\"\n"),
+            (
+                "maven settings",
+                "settings.xml",
+                "<server><id>x</id><username>u</username><password>S3cr3tPw</password></server>",
+            ),
+            (
+                "docker config",
+                "config.json",
+                "{\"auths\": {\"ghcr.io\": {\"auth\": \"dXNlcjpTM2NyM3RQdw==\"}}}",
+            ),
+            ("passwd in conf", "app.conf", "passwd = S3cr3tPw\n"),
+            (
+                "hugging face",
+                "train.py",
+                "token = 'hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567'",
+            ),
+            (
+                "sendgrid",
+                "mail.js",
+                "const k = 'SG.AbCdEfGhIjKlMnOpQrStUv.AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefg';",
+            ),
+            (
+                "digitalocean",
+                "deploy.sh",
+                "DO_TOKEN=dop_v1_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ),
+            (
+                "azure",
+                "appsettings.txt",
+                "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/==;",
+            ),
+            (
+                "pgpass line",
+                "notes.txt",
+                "db.internal:5432:prod:app:S3cr3tPw\n",
+            ),
+        ];
+        for (what, name, text) in yes {
+            assert!(looks_secret(name, text), "{what}: {text}");
+        }
+    }
+
+    /// Ordinary code, docs and configs that only mention these things stay readable.
+    #[test]
+    fn ordinary_text_is_not_flagged() {
+        let no = [
+            (
+                "settings.py",
+                "AWS_SECRET_ACCESS_KEY = os.environ['AWS_SECRET_ACCESS_KEY']",
+            ),
+            (
+                "a.rs",
+                "let url = format!(\"postgres://{user}:{pass}@{host}/db\");",
+            ),
+            (
+                "README.md",
+                "Set DATABASE_URL=postgres://user:password@localhost/db",
+            ),
+            (
+                "README.md",
+                "connect to postgres://localhost:5432/db as ${USER}",
+            ),
+            ("a.rs", "let u = \"https://example.com:8443/path\";"),
+            ("main.tf", "  password = var.db_password\n"),
+            ("main.tf", "  password = random_password.db.result\n"),
+            ("settings.xml", "<password>${env.MAVEN_PASSWORD}</password>"),
+            (
+                "config.json",
+                "{\"auth\": \"\", \"credsStore\": \"desktop\"}",
+            ),
+            ("a.py", "import huggingface_hub  # hf_hub_download"),
+            ("a.py", "x = np.SG.fit()"),
+            ("a.md", "AccountKey=<your key>"),
+            ("a.txt", "12:30:45 started"),
+            ("a.txt", "2024-01-01T10:00:00Z"),
+            ("a.rs", "use std::collections::HashMap;"),
+            ("a.rs", "fn passwd(user: &str) -> Option<String> { None }"),
+            ("a.py", "SECRET_KEY = get_random_secret_key()"),
+            ("a.c", "std::vector<int>::iterator it;"),
         ];
         for (name, text) in no {
             assert!(!looks_secret(name, text), "{name}: {text}");

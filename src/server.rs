@@ -651,13 +651,18 @@ async fn close_when_stopping(
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
+///
+/// The handlers are installed when this is called, not when the future is first polled: call
+/// it before `READY=1`, so a SIGTERM right after readiness is a graceful stop, not signal 15.
+pub fn termination() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cco-ci"
 log() { printf '\n=== %s\n' "$*"; }
 
 need_pkgs=()
-for pair in curl:curl jq:jq wrk:wrk systemd-nspawn:systemd-container debootstrap:debootstrap; do
+for pair in curl:curl jq:jq useradd:passwd wrk:wrk systemd-nspawn:systemd-container debootstrap:debootstrap; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair##*:}")
 done
 if ((${#need_pkgs[@]})); then

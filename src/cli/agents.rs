@@ -1,5 +1,6 @@
-//! `cco agents list|show|lint`: inspect the roster (built-ins overlaid with the user's
-//! `~/.config/cco/agents/*.md`) and check the user's agent files before the daemon loads them.
+//! `cco agents list|show|lint|cost`: inspect the roster (built-ins overlaid with the user's
+//! `~/.config/cco/agents/*.md`), check the user's agent files before the daemon loads them,
+//! and show what the roster and rules cost Claude's context in a directory.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use crate::api::inert;
 use crate::paths::Installation;
 use crate::roster::MAX_ARG_BYTES;
-use crate::roster::{self, Agent, AgentError, LoadReport, Roster};
+use crate::roster::{self, Agent, AgentError, LoadReport, Roster, RosterChoice};
 
 /// Table width when stdout is not a terminal (or its width is unknown).
 const DEFAULT_WIDTH: usize = 80;
@@ -35,6 +36,20 @@ pub enum AgentsCommand {
     Show(ShowArgs),
     /// Check agent files; prints `path: message` per problem and exits 1 if there is one.
     Lint(LintArgs),
+    /// Which agents `cco` would pass to Claude in the current directory, and the bytes
+    /// (≈ tokens) cco adds to each main-thread and sub-agent request.
+    Cost(CostArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CostArgs {
+    /// Price this choice instead of `launcher.roster`: auto, all, none or agent names
+    /// separated by commas (as `cco --roster` takes it).
+    #[arg(long, value_name = "WHICH", value_parser = RosterChoice::parse)]
+    pub roster: Option<RosterChoice>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +79,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         AgentsCommand::List(a) => list(&user_dir, a),
         AgentsCommand::Show(a) => show(&user_dir, a),
         AgentsCommand::Lint(a) => lint(&user_dir, a),
+        AgentsCommand::Cost(a) => cost(&inst, &user_dir, a),
     }
 }
 
@@ -155,8 +171,214 @@ fn lint(user_dir: &Path, args: LintArgs) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::FAILURE);
     }
+    let long: Vec<&Agent> = roster
+        .agents
+        .values()
+        .filter(|a| {
+            !a.source.starts_with("builtin:")
+                && a.description.chars().count() > roster::MAX_DESCRIPTION_CHARS
+        })
+        .collect();
+    if !long.is_empty() {
+        writeln!(
+            out,
+            "{} agent descriptions are over {} characters (Claude repeats each in every main-thread request): shorten them and run `cco agents lint` again",
+            long.len(),
+            roster::MAX_DESCRIPTION_CHARS
+        )?;
+        return Ok(ExitCode::FAILURE);
+    }
     writeln!(out, "{checked} agents OK")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes per token, roughly, for English text and JSON: what "≈ tokens" divides by.
+pub const BYTES_PER_TOKEN: usize = 4;
+
+/// What cco adds to Claude's requests in one directory: `cco agents cost`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cost {
+    pub directory: String,
+    /// `auto`, `all`, `none` or the names.
+    pub roster: String,
+    /// Where the choice came from: `launcher.roster`, `launcher.pass_agents` or `--roster`.
+    pub chosen_by: &'static str,
+    pub agents: Vec<AgentCost>,
+    /// Listed names that no agent has.
+    pub unknown: Vec<String>,
+    pub main_turn: MainTurn,
+    pub subagent_turn: SubagentTurn,
+    /// How long the launcher's part took here (looking at the directory, cutting the
+    /// roster JSON down), in microseconds.
+    pub selection_micros: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentCost {
+    pub name: String,
+    pub reason: String,
+    /// Its line in every main-thread request.
+    pub line_bytes: usize,
+    /// Its prompt: the system prompt of its own sub-agent requests.
+    pub prompt_bytes: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MainTurn {
+    /// `--append-system-prompt` (0 with `launcher.append_rules = false`).
+    pub rules_bytes: usize,
+    /// The agents' lines as Claude shows them.
+    pub roster_bytes: usize,
+    pub bytes: usize,
+    pub tokens: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubagentTurn {
+    /// The largest prompt among the passed agents.
+    pub max_prompt_bytes: usize,
+    /// The context cco injects when a sub-agent starts is at most this
+    /// (`sidecar.context_budget_bytes`); a small project's is far less.
+    pub max_context_bytes: usize,
+    pub max_bytes: usize,
+    pub max_tokens: usize,
+}
+
+/// The cost of `choice` for `roster` in `dir`.
+pub fn price(
+    roster: &Roster,
+    choice: &RosterChoice,
+    dir: &Path,
+    rules_bytes: usize,
+    max_context_bytes: usize,
+) -> (Vec<AgentCost>, Vec<String>, MainTurn, SubagentTurn, u64) {
+    // The launcher's own path, timed: it runs on every `cco` start.
+    let sealed = roster.claude_json();
+    let started = std::time::Instant::now();
+    let passed = crate::cli::launch::roster_arg(sealed.as_bytes(), choice, dir);
+    let micros = started.elapsed().as_micros() as u64;
+    drop(passed);
+    let selection = roster::select(choice, roster.agents.keys().map(String::as_str), || {
+        roster::Project::scan(dir)
+    });
+    let agents: Vec<AgentCost> = selection
+        .agents
+        .iter()
+        .filter_map(|(name, why)| {
+            let a = roster.get(name)?;
+            Some(AgentCost {
+                name: name.clone(),
+                reason: why.to_string(),
+                line_bytes: json_len(&roster::claude_roster_line(a)),
+                prompt_bytes: a.prompt.len(),
+            })
+        })
+        .collect();
+    let roster_bytes = agents.iter().map(|a| a.line_bytes).sum();
+    let bytes = rules_bytes + roster_bytes;
+    let main = MainTurn {
+        rules_bytes,
+        roster_bytes,
+        bytes,
+        tokens: bytes.div_ceil(BYTES_PER_TOKEN),
+    };
+    let max_prompt_bytes = agents.iter().map(|a| a.prompt_bytes).max().unwrap_or(0);
+    let max_bytes = max_prompt_bytes + max_context_bytes;
+    let sub = SubagentTurn {
+        max_prompt_bytes,
+        max_context_bytes,
+        max_bytes,
+        max_tokens: max_bytes.div_ceil(BYTES_PER_TOKEN),
+    };
+    (agents, selection.unknown, main, sub, micros)
+}
+
+fn cost(inst: &Installation, user_dir: &Path, args: CostArgs) -> anyhow::Result<ExitCode> {
+    let roster = load(user_dir)?;
+    let launcher = &inst.config.launcher;
+    let (choice, chosen_by) = match (args.roster, launcher.pass_agents) {
+        (Some(c), _) => (c, "--roster"),
+        (None, false) => (RosterChoice::None, "launcher.pass_agents"),
+        (None, true) => (launcher.roster.clone(), "launcher.roster"),
+    };
+    let dir = std::env::current_dir()
+        .context("cannot read the current directory — `cd` into a project")?;
+    let rules_bytes = if launcher.append_rules {
+        json_len(roster::rules())
+    } else {
+        0
+    };
+    let (agents, unknown, main_turn, subagent_turn, selection_micros) = price(
+        &roster,
+        &choice,
+        &dir,
+        rules_bytes,
+        inst.config.sidecar.context_budget_bytes,
+    );
+    let cost = Cost {
+        directory: dir.display().to_string(),
+        roster: choice.label(),
+        chosen_by,
+        agents,
+        unknown,
+        main_turn,
+        subagent_turn,
+        selection_micros,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", inert::json_pretty(&cost)?)?;
+    } else {
+        out.write_all(render_cost(&cost).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes of `text` inside a JSON request body (newlines and quotes are escaped there).
+fn json_len(text: &str) -> usize {
+    serde_json::to_string(text).map_or(text.len(), |s| s.len() - 2)
+}
+
+/// `cco agents cost` for people.
+pub fn render_cost(c: &Cost) -> String {
+    let mut s = format!(
+        "roster {} ({}) in {}: {} agents passed to Claude\n",
+        inert::line(&c.roster),
+        c.chosen_by,
+        inert::line(&c.directory),
+        c.agents.len()
+    );
+    let width = c.agents.iter().map(|a| a.name.len()).max().unwrap_or(0);
+    for a in &c.agents {
+        s.push_str(&format!(
+            "  {:width$}  {:>4} B line  {:>5} B prompt  {}\n",
+            inert::line(&a.name),
+            a.line_bytes,
+            a.prompt_bytes,
+            inert::line(&a.reason)
+        ));
+    }
+    for n in &c.unknown {
+        s.push_str(&format!(
+            "  (no agent named \"{}\": not passed — `cco agents list` shows the names)\n",
+            inert::line(n)
+        ));
+    }
+    let m = &c.main_turn;
+    s.push_str(&format!(
+        "per main-thread request: {} B ≈ {} tokens (rules {} B + agent lines {} B)\n",
+        m.bytes, m.tokens, m.rules_bytes, m.roster_bytes
+    ));
+    let sub = &c.subagent_turn;
+    s.push_str(&format!(
+        "per sub-agent request: at most {} B ≈ {} tokens (its prompt, at most {} B, + the context cco injects, at most {} B)\n",
+        sub.max_bytes, sub.max_tokens, sub.max_prompt_bytes, sub.max_context_bytes
+    ));
+    s.push_str(&format!(
+        "choosing the agents took the launcher {} µs here; `cco agents cost --roster all` prices the full roster\n",
+        c.selection_micros
+    ));
+    s
 }
 
 /// One finding of `cco agents lint`.

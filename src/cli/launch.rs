@@ -14,7 +14,7 @@ use crate::api::{DaemonHealth, IssueId};
 use crate::auth::{Keys, TokenSpec};
 use crate::client::{self, ClientError, Request};
 use crate::paths::{Installation, process_env};
-use crate::roster::MAX_ARG_BYTES;
+use crate::roster::{self, MAX_ARG_BYTES, RosterChoice};
 use crate::seal::{self, AGENTS, HOOKS, RULES, SETTINGS, Verified};
 use crate::secret::Secret;
 
@@ -32,11 +32,13 @@ pub struct LaunchOptions {
     pub quiet: bool,
     pub issue: Option<String>,
     pub config: Option<PathBuf>,
+    /// `--roster`: which agents to pass for this launch, over `launcher.roster`.
+    pub roster: Option<RosterChoice>,
 }
 
 impl LaunchOptions {
-    /// Splits leading `--quiet` / `--issue ID` / `--config FILE` off; everything else goes to
-    /// Claude untouched.
+    /// Splits leading `--quiet` / `--issue ID` / `--config FILE` / `--roster WHICH` off;
+    /// everything else goes to Claude untouched.
     pub fn split(args: Vec<OsString>) -> Result<(LaunchOptions, Vec<OsString>), LaunchError> {
         let mut opts = LaunchOptions::default();
         let mut rest = args.into_iter().peekable();
@@ -58,6 +60,15 @@ impl LaunchOptions {
                 opts.config = Some(PathBuf::from(v));
             } else if let Some(v) = arg.strip_prefix("--config=") {
                 opts.config = Some(PathBuf::from(v));
+            } else if arg == "--roster" {
+                rest.next();
+                let v = rest
+                    .peek()
+                    .and_then(|a| a.to_str())
+                    .ok_or(LaunchError::RosterMissing)?;
+                opts.roster = Some(RosterChoice::parse(v).map_err(LaunchError::BadRoster)?);
+            } else if let Some(v) = arg.strip_prefix("--roster=") {
+                opts.roster = Some(RosterChoice::parse(v).map_err(LaunchError::BadRoster)?);
             } else {
                 break;
             }
@@ -113,6 +124,12 @@ pub enum LaunchError {
     IssueMissing,
     #[error("--config needs a file, e.g. `cco --config ~/.config/cco/daemon.toml …`")]
     ConfigMissing,
+    #[error("--roster needs a value, e.g. `cco --roster all …` (auto, all, none or agent names)")]
+    RosterMissing,
+    #[error(
+        "--roster: {0} — e.g. `cco --roster auto`, `--roster all` or `--roster rust-specialist,code-reviewer`"
+    )]
+    BadRoster(String),
     #[error("{0} — e.g. `cco --issue issue-123`")]
     BadIssue(crate::api::IdError),
     #[error(
@@ -266,22 +283,22 @@ fn user_passed(args: &[OsString], flag: &str) -> bool {
 pub fn claude_args(
     verified: &Verified,
     append_rules: bool,
-    pass_agents: bool,
+    agents: Option<&[u8]>,
     user: Vec<OsString>,
 ) -> (Vec<OsString>, Vec<String>) {
     let mut args: Vec<OsString> = vec!["--settings".into(), verified.path(SETTINGS).into()];
     let mut warnings = Vec::new();
     for (wanted, flag, content, what) in [
         (
-            pass_agents,
+            agents.is_some(),
             "--agents",
-            &verified.files.agents,
+            agents.unwrap_or_default(),
             "the agent roster",
         ),
         (
             append_rules,
             "--append-system-prompt",
-            &verified.files.rules,
+            verified.files.rules.as_slice(),
             "the orchestrator rules",
         ),
     ] {
@@ -302,6 +319,43 @@ pub fn claude_args(
     }
     args.extend(user);
     (args, warnings)
+}
+
+/// The `--agents` value for `choice`: the sealed roster cut down to the selected agents
+/// (`None`: pass no roster), and warnings for names no agent has. Only `auto` looks at the
+/// project, and only at its top directory.
+pub fn roster_arg(
+    sealed: &[u8],
+    choice: &RosterChoice,
+    project: &Path,
+) -> (Option<Vec<u8>>, Vec<String>) {
+    match choice {
+        RosterChoice::None => return (None, Vec::new()),
+        // As sealed: nothing to parse.
+        RosterChoice::All => return (Some(sealed.to_vec()), Vec::new()),
+        _ => {}
+    }
+    match roster::cut_claude_json(sealed, choice, || roster::Project::scan(project)) {
+        Ok((json, unknown)) => {
+            let warnings = unknown
+                .iter()
+                .map(|n| {
+                    format!(
+                        "no agent named \"{}\" in the roster, so it is not passed — `cco agents list` shows the names; fix launcher.roster or --roster",
+                        crate::api::inert::line(n)
+                    )
+                })
+                .collect();
+            (Some(json.into_bytes()), warnings)
+        }
+        // The file is sealed by the daemon, so this is a daemon defect: pass it whole.
+        Err(e) => (
+            Some(sealed.to_vec()),
+            vec![format!(
+                "the sealed roster is not the JSON cco writes ({e}), so all of it is passed — run `cco daemon restart`"
+            )],
+        ),
+    }
 }
 
 /// The `ORCHESTRATOR_*` environment for Claude and every hook it runs.
@@ -403,12 +457,19 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         &inst.paths.config_file,
     )?;
     let env = orchestrator_env(&inst, &verified, &token.0, &issue);
-    let (argv, warnings) = claude_args(
+    let choice = match (opts.roster, inst.config.launcher.pass_agents) {
+        (Some(c), _) => c,
+        (None, false) => RosterChoice::None,
+        (None, true) => inst.config.launcher.roster.clone(),
+    };
+    let (agents, mut warnings) = roster_arg(&verified.files.agents, &choice, &cwd);
+    let (argv, more) = claude_args(
         &verified,
         inst.config.launcher.append_rules,
-        inst.config.launcher.pass_agents,
+        agents.as_deref(),
         user_args,
     );
+    warnings.extend(more);
 
     for w in &warnings {
         eprintln!("⚠️  {w}");
@@ -454,6 +515,7 @@ mod tests {
                 quiet: true,
                 issue: Some("i-1".into()),
                 config: None,
+                roster: None,
             }
         );
         assert_eq!(rest, os(&["-p", "--quiet"]));
@@ -466,6 +528,56 @@ mod tests {
         assert_eq!(o.config.as_deref(), Some(Path::new("/c.toml")));
         assert_eq!(rest, os(&["-p", "x"]));
         assert!(LaunchOptions::split(os(&["--issue"])).is_err());
+        let (o, rest) = LaunchOptions::split(os(&["--roster", "all", "-p", "x"])).unwrap();
+        assert_eq!(o.roster, Some(RosterChoice::All));
+        assert_eq!(rest, os(&["-p", "x"]));
+        let (o, _) = LaunchOptions::split(os(&["--roster=a-b,c"])).unwrap();
+        assert_eq!(
+            o.roster,
+            Some(RosterChoice::Names(vec!["a-b".into(), "c".into()]))
+        );
+        let e = LaunchOptions::split(os(&["--roster", "../x"])).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("`--roster rust-specialist,code-reviewer`"),
+            "{e}"
+        );
+        assert!(LaunchOptions::split(os(&["--roster"])).is_err());
+    }
+
+    /// `auto` passes the core and the project's specialists, cut from the sealed roster;
+    /// `none` passes nothing; `all` the sealed bytes unchanged; unknown names warn.
+    #[test]
+    fn the_roster_argument_follows_the_choice() {
+        let sealed = roster::Roster::builtin().unwrap().claude_json();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("Cargo.toml"), "").unwrap();
+        let names = |json: &[u8]| roster::claude_json_names(json).unwrap();
+
+        let (auto, w) = roster_arg(sealed.as_bytes(), &RosterChoice::Auto, tmp.path());
+        let auto = names(&auto.unwrap());
+        assert!(w.is_empty(), "{w:?}");
+        assert!(auto.contains(&"rust-specialist".to_string()), "{auto:?}");
+        assert!(!auto.contains(&"go-specialist".to_string()), "{auto:?}");
+        for core in roster::CORE_AGENTS {
+            assert!(auto.contains(&core.to_string()), "{core}");
+        }
+        assert_eq!(auto.len(), roster::CORE_AGENTS.len() + 1);
+
+        assert_eq!(
+            roster_arg(sealed.as_bytes(), &RosterChoice::None, tmp.path()).0,
+            None
+        );
+        let all = roster_arg(sealed.as_bytes(), &RosterChoice::All, tmp.path()).0;
+        assert_eq!(all.as_deref(), Some(sealed.as_bytes()));
+
+        let listed = RosterChoice::parse("debugger,no-such-agent").unwrap();
+        let (json, w) = roster_arg(sealed.as_bytes(), &listed, tmp.path());
+        assert_eq!(names(&json.unwrap()), ["debugger"]);
+        assert!(
+            w.len() == 1 && w[0].contains("no-such-agent") && w[0].contains("cco agents list"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub enum Command {
     Uninstall(uninstall::Args),
     /// Show the services' logs (journald, or the log files without a service manager).
     Logs(logs::Args),
-    /// List, show and check the agent roster.
+    /// List, show and check the agent roster; `cost` shows what it adds to each request.
     Agents(agents::Args),
     /// Print the event journal (what agents publish), optionally as it happens.
     Events(events::Args),
@@ -73,6 +73,9 @@ pub enum Command {
     Hook(HookArgs),
     /// Print cco's version.
     Version,
+    /// Run the daemon in the foreground: the same as `cco daemon run` (the guide's
+    /// `cco run --port 3000`; `cco -- run` sends Claude the prompt "run").
+    Run(daemon::RunArgs),
 }
 
 /// `cco hook`'s arguments. The global `--config` is shadowed by a hidden one here so that the
@@ -126,6 +129,12 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Agents(args) => agents::run(config, args),
         Command::Hook(args) => hook::run(args.hook),
         Command::Events(args) => events::run(config, args),
+        Command::Run(args) => daemon::run(
+            config,
+            daemon::Args {
+                action: daemon::Action::Run(args),
+            },
+        ),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -103,6 +103,9 @@ pub struct LauncherConfig {
     pub append_rules: bool,
     /// Pass the sealed roster with `--agents` (unless the user passed their own).
     pub pass_agents: bool,
+    /// Which agents of the roster to pass: `"auto"` (a core plus the project's
+    /// specialists), `"all"`, `"none"`, or a list of names; `cco --roster` for one launch.
+    pub roster: crate::roster::RosterChoice,
     /// Lifetime of the session token the launcher mints.
     #[serde(with = "humantime_serde_compat")]
     pub token_ttl: Duration,
@@ -159,6 +162,7 @@ impl Default for LauncherConfig {
         LauncherConfig {
             append_rules: true,
             pass_agents: true,
+            roster: crate::roster::RosterChoice::Auto,
             token_ttl: Duration::from_secs(24 * 3600),
         }
     }

@@ -62,8 +62,10 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
             idle_exit_after = %config::idle_label(idle),
             "daemon ready"
         );
+        // Signal handlers go in before READY=1: a SIGTERM right after it is a graceful stop.
+        let terminated = server::termination();
         let _ = listen::notify("READY=1");
-        let exit = server.serve(listener, app, server::termination()).await?;
+        let exit = server.serve(listener, app, terminated).await?;
         let _ = listen::notify("STOPPING=1");
         tracing::info!(?exit, "daemon stopped");
         anyhow::Ok(())

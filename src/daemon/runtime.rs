@@ -100,7 +100,7 @@ pub fn render(config: &Config, roster: &Roster, exe: &Path) -> RuntimeFiles {
     RuntimeFiles {
         settings: pretty(&settings(config, exe)),
         agents: roster.claude_json().into_bytes(),
-        rules: roster::rules(roster).into_bytes(),
+        rules: roster::rules().as_bytes().to_vec(),
         hooks: pretty(&hooks_policy(config)),
     }
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::context::{ProjectRefused, check_project};
+use super::context::{ContextError, ProjectRefused, check_project};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
 use super::journal::{
@@ -218,23 +218,44 @@ pub async fn get_context(
     claims.require(Scope::ContextRead)?;
     claims.check_binding(Some(issue_id.as_str()), Some(agent_type.as_str()))?;
     let root = project_root(&claims, q.project.as_deref(), s.inner.home.as_deref())?;
+    // A project whose context is not ready in time (huge, hostile, or many waiting) is
+    // answered with an empty, truncated project part rather than holding the agent.
+    let project = match s
+        .inner
+        .context
+        .project(root.clone(), agent_type.clone())
+        .await
+    {
+        Ok(built) => Some(built),
+        Err(ContextError::NoProject(p)) => {
+            return Err(ApiError::NotFound(ContextError::NoProject(p).to_string()));
+        }
+        Err(e @ ContextError::Busy(_)) => {
+            tracing::warn!(error = %e, "answering without the project's context");
+            None
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     let body = blocking(move || -> Result<String, ApiError> {
-        let built = s
-            .inner
-            .context
-            .project(&root, &agent_type)
-            .map_err(|e| ApiError::NotFound(e.to_string()))?;
+        let degraded;
+        let (project_json, project_truncated) = match &project {
+            Some(b) => (b.json.as_str(), b.truncated),
+            None => {
+                degraded = s.inner.context.degraded(&root, &agent_type);
+                (degraded.as_str(), true)
+            }
+        };
         let results = s.inner.results.list(&issue_id);
         let budget = s.inner.context.budget();
-        let mut out = String::with_capacity(built.json.len() + 512);
+        let mut out = String::with_capacity(project_json.len() + 512);
         out.push_str("{\"issue_id\":\"");
         out.push_str(issue_id.as_str()); // validated: nothing to escape
         out.push_str("\",\"agent_type\":\"");
         out.push_str(agent_type.as_str());
         out.push_str("\",\"project\":");
-        out.push_str(&built.json);
+        out.push_str(project_json);
         out.push_str(",\"previous_results\":[");
-        let mut truncated = built.truncated;
+        let mut truncated = project_truncated;
         let mut first = true;
         for r in results.iter() {
             if out.len() + r.len() + 128 > budget {
@@ -461,12 +482,15 @@ pub async fn publish_event(
     claims: Claims,
     State(s): State<SidecarState>,
     ApiPath(event_type): ApiPath<EventType>,
-    ApiJson(req): ApiJson<PublishRequest>,
+    body: Result<ApiJson<PublishRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     claims.require(Scope::EventsPublish)?;
+    // Reserved names are refused before the body is looked at, so the answer names the
+    // replacement even for the guide's `curl -d` without a JSON content type.
     if RESERVED_EVENTS.contains(&event_type.as_str()) {
         return Err(ApiError::ReservedEventType(event_type.to_string()));
     }
+    let ApiJson(req) = body?;
     check_label("publisher", &req.publisher, true)?;
     check_label("topic", &req.topic, true)?;
     if !topic_allowed(&claims, &req.topic) {

@@ -322,3 +322,102 @@ fn special_files_in_the_agents_directory_are_refused_without_blocking() {
         );
     }
 }
+
+/// A user agent whose description is over the limit is still used, but lint fails and says
+/// why and what to do.
+#[test]
+fn lint_fails_on_a_description_over_the_limit() {
+    let env = Env::new();
+    let long = "Does many things, ".repeat(6) + "and more.";
+    let path = user_agent(
+        &env,
+        "wordy.md",
+        &format!("---\nname: wordy\ndescription: {long}\n---\nYou help.\n"),
+    );
+    let out = env.run(["agents", "lint"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{}: warning: the description is", path.display()))
+            && text.contains("over the limit of 80"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end()
+            .ends_with("shorten them and run `cco agents lint` again"),
+        "{text}"
+    );
+    let list = env.run(["agents", "list", "--json"]);
+    assert!(stdout(&list).contains("\"wordy\""), "still used");
+}
+
+/// `cco agents cost` in a Rust crate: the core and the Rust specialist, the bytes of each
+/// and the totals; `--roster none` leaves only the rules; the text form says the same.
+#[test]
+fn cost_shows_the_agents_and_bytes_for_this_directory() {
+    let env = Env::new();
+    let crate_dir = env.tmp.path().join("crate");
+    std::fs::create_dir_all(&crate_dir).unwrap();
+    std::fs::write(crate_dir.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+    let cost = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["agents", "cost", "--json"];
+        args.extend(extra);
+        let out = env.cmd(&args).current_dir(&crate_dir).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let auto = cost(&[]);
+    assert_eq!(auto["roster"], "auto");
+    assert_eq!(auto["chosen_by"], "launcher.roster");
+    let agents = auto["agents"].as_array().unwrap();
+    let rust = agents
+        .iter()
+        .find(|a| a["name"] == "rust-specialist")
+        .expect("the Rust specialist");
+    assert_eq!(rust["reason"], "detected: Cargo.toml");
+    assert!(agents.iter().any(|a| a["reason"] == "core"));
+    assert!(!agents.iter().any(|a| a["name"] == "go-specialist"));
+    let main = &auto["main_turn"];
+    let lines: u64 = agents
+        .iter()
+        .map(|a| a["line_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(main["roster_bytes"].as_u64().unwrap(), lines);
+    let bytes = main["bytes"].as_u64().unwrap();
+    assert_eq!(bytes, lines + main["rules_bytes"].as_u64().unwrap());
+    assert_eq!(main["tokens"].as_u64().unwrap(), bytes.div_ceil(4));
+    assert!(bytes <= 8_000, "{bytes}");
+    assert!(auto["subagent_turn"]["max_prompt_bytes"].as_u64().unwrap() > 0);
+
+    let none = cost(&["--roster", "none"]);
+    assert_eq!(none["chosen_by"], "--roster");
+    assert!(none["agents"].as_array().unwrap().is_empty());
+    assert_eq!(none["main_turn"]["bytes"], none["main_turn"]["rules_bytes"]);
+
+    let all = cost(&["--roster", "all"]);
+    assert_eq!(
+        all["agents"].as_array().unwrap().len(),
+        builtin_names().len()
+    );
+
+    let out = env
+        .cmd(["agents", "cost"])
+        .current_dir(&crate_dir)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("rust-specialist") && text.contains("detected: Cargo.toml"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "per main-thread request: {bytes} B ≈ {} tokens",
+            bytes.div_ceil(4)
+        )),
+        "{text}"
+    );
+    let bad = env.run(["agents", "cost", "--roster", "../x"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

@@ -395,6 +395,14 @@ impl Service {
         self._listener = None;
         status
     }
+
+    /// SIGKILL, as a crash would; the socket is closed too, so the service can start again.
+    #[allow(dead_code)] // used by the property tests
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self._listener = None;
+    }
 }
 
 impl Drop for Service {
@@ -524,4 +532,21 @@ impl Env {
         }
         Service::spawn(c, None)
     }
+}
+
+/// Starts any command that ends in a cco service (e.g. `bash -c "exec cco run …"`); returns
+/// once it said READY=1.
+#[allow(dead_code)] // used by the guide tests
+pub fn start_command(cmd: &mut Command) -> Service {
+    let mut owned = Command::new(cmd.get_program());
+    owned.args(cmd.get_args()).env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            owned.env(k, v);
+        }
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        owned.current_dir(d);
+    }
+    Service::spawn(owned, None)
 }

@@ -31,7 +31,7 @@ fn fake() -> FakeAnthropic {
     )
 }
 
-fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
+pub fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
     let mut env = Env::new();
     env.set("CCO_CLAUDE", claude.display().to_string())
         .set("ANTHROPIC_BASE_URL", fake.url())
@@ -42,7 +42,7 @@ fn env_for(claude: &std::path::Path, fake: &FakeAnthropic) -> Env {
 }
 
 /// A small git project (a Rust crate with one commit) to run Claude in.
-fn project(env: &Env) -> std::path::PathBuf {
+pub fn project(env: &Env) -> std::path::PathBuf {
     let dir = env.tmp.path().join("project");
     std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(
@@ -81,7 +81,12 @@ fn project(env: &Env) -> std::path::PathBuf {
 const SESSION_LIMIT: Duration = Duration::from_secs(90);
 
 /// `cco ARGS…` in `cwd`, bounded by [`SESSION_LIMIT`]; its exit is the signal waited on.
-fn run_bounded(env: &Env, cwd: &std::path::Path, args: &[&str], fake: &FakeAnthropic) -> Output {
+pub fn run_bounded(
+    env: &Env,
+    cwd: &std::path::Path,
+    args: &[&str],
+    fake: &FakeAnthropic,
+) -> Output {
     let child = env
         .cmd(args)
         .current_dir(cwd)
@@ -179,13 +184,15 @@ fn a_real_claude_session_reports_its_subagent_to_the_sidecar() {
         "rust-specialist",
         "chief-architect",
         "security-auditor",
-        "kubernetes-specialist",
+        "debugger",
     ] {
         assert!(
             offered.contains(&format!("- {agent}: ")),
             "{agent} not offered:\n{offered}"
         );
     }
+    // `launcher.roster = "auto"`: a Rust crate gets no Kubernetes specialist.
+    assert!(!offered.contains("- kubernetes-specialist: "), "{offered}");
     let sub = calls
         .iter()
         .find(|c| c.is_subagent())
@@ -217,8 +224,14 @@ fn with_the_sidecar_down_the_session_still_completes() {
     let fake = fake();
     let env = env_for(&claude, &fake);
     let _daemon = env.start("daemon");
-    // No sidecar: every hook's call is refused; they must degrade silently.
-    let out = run_bounded(&env, env.tmp.path(), &["-p", "implement the parser"], &fake);
+    // No sidecar: every hook's call is refused; they must degrade silently. Not a Rust
+    // project, so the specialist is passed by `--roster all`.
+    let out = run_bounded(
+        &env,
+        env.tmp.path(),
+        &["--roster", "all", "-p", "implement the parser"],
+        &fake,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -22,7 +22,7 @@ fn stub_claude(env: &Env) -> PathBuf {
     path
 }
 
-fn recorded(env: &Env) -> (Vec<String>, String) {
+pub fn recorded(env: &Env) -> (Vec<String>, String) {
     let rec = env.tmp.path().join("rec");
     let argv = std::fs::read_to_string(rec.with_extension("argv")).unwrap();
     let argv = argv
@@ -36,7 +36,7 @@ fn recorded(env: &Env) -> (Vec<String>, String) {
     )
 }
 
-fn with_claude(mut env: Env) -> Env {
+pub fn with_claude(mut env: Env) -> Env {
     let claude = stub_claude(&env);
     env.set("CCO_CLAUDE", claude.display().to_string());
     env
@@ -398,7 +398,8 @@ fn a_roster_too_large_for_one_argument_is_left_out_with_a_warning() {
     );
 
     let _d = env.start("daemon");
-    let out = env.run(["-p", "x"]);
+    // `auto` would pass only the core and this agent, which fit; `all` does not.
+    let out = env.run(["--roster", "all", "-p", "x"]);
     assert_eq!(
         out.status.code(),
         Some(7),

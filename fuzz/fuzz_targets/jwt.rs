@@ -1,0 +1,8 @@
+//! Fuzz target `jwt`: see [`harness::jwt`] for what it checks.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::jwt(data));
