@@ -85,6 +85,19 @@ impl Config {
         if let Some(v) = env("CCO_REQUIRE_CUD_CONFIRMATION") {
             self.hooks.require_cud_confirmation = parse_bool("CCO_REQUIRE_CUD_CONFIRMATION", &v)?;
         }
+        if let Some(v) = env("CCO_HOOKS_TRANSPORT") {
+            self.hooks.transport = match v.as_str() {
+                "http" => super::HookTransport::Http,
+                "command" => super::HookTransport::Command,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "CCO_HOOKS_TRANSPORT",
+                        value: v,
+                        expected: "`http` or `command`",
+                    });
+                }
+            };
+        }
         if let Some(v) = env("CCO_HOOKS_ENABLED") {
             self.hooks.enabled = parse_bool("CCO_HOOKS_ENABLED", &v)?;
         }

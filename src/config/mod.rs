@@ -80,6 +80,20 @@ pub struct HooksConfig {
     pub require_cud_confirmation: bool,
     /// How long one hook may wait for the sidecar before it gives up silently.
     pub timeout_ms: u64,
+    /// How Claude Code reaches the hooks: `http` (POST to the daemon) or `command`
+    /// (`cco hook <event>` processes). SessionStart is a command hook either way.
+    pub transport: HookTransport,
+}
+
+/// `hooks.transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HookTransport {
+    /// `type: "http"` hooks served by the daemon at `/hooks/<event>`: no process per hook.
+    #[default]
+    Http,
+    /// `type: "command"` hooks: one `cco hook <event>` process per call.
+    Command,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +155,7 @@ impl Default for HooksConfig {
             auto_allow_read: true,
             require_cud_confirmation: false,
             timeout_ms: 2000,
+            transport: HookTransport::default(),
         }
     }
 }
@@ -345,6 +360,24 @@ mod tests {
         .to_string();
         assert!(
             err.contains("CCO_SIDECAR_PORT") && err.contains("70000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hook_transport_from_file_and_env() {
+        assert_eq!(Config::default().hooks.transport, HookTransport::Http);
+        let c = Config::parse("[hooks]\ntransport = \"command\"\n").unwrap();
+        assert_eq!(c.hooks.transport, HookTransport::Command);
+        let env =
+            |v: &'static str| move |k: &str| (k == "CCO_HOOKS_TRANSPORT").then(|| v.to_string());
+        let c = Config::load(Path::new("/nonexistent"), &env("command")).unwrap();
+        assert_eq!(c.hooks.transport, HookTransport::Command);
+        let err = Config::load(Path::new("/nonexistent"), &env("grpc"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CCO_HOOKS_TRANSPORT") && err.contains("grpc"),
             "{err}"
         );
     }

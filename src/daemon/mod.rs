@@ -1,8 +1,10 @@
 //! The daemon (`:3000`): seals the runtime files at start-up, answers `/health` and
-//! `/status`, forwards `/api/*` to the sidecar and serves cco's MCP tools at `/mcp`.
+//! `/status`, answers Claude Code's http hooks (`/hooks/<event>`), serves cco's MCP tools at
+//! `/mcp`, and forwards `/api/*` to the sidecar.
 
 pub mod error;
 pub mod forward;
+pub mod hooks;
 pub mod run;
 pub mod runtime;
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{Method, Uri};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 
 use crate::api::{DaemonHealth, DaemonStatus};
@@ -46,7 +48,8 @@ struct Inner {
     stopping: Stopping,
     /// When the sidecar port's owner was last found to be this user (unix seconds).
     sidecar_owner_checked_at: std::sync::atomic::AtomicU64,
-    /// Verifies the bearer tokens of `/mcp` (the `/api` ones are the sidecar's to check).
+    /// Verifies the bearer tokens of `/mcp` and of the http hooks (the `/api` ones are the
+    /// sidecar's to check); `None` refuses them.
     keys: Option<Arc<crate::auth::Keys>>,
 }
 
@@ -104,6 +107,10 @@ pub fn router(state: DaemonState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
+        .route(
+            "/hooks/{event}",
+            post(hooks::handle).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+        )
         .route("/api/{*rest}", any(forward::forward))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

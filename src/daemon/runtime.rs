@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Config, HookTransport};
+use crate::hook::Event;
 use crate::roster::{self, Roster};
 use crate::seal::RuntimeFiles;
 
@@ -38,19 +39,42 @@ pub fn hooks_policy(config: &Config) -> Value {
     })
 }
 
+/// The environment variables an http hook's headers read: Claude interpolates only these.
+const HTTP_HOOK_ENV: [&str; 2] = ["ORCHESTRATOR_TOKEN", "ORCHESTRATOR_ISSUE_ID"];
+
+/// Events that stay command hooks under the http transport: Claude Code runs no http hooks
+/// for SessionStart, and a failed SessionEnd http hook is the one failure Claude prints on
+/// stderr (a daemon gone mid-session); it runs once, off the interactive path.
+pub const COMMAND_ONLY: [Event; 2] = [Event::SessionStart, Event::SessionEnd];
+
+/// One hook entry for `event`: an http hook to the daemon when the transport is `http`.
+fn hook_entry(config: &Config, exe: &str, event: Event) -> Value {
+    let timeout = claude_hook_timeout_secs(config.hooks.timeout_ms);
+    if config.hooks.transport == HookTransport::Http && !COMMAND_ONLY.contains(&event) {
+        return json!({
+            "type": "http",
+            "url": format!("http://127.0.0.1:{}{}", config.daemon.port, crate::daemon::hooks::path(event)),
+            "headers": {
+                "Authorization": "Bearer ${ORCHESTRATOR_TOKEN}",
+                "X-Cco-Issue": "${ORCHESTRATOR_ISSUE_ID}",
+            },
+            "allowedEnvVars": HTTP_HOOK_ENV,
+            "timeout": timeout,
+        });
+    }
+    let sub = event.subcommand();
+    json!({ "type": "command", "command": format!("{exe} hook {sub}"), "timeout": timeout })
+}
+
 /// A Claude Code settings file: hooks that report to the sidecar, and the environment
 /// every tool call sees. No secret goes in here: the token travels in the environment.
 pub fn settings(config: &Config, exe: &Path) -> Value {
     let exe = shell_quote(&exe.to_string_lossy());
     let mut hooks = serde_json::Map::new();
     if config.hooks.enabled {
-        let timeout = claude_hook_timeout_secs(config.hooks.timeout_ms);
-        for event in crate::hook::Event::ALL {
-            let sub = event.subcommand();
-            let mut group = json!({
-                "hooks": [{ "type": "command", "command": format!("{exe} hook {sub}"), "timeout": timeout }]
-            });
-            if event == crate::hook::Event::PreToolUse {
+        for event in Event::ALL {
+            let mut group = json!({ "hooks": [hook_entry(config, &exe, event)] });
+            if event == Event::PreToolUse {
                 group["matcher"] = json!("*");
             }
             hooks.insert(event.claude_name().into(), json!([group]));
@@ -116,8 +140,39 @@ mod tests {
     }
 
     #[test]
+    fn http_transport_registers_http_hooks_except_session_start_and_end() {
+        let s = settings(&Config::default(), Path::new("/opt/cco"));
+        let hook = |e: &str| s["hooks"][e][0]["hooks"][0].clone();
+        assert_eq!(
+            hook("SessionStart")["command"],
+            "/opt/cco hook session-start"
+        );
+        assert_eq!(hook("SessionEnd")["command"], "/opt/cco hook session-end");
+        for e in ["SubagentStart", "SubagentStop", "PreToolUse", "Stop"] {
+            assert_eq!(hook(e)["type"], "http", "{e}");
+            assert!(
+                hook(e)["url"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://127.0.0.1:3000/hooks/")
+            );
+            assert_eq!(
+                hook(e)["headers"]["Authorization"],
+                "Bearer ${ORCHESTRATOR_TOKEN}"
+            );
+            assert_eq!(hook(e)["allowedEnvVars"], json!(HTTP_HOOK_ENV));
+        }
+        assert_eq!(
+            hook("PreToolUse")["url"],
+            "http://127.0.0.1:3000/hooks/pre-tool-use"
+        );
+    }
+
+    #[test]
     fn settings_shape() {
-        let s = settings(&Config::default(), Path::new("/opt/my cco/cco"));
+        let mut command = Config::default();
+        command.hooks.transport = HookTransport::Command;
+        let s = settings(&command, Path::new("/opt/my cco/cco"));
         assert_eq!(s["env"]["ORCHESTRATOR_API_URL"], "http://127.0.0.1:3000");
         let cmd = s["hooks"]["SubagentStart"][0]["hooks"][0]["command"]
             .as_str()

@@ -1,6 +1,6 @@
-//! Claude Code's command hooks (`cco hook <event>`): each reads the event JSON on stdin,
-//! makes a few loopback calls to the sidecar within one deadline, and prints Claude's answer.
-//! A hook must never break Claude: any failure is logged and the hook exits 0 with no answer.
+//! Claude Code's hooks, written once ([`answer`]) for two transports: `cco hook <event>`
+//! (stdin → stdout, [`run`]) and the daemon's `POST /hooks/<event>`. A hook must never break
+//! Claude: any failure is logged and the answer is empty.
 
 mod input;
 mod pretool;
@@ -95,6 +95,25 @@ impl HookEnv {
         )
     }
 
+    /// For the daemon's http transport: the same policy, sidecar and log as a command hook
+    /// launched by cco would have; the deadline starts at `start`.
+    pub fn new(
+        policy: Policy,
+        sidecar_port: u16,
+        token: Option<String>,
+        issue: Option<crate::api::IssueId>,
+        runtime_dir: &Path,
+        start: Instant,
+    ) -> HookEnv {
+        HookEnv {
+            sidecar: sidecar::Sidecar::new(Some(sidecar_port), token, start + policy.timeout),
+            issue,
+            policy,
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            log: HookLog(Some(runtime_dir.join("hooks.log"))),
+        }
+    }
+
     pub fn from_vars(var: impl Fn(&str) -> Option<String>, start: Instant) -> HookEnv {
         let policy = var("ORCHESTRATOR_HOOKS_CONFIG")
             .and_then(|s| serde_json::from_str::<Value>(&s).ok())
@@ -170,7 +189,7 @@ fn write_once(answered: &mut bool, out: &Value) {
 
 /// What the hook prints when it cannot finish: for a tool call with confirmation
 /// required, `ask`; otherwise nothing.
-fn fallback_answer(env: &HookEnv, event: Event) -> Option<Value> {
+pub fn fallback_answer(env: &HookEnv, event: Event) -> Option<Value> {
     (event == Event::PreToolUse && env.policy.require_cud_confirmation)
         .then(|| pretool::answer("ask", crate::policy::ASK_UNREADABLE))
 }
@@ -214,10 +233,23 @@ pub fn run(event: Event) {
             return;
         }
     };
-    match handle(&env, event, &input) {
-        Ok(Some(out)) => print_answer(&out),
-        Ok(None) => {}
-        Err(e) => env.log(event, &e.to_string()),
+    if let Some(out) = answer(event, &input, &env) {
+        print_answer(&out);
+    }
+}
+
+/// Claude's answer to one event, whatever the transport: `None` is no answer. Never fails;
+/// a failure is logged to the hook log.
+pub fn answer(event: Event, input: &Value, env: &HookEnv) -> Option<Value> {
+    if !env.policy.enabled {
+        return None;
+    }
+    match handle(env, event, input) {
+        Ok(out) => out,
+        Err(e) => {
+            env.log(event, &e.to_string());
+            None
+        }
     }
 }
 

@@ -223,6 +223,8 @@ pub const PASSED_ENV: &[&str] = &[
     "CCO_IDLE_EXIT_AFTER",
     "CCO_LOG",
     "CCO_HOOKS_ENABLED",
+    "CCO_HOOKS_TRANSPORT",
+    "CCO_MCP",
     "CCO_AUTO_ALLOW_READ",
     "CCO_REQUIRE_CUD_CONFIRMATION",
     "RUST_LOG",

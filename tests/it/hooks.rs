@@ -1,6 +1,7 @@
 //! `cco hook` and `cco events` against a real daemon and sidecar, fed the JSON Claude Code
 //! sends: the session and sub-agent lifecycle lands in the journal, sub-agents get context,
-//! results are stored, and a down sidecar never breaks the hook.
+//! results are stored, and a down sidecar never breaks the hook. The `http` module runs the
+//! real Claude Code CLI with the http transport.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -493,4 +494,243 @@ fn subagent_stop_bounds_what_it_reads_and_sends() {
         Some(&json!("success")),
         "{completed:?}"
     );
+}
+
+// ---- The http transport with the real Claude Code CLI (issue 11, section 2) ----
+
+mod http {
+    //! `hooks.transport = "http"` (the default) with the real CLI and the fake Messages API:
+    //! Claude POSTs its hook JSON to the daemon and acts on the answer.
+
+    use std::path::Path;
+    use std::process::{Output, Stdio};
+    use std::time::Duration;
+
+    use crate::claude::real_claude;
+    use crate::common::Env;
+    use crate::fake_anthropic::{FakeAnthropic, Reply, Rules};
+
+    /// Longest one `cco -p` session may take: a wrong script could make Claude loop.
+    const SESSION_LIMIT: Duration = Duration::from_secs(90);
+
+    fn env_for(claude: &Path, fake: &FakeAnthropic) -> Env {
+        let mut env = Env::new();
+        env.set("CCO_CLAUDE", claude.display().to_string())
+            .set("ANTHROPIC_BASE_URL", fake.url())
+            .set("ANTHROPIC_API_KEY", "test-key")
+            .set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .set("DISABLE_AUTOUPDATER", "1");
+        env
+    }
+
+    /// A small git project for Claude to run in (policy decisions need a project).
+    fn project(env: &Env) -> std::path::PathBuf {
+        let dir = env.tmp.path().join("project");
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"demo\"\n").unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "pub fn f() {} // LIB-MARKER\n").unwrap();
+        let out = std::process::Command::new("git")
+            .args(["init", "-q", "-b", "main"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        dir
+    }
+
+    /// `cco ARGS…` in `cwd`, bounded by [`SESSION_LIMIT`]; its exit is the signal waited on.
+    fn session(env: &Env, cwd: &Path, args: &[&str]) -> Output {
+        let child = env
+            .cmd(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let (done, exited) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output().unwrap());
+        });
+        match exited.recv_timeout(SESSION_LIMIT) {
+            Ok(out) => out,
+            Err(_) => {
+                // SAFETY: the child is not reaped until the waiter's wait returns.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = waiter.join();
+                panic!("cco -p did not finish in {SESSION_LIMIT:?}");
+            }
+        }
+    }
+
+    /// Claude's `--debug-file` of a session: which hook ran through which transport.
+    fn debug_log(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The script of a session that delegates to `rust-specialist` once.
+    fn delegating() -> FakeAnthropic {
+        FakeAnthropic::with_rules(
+            Rules::new()
+                .when(|c| c.is_subagent(), Reply::text("SUB-DONE"))
+                .when(|c| c.has_tool_result(), Reply::text("MAIN-DONE"))
+                .otherwise(Reply::tool_use(
+                    "Agent",
+                    r#"{"subagent_type":"rust-specialist","description":"Do it","prompt":"Do it. TASK-HTTP","run_in_background":false}"#,
+                )),
+        )
+    }
+
+    #[test]
+    fn a_pre_tool_use_decision_arrives_over_http() {
+        let Some(claude) = real_claude() else { return };
+        let fake = FakeAnthropic::with_rules(
+            Rules::new()
+                .when(|c| c.has_tool_result(), Reply::text("MAIN-DONE"))
+                .otherwise(Reply::tool_use(
+                    "Write",
+                    r#"{"file_path":"new.txt","content":"hello"}"#,
+                )),
+        );
+        let mut env = env_for(&claude, &fake);
+        env.set("CCO_REQUIRE_CUD_CONFIRMATION", "true");
+        let _daemon = env.start("daemon");
+        let _sidecar = env.start("sidecar");
+        let dir = project(&env);
+        let debug = env.tmp.path().join("debug.log");
+        let out = session(
+            &env,
+            &dir,
+            &["--debug-file", debug.to_str().unwrap(), "-p", "write it"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Claude acted on cco's `ask`: in print mode nobody can confirm, so the tool is
+        // refused with cco's reason, and the file is not written.
+        let results: Vec<String> = fake.calls().iter().flat_map(|c| c.tool_results()).collect();
+        assert!(
+            results
+                .iter()
+                .any(|r| r.contains("create/update/delete needs confirmation")),
+            "{results:?}"
+        );
+        assert!(!dir.join("new.txt").exists());
+        let log = debug_log(&debug);
+        assert!(log.contains("HTTP hook POST to http://127.0.0.1:"), "{log}");
+        assert!(log.contains("/hooks/pre-tool-use"), "{log}");
+        assert!(
+            !log.contains("hook pre-tool-use"),
+            "a command hook ran:\n{log}"
+        );
+    }
+
+    #[test]
+    fn subagent_start_context_arrives_over_http() {
+        let Some(claude) = real_claude() else { return };
+        let fake = delegating();
+        let env = env_for(&claude, &fake);
+        let _daemon = env.start("daemon");
+        let _sidecar = env.start("sidecar");
+        let dir = project(&env);
+        let debug = env.tmp.path().join("debug.log");
+        let out = session(
+            &env,
+            &dir,
+            &[
+                "--issue",
+                "http-1",
+                "--debug-file",
+                debug.to_str().unwrap(),
+                "-p",
+                "go",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "MAIN-DONE");
+        let calls = fake.calls();
+        let sub = calls
+            .iter()
+            .find(|c| c.is_subagent())
+            .expect("a sub-agent call");
+        let injected = sub.system_messages_text();
+        assert!(
+            injected.contains("cco context for `rust-specialist` on issue `http-1`")
+                && injected.contains("LIB-MARKER"),
+            "no context injected:\n{injected}"
+        );
+        let log = debug_log(&debug);
+        assert!(log.contains("/hooks/subagent-start"), "{log}");
+        assert!(
+            !log.contains("hook subagent-start"),
+            "a command hook ran:\n{log}"
+        );
+        // SubagentStop stored the sub-agent's final message through the same path.
+        let stored = env
+            .data_dir()
+            .join("orchestration/results/http-1/rust-specialist.json");
+        let stored = std::fs::read_to_string(&stored).unwrap();
+        assert!(stored.contains("SUB-DONE"), "{stored}");
+    }
+
+    /// The daemon gone mid-session (stopped after the launcher's check): Claude's http hooks
+    /// are refused at once, the session completes, and Claude prints nothing about them
+    /// (refusals go to its debug log only; SessionEnd, the one it would print, is a command).
+    #[test]
+    fn with_the_daemon_down_the_session_completes_quietly() {
+        let Some(claude) = real_claude() else { return };
+        let fake = delegating();
+        let env = env_for(&claude, &fake);
+        let daemon = env.start("daemon");
+        let rt = env.runtime_dir();
+        let settings = rt.join("orchestrator-settings.json");
+        let agents = std::fs::read_to_string(rt.join("agents-sealed.json")).unwrap();
+        let token = env.run(["token", "--ttl", "10m"]);
+        let token = String::from_utf8(token.stdout).unwrap();
+        drop(daemon);
+        let dir = project(&env);
+        let debug = env.tmp.path().join("debug.log");
+        // Claude as the launcher would exec it, the daemon now gone.
+        let mut cmd = std::process::Command::new(&claude);
+        cmd.args([
+            "--settings",
+            settings.to_str().unwrap(),
+            "--agents",
+            &agents,
+        ])
+        .args(["--debug-file", debug.to_str().unwrap(), "-p", "go"])
+        .env("HOME", &env.home)
+        .env("ORCHESTRATOR_TOKEN", token.trim())
+        .env(
+            "ORCHESTRATOR_SIDECAR_URL",
+            format!("http://127.0.0.1:{}", env.sidecar_port),
+        )
+        .envs(env.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(&dir)
+        .stdin(Stdio::null());
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "MAIN-DONE");
+        assert!(
+            fake.calls().iter().any(|c| c.is_subagent()),
+            "the sub-agent ran"
+        );
+        assert!(
+            !stderr.contains("hook"),
+            "Claude printed a hook failure: {stderr}"
+        );
+        let log = debug_log(&debug);
+        assert!(
+            log.contains("/hooks/pre-tool-use") && log.contains("ECONNREFUSED"),
+            "{log}"
+        );
+    }
 }
