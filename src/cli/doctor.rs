@@ -336,5 +336,4 @@ mod tests {
             "`--version` did not finish in 20 s"
         );
     }
-
 }

@@ -464,7 +464,10 @@ mod tests {
     fn a_file_that_is_not_the_secret_is_kept_with_the_command_to_remove_it() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("secret");
-        assert!(matches!(secret_kind(&p, crate::paths::current_uid()), Ok(false)));
+        assert!(matches!(
+            secret_kind(&p, crate::paths::current_uid()),
+            Ok(false)
+        ));
         write(&p, "short");
         let e = secret_kind(&p, crate::paths::current_uid()).unwrap_err();
         assert_eq!(
@@ -476,7 +479,9 @@ mod tests {
             )
         );
         secret(&p);
-        assert!(matches!(secret_kind(&p, crate::paths::current_uid()), Ok(true)));
+        assert!(matches!(
+            secret_kind(&p, crate::paths::current_uid()),
+            Ok(true)
+        ));
     }
-
 }
