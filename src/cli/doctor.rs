@@ -61,18 +61,36 @@ fn fail_from(error: impl std::fmt::Display, fallback: &str) -> Check {
     }
 }
 
+/// How long `claude --version` may take before doctor gives up on it.
+const VERSION_DEADLINE: Duration = Duration::from_secs(20);
+/// How often doctor looks whether `claude --version` has finished.
+const VERSION_POLL: Duration = Duration::from_millis(20);
+
+/// Why `claude --version` gave no version.
+#[derive(Debug, thiserror::Error)]
+enum VersionError {
+    /// Spawning or waiting for the process failed.
+    #[error("{error}")]
+    Run { error: std::io::Error },
+    #[error("`--version` exited with {status}")]
+    Exited { status: std::process::ExitStatus },
+    #[error("`--version` did not finish in {} s", VERSION_DEADLINE.as_secs())]
+    TimedOut,
+}
+
 /// Runs `claude --version` with a deadline; Claude Code is a Node program and may hang.
-fn claude_version(claude: &Path) -> Result<String, String> {
+fn claude_version(claude: &Path) -> Result<String, VersionError> {
+    let run = |error| VersionError::Run { error };
     let mut child = Command::new(claude)
         .arg("--version")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| e.to_string())?;
+        .map_err(run)?;
     let start = Instant::now();
     loop {
-        match child.try_wait().map_err(|e| e.to_string())? {
+        match child.try_wait().map_err(run)? {
             Some(status) => {
                 let mut out = String::new();
                 use std::io::Read;
@@ -82,14 +100,14 @@ fn claude_version(claude: &Path) -> Result<String, String> {
                 return if status.success() {
                     Ok(out.trim().to_string())
                 } else {
-                    Err(format!("`--version` exited with {status}"))
+                    Err(VersionError::Exited { status })
                 };
             }
-            None if start.elapsed() > Duration::from_secs(20) => {
+            None if start.elapsed() > VERSION_DEADLINE => {
                 let _ = child.kill();
-                return Err("`--version` did not finish in 20 s".into());
+                return Err(VersionError::TimedOut);
             }
-            None => std::thread::sleep(Duration::from_millis(20)),
+            None => std::thread::sleep(VERSION_POLL),
         }
     }
 }
@@ -299,6 +317,23 @@ mod tests {
         assert_eq!(
             (c.what.as_str(), c.fix.as_deref()),
             ("/s: Permission denied", Some("fallback"))
+        );
+    }
+
+    #[test]
+    fn claude_version_says_why_it_has_none() {
+        let missing = tempfile::tempdir().unwrap().path().join("claude");
+        let e = claude_version(&missing).unwrap_err();
+        assert!(
+            matches!(&e, VersionError::Run { error } if error.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        let e = claude_version(Path::new("/bin/false")).unwrap_err();
+        assert!(matches!(e, VersionError::Exited { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "`--version` exited with exit status: 1");
+        assert_eq!(
+            VersionError::TimedOut.to_string(),
+            "`--version` did not finish in 20 s"
         );
     }
 }

@@ -43,7 +43,7 @@ pub fn run(config_flag: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut host = System::new(false);
     for scope in [Scope::User, Scope::System] {
-        if svc_install::detect(&mut host, scope) == Ok(Manager::Systemd)
+        if matches!(svc_install::detect(&mut host, scope), Ok(Manager::Systemd))
             && services
                 .iter()
                 .any(|s| systemd::state(&mut host, scope, &s.service_unit()).installed())

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
 
+use crate::client::sidecar::ServiceError;
 use crate::paths;
 use crate::trust::TrustError;
 
@@ -99,7 +100,7 @@ pub trait Host {
     /// True when nothing listens on 127.0.0.1:`port`.
     fn port_free(&mut self, port: u16) -> bool;
     /// `GET /health` on 127.0.0.1:`port`: the status word, or why there is none.
-    fn health(&mut self, port: u16) -> Result<String, String>;
+    fn health(&mut self, port: u16) -> Result<String, ServiceError>;
     /// Holds an exclusive lock on the directory `dir` (created if missing) until the
     /// returned file is dropped: concurrent installs take turns. None in a dry run.
     fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>>;
@@ -192,10 +193,9 @@ impl Host for System {
     fn port_free(&mut self, port: u16) -> bool {
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     }
-    fn health(&mut self, port: u16) -> Result<String, String> {
+    fn health(&mut self, port: u16) -> Result<String, ServiceError> {
         crate::client::sidecar::health_summary(port, crate::client::sidecar::DEFAULT_TIMEOUT)
             .map(|h| h.status)
-            .map_err(|e| e.to_string())
     }
     fn lock_dir(&mut self, dir: &Path) -> io::Result<Option<std::fs::File>> {
         if self.dry_run {
@@ -326,9 +326,12 @@ pub mod fake {
         fn port_free(&mut self, port: u16) -> bool {
             !self.busy_ports.contains(&port)
         }
-        fn health(&mut self, port: u16) -> Result<String, String> {
+        fn health(&mut self, port: u16) -> Result<String, ServiceError> {
             if self.unhealthy.contains(&port) {
-                Err("connection refused".into())
+                Err(ServiceError::Unreachable {
+                    port,
+                    source: crate::client::ClientError::Refused,
+                })
             } else {
                 Ok("healthy".into())
             }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::host::Host;
 use super::plan::Plan;
-use super::{InstallError, Manager, Scope, Service, launchd, systemd};
+use super::{DetectError, InstallError, Manager, Scope, Service, launchd, systemd};
 
 /// The service manager of this machine, or why there is none.
-pub fn detect(host: &mut dyn Host, scope: Scope) -> Result<Manager, String> {
+pub fn detect(host: &mut dyn Host, scope: Scope) -> Result<Manager, DetectError> {
     if cfg!(target_os = "macos") {
         return Ok(Manager::Launchd);
     }
@@ -196,7 +196,10 @@ mod tests {
     #[test]
     fn no_manager_message_points_to_detached_mode() {
         let e = InstallError::NoManager {
-            reason: "`systemctl --user is-system-running` said: Failed to connect to bus".into(),
+            reason: DetectError::Unusable {
+                cmd: "systemctl --user is-system-running".into(),
+                said: "Failed to connect to bus".into(),
+            },
         };
         insta::assert_snapshot!("no_manager", e.to_string());
     }

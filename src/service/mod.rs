@@ -29,6 +29,17 @@ impl Manager {
     }
 }
 
+/// Why this machine has no usable service manager: the reason inside `cco install`'s message.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// `systemctl` itself could not be run (not installed, not executable).
+    #[error("`{cmd}` cannot run: {error}")]
+    Unavailable { cmd: String, error: std::io::Error },
+    /// The manager answered, in a state in which `systemctl` calls do not work.
+    #[error("`{cmd}` said: {said}")]
+    Unusable { cmd: String, said: String },
+}
+
 /// Why `cco install`/`cco uninstall` stopped; each message ends with the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -36,7 +47,7 @@ pub enum InstallError {
         "no service manager to install into ({reason}); this looks like a container or CI \
          without a systemd user session — run both services detached instead: `cco daemon start`"
     )]
-    NoManager { reason: String },
+    NoManager { reason: DetectError },
     #[error(
         "{path} is in a temporary directory ({dir}); units pointing there break when it is \
          cleaned — copy cco somewhere stable and install from there: \

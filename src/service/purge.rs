@@ -76,7 +76,7 @@ pub fn plan(
     match secret_kind(&secret, uid) {
         Ok(true) => v.push(Step::File(secret)),
         Ok(false) => {}
-        Err(why) => v.push(Step::Keep(secret, why)),
+        Err(why) => v.push(Step::Keep(secret, why.to_string())),
     }
     // data_dir is often a directory of the user's ($HOME, a project): silent unless marked.
     if classify(&paths.data_dir, uid) == Kind::Marked && !protected(&paths.data_dir) {
@@ -135,20 +135,27 @@ fn is_protected(p: &Path, home: Option<&Path>) -> bool {
     p.parent().is_none() || home.is_some_and(|h| canon(h) == canon(p) || h == p)
 }
 
+/// Something other than cco's secret sits where the secret goes: kept, and this says why.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "it is not cco's secret (a {SECRET_LEN}-byte private file of yours) — delete it by \
+     hand if it is cco's: `rm {}`",
+    path.display()
+)]
+struct NotSecret {
+    path: PathBuf,
+}
+
 /// Ok(true): cco's secret (a private regular file of exactly the secret's size, owned by
 /// `uid`); Ok(false): absent; Err: something else sits there, kept.
-fn secret_kind(path: &Path, uid: u32) -> Result<bool, String> {
+fn secret_kind(path: &Path, uid: u32) -> Result<bool, NotSecret> {
     let Ok(m) = fs::symlink_metadata(path) else {
         return Ok(false);
     };
-    let d = path.display();
     if m.is_file() && m.uid() == uid && m.len() == SECRET_LEN as u64 && m.mode() & 0o077 == 0 {
         Ok(true)
     } else {
-        Err(format!(
-            "it is not cco's secret (a {SECRET_LEN}-byte private file of yours) — delete it by \
-             hand if it is cco's: `rm {d}`"
-        ))
+        Err(NotSecret { path: path.into() })
     }
 }
 
@@ -451,5 +458,30 @@ mod tests {
         );
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         assert!(!data.exists() && !rt.exists() && home.exists());
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_secret_is_kept_with_the_command_to_remove_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("secret");
+        assert!(matches!(
+            secret_kind(&p, crate::paths::current_uid()),
+            Ok(false)
+        ));
+        write(&p, "short");
+        let e = secret_kind(&p, crate::paths::current_uid()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "it is not cco's secret (a {SECRET_LEN}-byte private file of yours) — delete it \
+                 by hand if it is cco's: `rm {}`",
+                p.display()
+            )
+        );
+        secret(&p);
+        assert!(matches!(
+            secret_kind(&p, crate::paths::current_uid()),
+            Ok(true)
+        ));
     }
 }

@@ -8,7 +8,7 @@ use super::host::{Cmd, Host};
 use super::render::{self, UnitFile};
 // `must` lives in service/mod.rs, shared with launchd; re-exported for the operate commands.
 pub use super::must;
-use super::{InstallError, Outcome};
+use super::{DetectError, InstallError, Outcome};
 use super::{Scope, Service, UnitSpec};
 
 /// Where distribution packages put user units (`cargo deb` ships ours there).
@@ -35,15 +35,18 @@ pub fn ctl(scope: Scope, args: &[&str]) -> Cmd {
 }
 
 /// Is a systemd manager of this scope reachable? `Err` carries why not, for the message.
-pub fn detect(host: &mut dyn Host, scope: Scope) -> Result<(), String> {
-    match host.query(&ctl(scope, &["is-system-running"])) {
-        Err(e) => Err(format!("`systemctl` cannot run: {e}")),
+pub fn detect(host: &mut dyn Host, scope: Scope) -> Result<(), DetectError> {
+    let cmd = ctl(scope, &["is-system-running"]);
+    match host.query(&cmd) {
+        Err(error) => Err(DetectError::Unavailable {
+            cmd: cmd.program.clone(),
+            error,
+        }),
         Ok(o) if USABLE_STATES.contains(&o.stdout.trim()) => Ok(()),
-        Ok(o) => Err(format!(
-            "`systemctl{} is-system-running` said: {}",
-            if scope == Scope::User { " --user" } else { "" },
-            o.message()
-        )),
+        Ok(o) => Err(DetectError::Unusable {
+            cmd: cmd.to_string(),
+            said: o.message(),
+        }),
     }
 }
 
@@ -507,6 +510,10 @@ mod tests {
             "Failed to connect to bus: No medium found",
         );
         let e = detect(&mut f, Scope::User).unwrap_err();
-        assert!(e.contains("Failed to connect to bus"), "{e}");
+        assert!(matches!(e, DetectError::Unusable { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "`systemctl --user is-system-running` said: Failed to connect to bus: No medium found"
+        );
     }
 }

@@ -47,6 +47,15 @@ impl StoreError {
     }
 }
 
+/// Why a result recorded as pending before a crash cannot be written back at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("not a stored result: {0}")]
+    Parse(serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 type FileLock = Arc<Mutex<()>>;
 type TurnLock = Arc<tokio::sync::Mutex<()>>;
 
@@ -269,12 +278,9 @@ impl ResultsStore {
     }
 
     /// Writes a result recorded as pending before a crash (blocking); the same bytes.
-    pub fn restore_pending(&self, json: &str) -> Result<(StoredResult, Stored), String> {
-        let result: StoredResult =
-            serde_json::from_str(json).map_err(|e| format!("not a stored result: {e}"))?;
-        let stored = self
-            .store_json(&result, Arc::from(json))
-            .map_err(|e| e.to_string())?;
+    pub fn restore_pending(&self, json: &str) -> Result<(StoredResult, Stored), RestoreError> {
+        let result: StoredResult = serde_json::from_str(json).map_err(RestoreError::Parse)?;
+        let stored = self.store_json(&result, Arc::from(json))?;
         Ok((result, stored))
     }
 

@@ -23,6 +23,7 @@ use crate::server::Stopping;
 
 use super::registry::Registry;
 pub use super::registry::counts;
+use super::results::RestoreError;
 pub use schema::VERSION as SCHEMA_VERSION;
 pub use tail::TAIL_CAPACITY;
 use tail::{Tail, Waiters, Wakeup};
@@ -63,7 +64,7 @@ pub enum JournalError {
     )]
     NewerSchema { path: PathBuf, found: i64 },
     #[error("cannot recover the pending result {key}: {cause}")]
-    Recover { key: String, cause: String },
+    Recover { key: String, cause: RestoreError },
     #[error("journal: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
@@ -168,7 +169,7 @@ pub fn rfc3339_now() -> String {
 
 /// Finishes a pending result found at start-up: makes its files whole and returns the
 /// event announcing it, or a reason it cannot.
-pub type Recover<'a> = dyn FnMut(&PendingResult) -> Result<NewEvent, String> + 'a;
+pub type Recover<'a> = dyn FnMut(&PendingResult) -> Result<NewEvent, RestoreError> + 'a;
 
 impl Journal {
     /// Opens (creating) the journal at `path` and starts its writer thread. Pending results

@@ -267,6 +267,43 @@ async fn a_restart_keeps_the_retention_slack() {
     j.close();
 }
 
+/// A pending result that cannot be finished stops the open, names its key, keeps the typed
+/// cause, and stays pending for the next try.
+#[tokio::test]
+async fn a_pending_result_that_cannot_be_recovered_keeps_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("o").join("s.db");
+    let j = Journal::open(&db, KEEP).unwrap();
+    let p = PendingResult {
+        key: "i/t/a".into(),
+        json: "not json".into(),
+    };
+    j.intend(p.clone()).await.unwrap();
+    j.close();
+    drop(j);
+    let results = super::super::results::ResultsStore::open(dir.path().join("results")).unwrap();
+    let e = match Journal::open_recovering(&db, KEEP, &mut |p| {
+        results
+            .restore_pending(&p.json)
+            .map(|_| ev("agent_completed", "i"))
+    }) {
+        Err(e) => e,
+        Ok(_) => panic!("a pending row that is not JSON was recovered"),
+    };
+    assert!(
+        matches!(&e, JournalError::Recover { key, cause: RestoreError::Parse(_) } if key == "i/t/a"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("cannot recover the pending result i/t/a: not a stored result: "),
+        "{e}"
+    );
+    let j = Journal::open(&db, KEEP).unwrap();
+    assert!(j.is_pending(&p.key));
+    j.close();
+}
+
 /// A pending result is finished on the next open: its event commits, its row goes.
 #[tokio::test]
 async fn pending_results_are_recovered_on_open() {
