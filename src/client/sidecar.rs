@@ -74,6 +74,17 @@ impl ServiceError {
         }
     }
 
+    /// No answer in time: the call's limit, or the client's deadline, passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::Unreachable {
+                source: ClientError::Timeout,
+                ..
+            }
+        )
+    }
+
     /// Down, or (re)starting: worth retrying later, unlike a refusal.
     pub fn is_transient(&self) -> bool {
         matches!(self, ServiceError::Unreachable { .. }) || self.status().is_some_and(|s| s >= 500)

@@ -257,7 +257,7 @@ pub fn answer(event: Event, input: &Value, env: &HookEnv) -> Option<Value> {
 pub fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value>, HookError> {
     let session = input::session_id(input);
     let issue = input::issue_of(env.issue.as_ref(), input);
-    let publish = |event_type: &str, data: Value| {
+    let publish = |event_type: &'static str, data: Value| {
         env.sidecar.publish(
             event_type,
             &format!("session-{}", session.chars().take(64).collect::<String>()),

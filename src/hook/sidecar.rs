@@ -1,162 +1,104 @@
-//! The hook's calls to the sidecar: authenticated, typed with the `api` wire types, and all
-//! inside one deadline — below Claude's own kill — however many calls a hook makes.
+//! The sidecar as one hook sees it: the one typed `SidecarClient`, built once per hook with
+//! the hook's single deadline — below Claude's own kill — however many calls the hook makes.
 
-use std::cell::OnceCell;
 use std::time::Instant;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::leases::LeaseCheck;
 use crate::api::sidecar::{
     AgentStatusUpdate, Context, Event, PublishRequest, ResultList, ResultStored, ResultSubmission,
 };
-use crate::api::{AgentId, AgentType, ErrorBody, IssueId};
-use crate::client::{self, ClientError, Request};
+use crate::api::{AgentId, AgentType, EventType, IssueId};
+use crate::client::sidecar::{ServiceError, SidecarClient};
 
-/// Longest part of an error answer kept for the log.
-const MAX_ERROR_TEXT: usize = 300;
-
+/// Why a hook's call to the sidecar gave no answer; the hook turns each into its fallback.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error(
         "not launched by cco (no ORCHESTRATOR_SIDECAR_URL / ORCHESTRATOR_TOKEN); start Claude with `cco`"
     )]
     NotLaunched,
-    #[error("{0}")]
-    ForeignListener(String),
     #[error(
         "{what}: the hook's deadline passed before the sidecar answered; raise hooks.timeout_ms or check `cco health`"
     )]
     Deadline { what: String },
+    /// The sidecar refused, was unreachable, answered off-contract, or is not this user's.
     #[error("{what}: {source}")]
-    Call {
+    Service {
         what: String,
         #[source]
-        source: ClientError,
-    },
-    #[error("{what}: HTTP {status} {message}")]
-    Status {
-        what: String,
-        status: u16,
-        message: String,
-    },
-    #[error("{what}: unexpected answer: {source}")]
-    Decode {
-        what: String,
-        #[source]
-        source: ClientError,
+        source: ServiceError,
     },
 }
 
 impl HookError {
     /// The sidecar refused the body as too large (413).
     pub fn is_too_large(&self) -> bool {
-        matches!(self, HookError::Status { status: 413, .. })
+        matches!(self, HookError::Service { source, .. } if source.status() == Some(413))
     }
 }
 
 /// The sidecar as one hook sees it.
 pub struct Sidecar {
-    port: Option<u16>,
-    token: Option<String>,
+    /// `None` when the hook was not launched by cco (no port or no token).
+    client: Option<SidecarClient>,
     deadline: Instant,
-    /// Whether the sidecar's port is owned by this user: read from /proc once per hook,
-    /// however many calls it makes.
-    owner_ok: OnceCell<Result<(), String>>,
 }
 
 impl Sidecar {
     pub fn new(port: Option<u16>, token: Option<String>, deadline: Instant) -> Sidecar {
-        Sidecar {
-            port,
-            token,
-            deadline,
-            owner_ok: OnceCell::new(),
-        }
+        let client = port.zip(token).map(|(port, token)| {
+            // Each call may use all that is left of the hook's budget, and no more.
+            let budget = deadline.saturating_duration_since(Instant::now());
+            SidecarClient::new(port)
+                .with_token(token)
+                .with_timeout(budget)
+                .with_deadline(deadline)
+        });
+        Sidecar { client, deadline }
     }
 
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
 
-    /// One authenticated JSON call, with what is left of the hook's deadline.
-    fn call<T: DeserializeOwned>(
+    /// Runs one call on the client; `what` (built only on failure) names it in the log.
+    fn call<T>(
         &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
+        what: impl FnOnce() -> String,
+        f: impl FnOnce(&SidecarClient) -> Result<T, ServiceError>,
     ) -> Result<T, HookError> {
-        let what = format!("{method} {path}");
-        let (Some(port), Some(token)) = (self.port, &self.token) else {
-            return Err(HookError::NotLaunched);
-        };
-        // Never hand the token to a listener another user owns.
-        self.owner_ok
-            .get_or_init(|| client::check_listener_owner(port))
-            .clone()
-            .map_err(HookError::ForeignListener)?;
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HookError::Deadline { what });
-        }
-        let auth = format!("Bearer {token}");
-        let mut headers = vec![("Authorization", auth.as_str())];
-        if body.is_some() {
-            headers.push(("Content-Type", "application/json"));
-        }
-        let req = Request {
-            method,
-            path,
-            headers: &headers,
-            body: body.as_deref(),
-        };
-        let resp = match client::send(client::local(port), &req, left) {
-            Ok(resp) => resp,
-            Err(ClientError::Timeout) if Instant::now() >= self.deadline => {
-                return Err(HookError::Deadline { what });
+        let client = self.client.as_ref().ok_or(HookError::NotLaunched)?;
+        f(client).map_err(|source| {
+            let what = what();
+            if source.is_timeout() && Instant::now() >= self.deadline {
+                HookError::Deadline { what }
+            } else {
+                HookError::Service { what, source }
             }
-            Err(source) => return Err(HookError::Call { what, source }),
-        };
-        if !(200..300).contains(&resp.status) {
-            let message = match resp.json::<ErrorBody>() {
-                Ok(e) => format!("{}: {}", e.error.code, e.error.message),
-                Err(_) => String::from_utf8_lossy(&resp.body).into_owned(),
-            };
-            return Err(HookError::Status {
-                what,
-                status: resp.status,
-                message: message.chars().take(MAX_ERROR_TEXT).collect(),
-            });
-        }
-        resp.json::<T>()
-            .map_err(|source| HookError::Decode { what, source })
+        })
     }
 
-    fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, HookError> {
-        let bytes = serde_json::to_vec(body).expect("wire types serialize");
-        self.call("POST", path, Some(bytes))
-    }
-
+    /// `event_type` is one of the hook's own names, valid by construction.
     pub fn publish(
         &self,
-        event_type: &str,
+        event_type: &'static str,
         publisher: &str,
         topic: &str,
         data: Value,
     ) -> Result<Event, HookError> {
+        let ty = EventType::parse(event_type).expect("the hook's event types are valid ids");
         let req = PublishRequest {
             publisher: publisher.to_string(),
             topic: topic.to_string(),
             data,
             correlation_id: None,
         };
-        self.post(&format!("/api/events/{event_type}"), &req)
+        self.call(
+            || format!("POST /api/events/{event_type}"),
+            |c| c.publish(&ty, &req),
+        )
     }
 
     pub fn agent_status(
@@ -164,20 +106,29 @@ impl Sidecar {
         agent_id: &AgentId,
         update: &AgentStatusUpdate,
     ) -> Result<(), HookError> {
-        self.post::<_, serde::de::IgnoredAny>(&format!("/api/agents/{agent_id}/status"), update)
-            .map(|_| ())
+        self.call(
+            || format!("POST /api/agents/{agent_id}/status"),
+            |c| c.set_agent_status(agent_id, update),
+        )
+        .map(|_| ())
     }
 
     pub fn context(&self, issue: &IssueId, agent_type: &AgentType) -> Result<Context, HookError> {
-        self.call("GET", &format!("/api/context/{issue}/{agent_type}"), None)
+        self.call(
+            || format!("GET /api/context/{issue}/{agent_type}"),
+            |c| c.context(issue, agent_type),
+        )
     }
 
     pub fn results(&self, issue: &IssueId) -> Result<ResultList, HookError> {
-        self.call("GET", &format!("/api/results/{issue}"), None)
+        self.call(|| format!("GET /api/results/{issue}"), |c| c.results(issue))
     }
 
     pub fn store_result(&self, result: &ResultSubmission) -> Result<ResultStored, HookError> {
-        self.post("/api/results", result)
+        self.call(
+            || "POST /api/results".to_string(),
+            |c| c.store_result(result),
+        )
     }
 
     /// Whether another running agent holds `path` exclusively (`agent`: who asks).
@@ -187,19 +138,17 @@ impl Sidecar {
         path: &str,
         agent: Option<&AgentId>,
     ) -> Result<LeaseCheck, HookError> {
-        let mut q = format!("path={}", client::sidecar::encode(path));
-        if let Some(a) = agent {
-            q.push_str(&format!("&agent={a}"));
-        }
-        self.call("GET", &format!("/api/leases/{issue}/check?{q}"), None)
+        self.call(
+            || format!("GET /api/leases/{issue}/check"),
+            |c| c.check_lease(issue, path, agent),
+        )
     }
 
     /// Ends every lease `agent` holds on `issue`.
     pub fn release_leases(&self, issue: &IssueId, agent: &AgentId) -> Result<(), HookError> {
-        self.call::<serde::de::IgnoredAny>(
-            "POST",
-            &format!("/api/leases/{issue}/agents/{agent}/release"),
-            Some(b"{}".to_vec()),
+        self.call(
+            || format!("POST /api/leases/{issue}/agents/{agent}/release"),
+            |c| c.release_agent_leases(issue, agent),
         )
         .map(|_| ())
     }
