@@ -153,3 +153,82 @@ impl Sidecar {
         .map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// Generous: only a broken client would wait this long for a loopback answer.
+    const CALL_BUDGET: Duration = Duration::from_secs(5);
+
+    /// A loopback server that reads one request's head, sends `reply` and closes.
+    fn answer_once(reply: &'static str) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(CALL_BUDGET)).unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(reply.as_bytes());
+        });
+        port
+    }
+
+    fn issue() -> IssueId {
+        IssueId::parse("ISSUE-1").unwrap()
+    }
+
+    #[test]
+    fn without_port_or_token_nothing_is_called() {
+        let deadline = Instant::now() + CALL_BUDGET;
+        for s in [
+            Sidecar::new(None, Some("t".into()), deadline),
+            Sidecar::new(Some(1), None, deadline),
+        ] {
+            assert!(matches!(s.results(&issue()), Err(HookError::NotLaunched)));
+        }
+    }
+
+    #[test]
+    fn a_spent_deadline_is_the_deadline_not_a_refusal() {
+        // Bound but never accepting: the call must not even be tried.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let s = Sidecar::new(Some(port), Some("t".into()), Instant::now());
+        let err = s.results(&issue()).unwrap_err();
+        assert!(matches!(err, HookError::Deadline { .. }), "{err:?}");
+        assert!(err.to_string().contains("deadline passed"), "{err}");
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_status_and_the_sidecars_message() {
+        let port = answer_once(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n\
+             Content-Length: 63\r\nConnection: close\r\n\r\n\
+             {\"error\":{\"code\":\"payload_too_large\",\"message\":\"body too big\"}}",
+        );
+        let s = Sidecar::new(Some(port), Some("t".into()), Instant::now() + CALL_BUDGET);
+        let err = s.results(&issue()).unwrap_err();
+        assert!(err.is_too_large(), "{err:?}");
+        let HookError::Service { source, .. } = &err else {
+            panic!("not a refusal: {err:?}");
+        };
+        assert_eq!(source.code(), Some("payload_too_large"));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("GET /api/results/ISSUE-1: HTTP 413"),
+            "{text}"
+        );
+        assert!(text.contains("body too big"), "{text}");
+    }
+}
