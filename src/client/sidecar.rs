@@ -101,6 +101,16 @@ struct Local {
 }
 
 impl Local {
+    /// The same connection settings, allowed `wait` more for a long poll to answer.
+    fn waiting(&self, wait: Duration) -> Local {
+        Local {
+            port: self.port,
+            timeout: self.timeout + wait,
+            deadline: self.deadline,
+            foreign: self.foreign.clone(),
+        }
+    }
+
     fn new(port: u16) -> Local {
         Local {
             port,
@@ -364,13 +374,9 @@ impl SidecarClient {
         }
         let path = format!("/api/events/wait/{event_type}?{}", query.join("&"));
         let token = self.token.as_deref().ok_or(ServiceError::NoToken)?;
-        let waiting = Local {
-            port: self.local.port,
-            timeout: self.local.timeout + timeout,
-            deadline: self.local.deadline,
-            foreign: self.local.foreign.clone(),
-        };
-        waiting.call("GET", &path, Some(token), None)
+        self.local
+            .waiting(timeout)
+            .call("GET", &path, Some(token), None)
     }
 
     /// `POST /api/agents/{agent_id}/status`: the registry's record after the update.
@@ -513,13 +519,9 @@ impl SidecarClient {
             path.push_str(&format!("&types={}", encode(&names.join(","))));
         }
         let token = self.token.as_deref().ok_or(ServiceError::NoToken)?;
-        let waiting = Local {
-            port: self.local.port,
-            timeout: self.local.timeout + timeout,
-            deadline: self.local.deadline,
-            foreign: self.local.foreign.clone(),
-        };
-        waiting.call("GET", &path, Some(token), None)
+        self.local
+            .waiting(timeout)
+            .call("GET", &path, Some(token), None)
     }
 
     /// `GET /api/events/stream`: the journal as Server-Sent Events, read as they arrive.
