@@ -1,5 +1,5 @@
 //! cco's MCP server (Streamable HTTP, stateless) at the daemon's `/mcp`: the tools agents
-//! coordinate with (`mcp__cco__publish`, `wait`, `results`, `context`, `wait_all`, `agents`). It sits
+//! coordinate with (`mcp__cco__publish`, `wait`, `inbox`, `reserve`, `release`, …). It sits
 //! behind the daemon's Host/Origin guard and the same JWT as `/api`; the sidecar owns state.
 
 pub mod tools;
@@ -338,7 +338,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tools_list_has_exactly_the_six_tools() {
+    async fn tools_list_has_exactly_the_ten_tools() {
         let (status, _, body) = send(Call::new(rpc(2, "tools/list", json!({})))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let names: Vec<&str> = body["result"]["tools"]
@@ -350,7 +350,16 @@ mod tests {
         assert_eq!(
             names,
             [
-                "publish", "wait", "results", "context", "wait_all", "agents"
+                "publish",
+                "wait",
+                "results",
+                "context",
+                "wait_all",
+                "agents",
+                "inbox",
+                "reserve",
+                "release",
+                "reservations"
             ]
         );
         let wait = &body["result"]["tools"][1]["inputSchema"];
@@ -453,10 +462,11 @@ mod tests {
     #[test]
     fn tool_definitions_stay_small() {
         let bytes = serde_json::to_string(tools::definitions()).unwrap().len();
-        println!("the six tool definitions: {bytes} bytes");
+        println!("the ten tool definitions: {bytes} bytes");
         assert!(bytes < MAX_DEFINITION_BYTES, "{bytes} bytes");
     }
 
-    /// A budget for the six definitions (they ride on every turn of every agent).
-    const MAX_DEFINITION_BYTES: usize = 2048;
+    /// A budget for the ten definitions: Claude Code 2.1.332 defers them (a main request
+    /// carries their names only) until `ToolSearch` loads one, which then rides on every turn.
+    const MAX_DEFINITION_BYTES: usize = 3584;
 }

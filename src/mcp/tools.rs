@@ -17,7 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::Caller;
-use crate::api::sidecar::{AgentRecord, AgentState, Event, PublishRequest};
+use crate::api::leases::{Lease, LeaseMode, ReserveRequest};
+use crate::api::sidecar::{Event, PublishRequest};
 use crate::api::{AgentId, AgentType, EventType};
 use crate::client::{ServiceError, SidecarClient};
 use crate::server::Stopping;
@@ -31,8 +32,6 @@ pub const DEFAULT_WAIT_MS: u64 = 30_000;
 /// thread, which the daemon's exit waits for, so this bounds how long a pending `wait` can
 /// hold a stop (each slice costs one loopback request).
 pub const WAIT_SLICE: Duration = Duration::from_secs(1);
-/// The event the sidecar publishes when an agent's result is stored.
-const AGENT_COMPLETED: &str = "agent_completed";
 /// The publisher of events from a caller that does not name itself (the main session).
 pub const MAIN_AGENT: &str = "main";
 
@@ -53,6 +52,8 @@ enum ToolError {
     Sidecar(#[from] ServiceError),
     #[error("the cco daemon is stopping; call wait again with since={0}")]
     Stopping(u64),
+    #[error("the cco daemon is stopping; call wait_all again")]
+    StoppingJoin,
     #[error("internal error in the cco daemon; see `cco logs daemon`")]
     Internal,
 }
@@ -85,6 +86,33 @@ struct WaitAllArgs {
     agent_types: Option<Vec<String>>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InboxArgs {
+    #[serde(default)]
+    agent: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReserveArgs {
+    #[serde(default)]
+    agent: Option<String>,
+    paths: Vec<String>,
+    #[serde(default)]
+    mode: LeaseMode,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseArgs {
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    lease_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +199,39 @@ pub fn definitions() -> &'static [Tool] {
                 "This issue's agents and their states (started, running, completed, failed).",
                 schema(json!({"type": "object", "properties": {}})),
             ),
+            Tool::new(
+                "inbox",
+                "Events addressed to you (your id, your type, or the issue) since your last delivery; each is delivered once. Hooks also push them to you. Returns {events,more}.",
+                schema(json!({"type": "object", "properties": {"agent": agent}})),
+            ),
+            Tool::new(
+                "reserve",
+                "Lease files before editing them: paths or globs relative to the project root. Others' edits of them are denied until you release or finish. Returns the lease, or granted:false with who holds what.",
+                schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "agent": agent,
+                        "paths": {"type": "array", "items": {"type": "string"}},
+                        "mode": {"enum": ["exclusive", "shared"]},
+                        "ttl_secs": {"type": "integer", "minimum": 1, "maximum": crate::sidecar::leases::MAX_TTL.as_secs(), "default": crate::sidecar::leases::DEFAULT_TTL.as_secs()},
+                        "reason": {"type": "string"},
+                    },
+                    "required": ["paths"],
+                })),
+            ),
+            Tool::new(
+                "release",
+                "End your lease lease_id, or all your leases without it.",
+                schema(json!({
+                    "type": "object",
+                    "properties": {"agent": agent, "lease_id": {"type": "string"}},
+                })),
+            ),
+            Tool::new(
+                "reservations",
+                "This issue's live file leases: who holds which paths, why, until when.",
+                schema(json!({"type": "object", "properties": {}})),
+            ),
         ]
     })
 }
@@ -198,6 +259,24 @@ fn brief(e: &Event) -> Value {
         "data": e.data,
         "timestamp": e.timestamp,
     })
+}
+
+/// A lease as a tool answers it.
+fn lease_brief(l: &Lease) -> Value {
+    json!({
+        "lease_id": l.lease_id,
+        "agent_id": l.agent_id,
+        "agent_type": l.agent_type,
+        "paths": l.paths,
+        "mode": l.mode,
+        "reason": l.reason,
+        "expires_at": l.expires_at,
+    })
+}
+
+/// The `agent` argument: the caller's own id, or the main session's when it names none.
+fn agent_arg(agent: Option<&str>) -> Result<AgentId, ToolError> {
+    parse_id("agent", agent.unwrap_or(MAIN_AGENT), AgentId::parse)
 }
 
 /// The issue an event belongs to: the `issue_id` cco stamps into its data (the lifecycle and
@@ -338,14 +417,76 @@ impl CcoTools {
                     Duration::from_millis(a.timeout_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
                 self.wait_all(caller, types, timeout).await
             }
+            "inbox" => {
+                let a: InboxArgs = args(name, arguments)?;
+                let agent = agent_arg(a.agent.as_deref())?;
+                let batch = self
+                    .blocking(caller, move |c| c.inbox(&issue, &agent, None))
+                    .await?;
+                let events: Vec<Value> = batch.events.iter().map(brief).collect();
+                Ok(json!({"events": events, "more": batch.more}))
+            }
+            "reserve" => {
+                let a: ReserveArgs = args(name, arguments)?;
+                let req = ReserveRequest {
+                    agent: agent_arg(a.agent.as_deref())?,
+                    paths: a.paths,
+                    mode: a.mode,
+                    ttl_secs: a.ttl_secs,
+                    reason: a.reason,
+                };
+                let out = self
+                    .blocking(caller, move |c| c.reserve(&issue, &req))
+                    .await?;
+                match out.lease {
+                    Some(lease) if out.granted => {
+                        Ok(json!({"granted": true, "lease": lease_brief(&lease)}))
+                    }
+                    _ => {
+                        let held: Vec<String> = out
+                            .conflicts
+                            .iter()
+                            .map(crate::sidecar::leases::describe)
+                            .collect();
+                        Ok(json!({
+                            "granted": false,
+                            "conflicts": held,
+                            "next": "call mcp__cco__wait (e.g. agent_completed of the holder) or coordinate via mcp__cco__publish, then reserve again",
+                        }))
+                    }
+                }
+            }
+            "release" => {
+                let a: ReleaseArgs = args(name, arguments)?;
+                let agent = agent_arg(a.agent.as_deref())?;
+                let released = self
+                    .blocking(caller, move |c| match a.lease_id {
+                        Some(id) => c.release_lease(&issue, &id, Some(&agent)),
+                        None => c.release_agent_leases(&issue, &agent),
+                    })
+                    .await?;
+                Ok(json!({"released": released.released}))
+            }
+            "reservations" => {
+                let list = self
+                    .blocking(caller, move |c| c.leases(Some(&issue)))
+                    .await?;
+                let leases: Vec<Value> = list.leases.iter().map(lease_brief).collect();
+                Ok(json!({"leases": leases}))
+            }
             other => Err(ToolError::Args(format!(
-                "no tool {other:?}; cco has publish, wait, wait_all, results, context, agents"
+                "no tool {other:?}; cco has {}",
+                definitions()
+                    .iter()
+                    .map(|t| t.name.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
 
-    /// Polls the registry until every agent of the issue (of `types`, when given) has
-    /// finished, waking early on `agent_completed`; a failure is seen within one slice.
+    /// The sidecar's join (`GET /api/agents/wait_all/{issue}`), asked in slices so that a
+    /// stopping daemon answers at once; the last slice's answer is the tool's.
     async fn wait_all(
         &self,
         caller: &Caller,
@@ -353,54 +494,24 @@ impl CcoTools {
         timeout: Duration,
     ) -> Result<Value, ToolError> {
         let deadline = Instant::now() + timeout;
-        let completed = EventType::parse(AGENT_COMPLETED).expect("valid event type");
-        let mut cursor = None;
         let mut stopping = self.stopping.clone();
         loop {
-            let list = self.blocking(caller, |c| c.agents()).await?;
-            let mine: Vec<&AgentRecord> = list
-                .agents
-                .iter()
-                .filter(|a| a.issue_id == caller.issue)
-                .filter(|a| types.is_empty() || types.contains(&a.agent_type))
-                .collect();
-            let done = mine
-                .iter()
-                .all(|a| matches!(a.status, AgentState::Completed | AgentState::Failed));
-            if done || Instant::now() >= deadline {
-                let issue = caller.issue.clone();
-                let results = self.blocking(caller, move |c| c.results(&issue)).await?;
-                let summary = |a: &AgentRecord| {
-                    results
-                        .results
-                        .iter()
-                        .find(|r| r.agent_id == a.agent_id)
-                        .and_then(|r| r.result.get("summary").cloned())
-                        .unwrap_or(Value::Null)
-                };
-                let agents: Vec<Value> = mine
-                    .iter()
-                    .map(|a| {
-                        json!({
-                            "agent_id": a.agent_id,
-                            "agent_type": a.agent_type,
-                            "status": a.status,
-                            "summary": summary(a),
-                        })
-                    })
-                    .collect();
-                return Ok(json!({"done": done, "agents": agents}));
-            }
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .min(WAIT_SLICE);
-            let ty = completed.clone();
-            let poll = self.blocking(caller, move |c| c.wait(&ty, cursor, None, left));
-            let batch = tokio::select! {
-                b = poll => b?,
-                _ = stopping.wait() => return Err(ToolError::Stopping(cursor.unwrap_or(0))),
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (issue, t) = (caller.issue.clone(), types.clone());
+            let poll = self.blocking(caller, move |c| {
+                c.wait_all(&issue, &t, left.min(WAIT_SLICE))
+            });
+            let answer = tokio::select! {
+                a = poll => a?,
+                _ = stopping.wait() => return Err(ToolError::StoppingJoin),
             };
-            cursor = Some(batch.next_since);
+            if answer.done || left <= WAIT_SLICE {
+                let mut v = serde_json::to_value(&answer).expect("wire types serialize");
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("issue_id");
+                }
+                return Ok(v);
+            }
         }
     }
 

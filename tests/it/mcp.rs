@@ -145,6 +145,14 @@ fn refusals_over_a_real_socket() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["serverInfo"]["name"], "cco");
 
+    // A token bound to one issue is refused on another.
+    let out = env.run(["token", "--ttl", "10m", "--issue", "mcp-1"]);
+    let bound = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (status, body) = rpc(&env, &bound, "mcp-2", "initialize", init.clone());
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = rpc(&env, &bound, "mcp-1", "initialize", init.clone());
+    assert_eq!(status, 200, "{body}");
+
     let (status, text) = http(
         env.daemon_port,
         "POST",
@@ -411,4 +419,92 @@ fn wait_all_returns_once_every_agent_of_the_issue_finished() {
         statuses.contains(&"completed") && statuses.contains(&"failed"),
         "{all}"
     );
+}
+
+/// The lease and inbox tools over a real socket: a reserve, another agent's conflict naming
+/// the holder, the lease list, an event pushed to the blocked agent's type read from its
+/// inbox once, and a release after which the second agent's reserve is granted.
+#[test]
+fn lease_and_inbox_tools_coordinate_two_agents() {
+    let env = Env::new();
+    let _d = env.start("daemon");
+    let _s = env.start("sidecar");
+    let token = token(&env);
+    let auth = format!("Bearer {token}");
+    for (id, ty) in [("a-1", "backend-dev"), ("b-1", "frontend-dev")] {
+        let (status, text) = http(
+            env.daemon_port,
+            "POST",
+            &format!("/api/agents/{id}/status"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(
+                &json!({"status": "running", "agent_type": ty, "issue_id": "lease-1"}).to_string(),
+            ),
+        );
+        assert_eq!(status, 200, "{text}");
+    }
+    let issue = "lease-1";
+    let mine = call(
+        &env,
+        &token,
+        issue,
+        "reserve",
+        json!({"agent": "a-1", "paths": ["src/lib.rs"], "reason": "new parser"}),
+    );
+    assert_eq!(mine["granted"], true, "{mine}");
+    let lease_id = mine["lease"]["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(mine["lease"]["agent_type"], "backend-dev");
+
+    let refused = call(
+        &env,
+        &token,
+        issue,
+        "reserve",
+        json!({"agent": "b-1", "paths": ["src/**"], "mode": "shared"}),
+    );
+    assert_eq!(refused["granted"], false, "{refused}");
+    let why = refused["conflicts"][0].as_str().unwrap();
+    assert!(
+        why.contains("a-1") && why.contains("new parser"),
+        "{refused}"
+    );
+
+    let listed = call(&env, &token, issue, "reservations", json!({}));
+    assert_eq!(listed["leases"][0]["lease_id"], lease_id.as_str());
+
+    call(
+        &env,
+        &token,
+        issue,
+        "publish",
+        json!({"event_type": "need_lib", "topic": "backend-dev", "data": {"from": "b-1"}, "agent": "b-1"}),
+    );
+    let inbox = call(&env, &token, issue, "inbox", json!({"agent": "a-1"}));
+    assert_eq!(inbox["events"][0]["event_type"], "need_lib", "{inbox}");
+    assert_eq!(inbox["more"], 0);
+    let again = call(&env, &token, issue, "inbox", json!({"agent": "a-1"}));
+    assert_eq!(again["events"], json!([]), "delivered once");
+
+    // Only the holder releases; then the other agent's reserve is granted.
+    let (_, body) = rpc(
+        &env,
+        &token,
+        issue,
+        "tools/call",
+        json!({"name": "release", "arguments": {"agent": "b-1", "lease_id": lease_id}}),
+    );
+    assert_eq!(body["result"]["isError"], true, "{body}");
+    let released = call(&env, &token, issue, "release", json!({"agent": "a-1"}));
+    assert_eq!(released["released"], json!([lease_id]));
+    let granted = call(
+        &env,
+        &token,
+        issue,
+        "reserve",
+        json!({"agent": "b-1", "paths": ["src/**"], "mode": "shared"}),
+    );
+    assert_eq!(granted["granted"], true, "{granted}");
 }
