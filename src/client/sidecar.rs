@@ -496,9 +496,29 @@ impl SidecarClient {
         agent: &AgentId,
         agent_type: Option<&AgentType>,
     ) -> Result<InboxBatch, ServiceError> {
-        let q = agent_type
-            .map(|t| format!("?agent_type={t}"))
-            .unwrap_or_default();
+        self.inbox_within(issue, agent, agent_type, None)
+    }
+
+    /// [`SidecarClient::inbox`] carrying at most `(max_events, max_bytes)` (a hook's push).
+    pub fn inbox_within(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+        agent_type: Option<&AgentType>,
+        limits: Option<(usize, usize)>,
+    ) -> Result<InboxBatch, ServiceError> {
+        let mut q = Vec::new();
+        if let Some(t) = agent_type {
+            q.push(format!("agent_type={t}"));
+        }
+        if let Some((events, bytes)) = limits {
+            q.push(format!("max_events={events}&max_bytes={bytes}"));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
         self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
     }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::SidecarState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
-use super::inbox::Recipient;
+use super::inbox::{Limits, Recipient};
 use super::leases::{LeaseError, now_ms, relative_to};
 use super::routes::{DEFAULT_WAIT_MS, MAX_WAIT_MS};
 use crate::api::leases::{
@@ -287,6 +287,10 @@ pub async fn release_agent(
 pub struct InboxQuery {
     /// The agent's type when the registry does not know it yet.
     agent_type: Option<AgentType>,
+    /// Fewer events than the default per delivery (a hook's push is kept small).
+    max_events: Option<usize>,
+    /// Fewer bytes of event JSON than the default per delivery.
+    max_bytes: Option<usize>,
 }
 
 /// `GET /api/inbox/{issue}/{agent_id}`: the events addressed to the agent since its last
@@ -308,7 +312,12 @@ pub async fn inbox(
             .as_ref()
             .map(|r| &r.agent_type)
             .or(q.agent_type.as_ref());
-        s2.inner.inbox.deliver(
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_events: q.max_events.unwrap_or(defaults.max_events),
+            max_bytes: q.max_bytes.unwrap_or(defaults.max_bytes),
+        };
+        s2.inner.inbox.deliver_within(
             &Recipient {
                 issue: &issue2,
                 agent: &agent2,
@@ -316,6 +325,7 @@ pub async fn inbox(
                 registered_at: rec.as_ref().map(|r| r.started_at.as_str()),
             },
             head,
+            limits,
         )
     })
     .await??;

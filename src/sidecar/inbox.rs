@@ -1,8 +1,10 @@
 //! Each agent's inbox: the journal's events addressed to it — topic = its agent id, its
 //! agent type, or its issue's id (the broadcast topic) — delivered once, through a cursor per
 //! (issue, agent) kept in SQLite (table `inbox_cursors`) and advanced in the same
-//! transaction that reads.
+//! transaction that reads. A delivery with nothing new is answered from memory: hooks ask
+//! after every tool call, and that check must cost nothing measurable.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -18,6 +20,33 @@ pub const MAX_INBOX_EVENTS: usize = 20;
 /// Most bytes of event JSON one delivery carries (at least one event is always delivered).
 pub const MAX_INBOX_BYTES: usize = 16 * 1024;
 
+/// How much one delivery may carry: at least one event, at most `max_events` and
+/// `max_bytes` of event JSON (the first event always goes, whatever its size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_events: MAX_INBOX_EVENTS,
+            max_bytes: MAX_INBOX_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// Clamped to the defaults (a caller may ask for less, never more) and to one event.
+    pub fn clamp(self) -> Limits {
+        Limits {
+            max_events: self.max_events.clamp(1, MAX_INBOX_EVENTS),
+            max_bytes: self.max_bytes.min(MAX_INBOX_BYTES),
+        }
+    }
+}
+
 /// One delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
@@ -30,6 +59,9 @@ pub struct Delivery {
 #[derive(Debug)]
 pub struct Inbox {
     conn: Mutex<Connection>,
+    /// Each (issue, agent)'s cursor as last committed: when it is at the journal's head,
+    /// there is nothing to deliver and SQLite is not touched.
+    known: Mutex<HashMap<(String, String), u64>>,
 }
 
 /// Who is asking: the agent, its type if known, and when it was registered (RFC 3339).
@@ -46,6 +78,7 @@ impl Inbox {
     pub fn open(path: &Path) -> Result<Inbox, JournalError> {
         Ok(Inbox {
             conn: Mutex::new(super::journal::schema::open_conn(path)?),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
@@ -55,6 +88,27 @@ impl Inbox {
     /// first call starts at `head`. Lifecycle events (`agent_*`) and the agent's own events
     /// are not delivered.
     pub fn deliver(&self, to: &Recipient<'_>, head: u64) -> Result<Delivery, JournalError> {
+        self.deliver_within(to, head, Limits::default())
+    }
+
+    /// [`Inbox::deliver`], carrying at most `limits` (clamped to the defaults).
+    pub fn deliver_within(
+        &self,
+        to: &Recipient<'_>,
+        head: u64,
+        limits: Limits,
+    ) -> Result<Delivery, JournalError> {
+        let limits = limits.clamp();
+        let key = (to.issue.to_string(), to.agent.to_string());
+        if let Some(&cursor) = self.known.lock().expect("inbox cache").get(&key)
+            && cursor >= head
+        {
+            return Ok(Delivery {
+                events: Vec::new(),
+                more: 0,
+                cursor,
+            });
+        }
         let mut conn = self.conn.lock().expect("inbox lock");
         let tx = conn.transaction()?;
         let saved: Option<i64> = tx
@@ -87,11 +141,11 @@ impl Inbox {
                 to.issue.as_str(),
                 to.agent.as_str(),
                 ty,
-                MAX_INBOX_EVENTS as i64
+                limits.max_events as i64
             ])?;
             while let Some(r) = rows.next()? {
                 let (seq, json): (i64, String) = (r.get(0)?, r.get(1)?);
-                if !events.is_empty() && bytes + json.len() > MAX_INBOX_BYTES {
+                if !events.is_empty() && bytes + json.len() > limits.max_bytes {
                     break;
                 }
                 bytes += json.len();
@@ -123,6 +177,7 @@ impl Inbox {
             params![to.issue.as_str(), to.agent.as_str(), next as i64],
         )?;
         tx.commit()?;
+        self.known.lock().expect("inbox cache").insert(key, next);
         Ok(Delivery {
             events,
             more: more as u64,
@@ -207,6 +262,57 @@ mod tests {
         let again = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
         let seqs: Vec<u64> = again.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [5]);
+        j.close();
+    }
+
+    /// A hook's small push: the limits cut the delivery, the rest is counted and comes next;
+    /// with nothing new the answer is empty and the cursor stays.
+    #[tokio::test]
+    async fn limits_cut_a_delivery_and_nothing_new_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("state.db");
+        let keep = Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+        };
+        let j = Journal::open(&db, keep).unwrap();
+        let (issue, agent) = (
+            IssueId::parse("i-1").unwrap(),
+            AgentId::parse("a-1").unwrap(),
+        );
+        let to = Recipient {
+            issue: &issue,
+            agent: &agent,
+            agent_type: None,
+            registered_at: Some("1970-01-01T00:00:00Z"),
+        };
+        for _ in 0..5 {
+            j.publish(ev("a-1", "m")).await.unwrap();
+        }
+        let inbox = Inbox::open(&db).unwrap();
+        let small = Limits {
+            max_events: 2,
+            max_bytes: 1 << 20,
+        };
+        let first = inbox.deliver_within(&to, j.head(), small).unwrap();
+        assert_eq!((first.events.len(), first.more, first.cursor), (2, 3, 2));
+        // One byte: still one event, never none.
+        let tiny = Limits {
+            max_events: 5,
+            max_bytes: 1,
+        };
+        let second = inbox.deliver_within(&to, j.head(), tiny).unwrap();
+        assert_eq!((second.events.len(), second.more), (1, 2));
+        let rest = inbox.deliver(&to, j.head()).unwrap();
+        assert_eq!((rest.events.len(), rest.more, rest.cursor), (2, 0, 5));
+        let none = inbox.deliver(&to, j.head()).unwrap();
+        assert_eq!((none.events.len(), none.more, none.cursor), (0, 0, 5));
+        // Asking for more than the defaults gets the defaults.
+        let huge = Limits {
+            max_events: usize::MAX,
+            max_bytes: usize::MAX,
+        };
+        assert_eq!(huge.clamp(), Limits::default());
         j.close();
     }
 }
