@@ -74,7 +74,7 @@ pub fn settings(config: &Config, exe: &Path) -> Value {
     if config.hooks.enabled {
         for event in Event::ALL {
             let mut group = json!({ "hooks": [hook_entry(config, &exe, event)] });
-            if event == Event::PreToolUse {
+            if matches!(event, Event::PreToolUse | Event::PostToolUse) {
                 group["matcher"] = json!("*");
             }
             hooks.insert(event.claude_name().into(), json!([group]));
@@ -148,7 +148,14 @@ mod tests {
             "/opt/cco hook session-start"
         );
         assert_eq!(hook("SessionEnd")["command"], "/opt/cco hook session-end");
-        for e in ["SubagentStart", "SubagentStop", "PreToolUse", "Stop"] {
+        for e in [
+            "UserPromptSubmit",
+            "SubagentStart",
+            "SubagentStop",
+            "PreToolUse",
+            "PostToolUse",
+            "Stop",
+        ] {
             assert_eq!(hook(e)["type"], "http", "{e}");
             assert!(
                 hook(e)["url"]
@@ -179,6 +186,8 @@ mod tests {
             .unwrap();
         assert_eq!(cmd, "'/opt/my cco/cco' hook subagent-start");
         assert_eq!(s["hooks"]["PreToolUse"][0]["matcher"], "*");
+        // Every tool call may carry the inbox back: PostToolUse sees them all.
+        assert_eq!(s["hooks"]["PostToolUse"][0]["matcher"], "*");
         assert!(!s.to_string().contains("TOKEN"));
         assert_eq!(s["permissions"]["allow"], json!(["mcp__cco"]));
 

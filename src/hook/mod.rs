@@ -2,6 +2,7 @@
 //! (stdin → stdout, [`run`]) and the daemon's `POST /hooks/<event>`. A hook must never break
 //! Claude: any failure is logged and the answer is empty.
 
+mod inbox;
 mod input;
 mod pretool;
 mod sidecar;
@@ -31,19 +32,23 @@ const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Event {
     SessionStart,
+    UserPromptSubmit,
     SubagentStart,
     SubagentStop,
     PreToolUse,
+    PostToolUse,
     Stop,
     SessionEnd,
 }
 
 impl Event {
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 8] = [
         Event::SessionStart,
+        Event::UserPromptSubmit,
         Event::SubagentStart,
         Event::SubagentStop,
         Event::PreToolUse,
+        Event::PostToolUse,
         Event::Stop,
         Event::SessionEnd,
     ];
@@ -52,9 +57,11 @@ impl Event {
     pub fn claude_name(self) -> &'static str {
         match self {
             Event::SessionStart => "SessionStart",
+            Event::UserPromptSubmit => "UserPromptSubmit",
             Event::SubagentStart => "SubagentStart",
             Event::SubagentStop => "SubagentStop",
             Event::PreToolUse => "PreToolUse",
+            Event::PostToolUse => "PostToolUse",
             Event::Stop => "Stop",
             Event::SessionEnd => "SessionEnd",
         }
@@ -64,9 +71,11 @@ impl Event {
     pub fn subcommand(self) -> &'static str {
         match self {
             Event::SessionStart => "session-start",
+            Event::UserPromptSubmit => "user-prompt-submit",
             Event::SubagentStart => "subagent-start",
             Event::SubagentStop => "subagent-stop",
             Event::PreToolUse => "pre-tool-use",
+            Event::PostToolUse => "post-tool-use",
             Event::Stop => "stop",
             Event::SessionEnd => "session-end",
         }
@@ -79,6 +88,8 @@ pub struct HookEnv {
     pub issue: Option<crate::api::IssueId>,
     pub policy: Policy,
     pub home: Option<PathBuf>,
+    /// The sealed roster (`agents-sealed.json`): which agent types list cco's tools.
+    pub roster: Option<PathBuf>,
     log: HookLog,
 }
 
@@ -110,6 +121,7 @@ impl HookEnv {
             issue,
             policy,
             home: std::env::var_os("HOME").map(PathBuf::from),
+            roster: Some(runtime_dir.join(crate::seal::AGENTS)),
             log: HookLog(Some(runtime_dir.join("hooks.log"))),
         }
     }
@@ -132,6 +144,7 @@ impl HookEnv {
             issue: var("ORCHESTRATOR_ISSUE_ID").and_then(|s| crate::api::IssueId::parse(&s).ok()),
             policy,
             home: var("HOME").map(PathBuf::from),
+            roster: var("ORCHESTRATOR_AGENTS").map(PathBuf::from),
             // The log lives beside the sealed settings: the private runtime directory.
             log: HookLog(
                 var("ORCHESTRATOR_SETTINGS")
@@ -267,6 +280,9 @@ pub fn handle(env: &HookEnv, event: Event, input: &Value) -> Result<Option<Value
     };
     match event {
         Event::PreToolUse => Ok(pretool::handle(env, input)),
+        Event::PostToolUse | Event::UserPromptSubmit => {
+            inbox::push(env, input, &issue, event.claude_name())
+        }
         Event::SessionStart => {
             publish(
                 "session_started",

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::api::leases::LeaseCheck;
+use crate::api::leases::{InboxBatch, LeaseCheck};
 use crate::api::sidecar::{
     AgentStatusUpdate, Context, Event, PublishRequest, ResultList, ResultStored, ResultSubmission,
 };
@@ -141,6 +141,20 @@ impl Sidecar {
         self.call(
             || format!("GET /api/leases/{issue}/check"),
             |c| c.check_lease(issue, path, agent),
+        )
+    }
+
+    /// The events addressed to `agent` since its last delivery, as few as a push carries.
+    pub fn inbox(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+        agent_type: Option<&AgentType>,
+    ) -> Result<InboxBatch, HookError> {
+        let limits = (super::inbox::PUSH_MAX_EVENTS, super::inbox::PUSH_MAX_BYTES);
+        self.call(
+            || format!("GET /api/inbox/{issue}/{agent}"),
+            |c| c.inbox_within(issue, agent, agent_type, Some(limits)),
         )
     }
 

@@ -8,10 +8,12 @@ use super::{Event, HookEnv, input, transcript};
 use crate::api::sidecar::{
     AgentState, AgentStatusUpdate, ProjectContext, ResultSubmission, StoredResult,
 };
-use crate::api::{AgentType, IssueId};
+use crate::api::{AgentId, AgentType, IssueId};
 
 /// Size budget of the context injected into a sub-agent, in bytes of text.
 pub const CONTEXT_BUDGET: usize = 24 * 1024;
+/// Most bytes of the note that tells a sub-agent its id, its issue and cco's tools.
+pub const NOTE_BUDGET: usize = 600;
 /// Room left in a result body for everything but the final message (ids, status, marks).
 const RESULT_ENVELOPE: usize = 4 * 1024;
 /// Smaller cuts tried when the sidecar still answers 413 (its `max_body_bytes` was lowered;
@@ -59,10 +61,73 @@ pub fn start(env: &HookEnv, input: &Value, issue: &IssueId) -> Result<Value, Hoo
         }
     };
     register?;
+    let mut text = format!(
+        "{}\n{text}",
+        note(
+            &agent_id,
+            &agent_type,
+            issue,
+            has_cco_tools(env, &agent_type)
+        )
+    );
+    // Events already addressed to it (its type, the issue) since it was registered.
+    match super::inbox::pending(env, issue, &agent_id, Some(&agent_type)) {
+        Ok(Some(mail)) => text.push_str(&format!("\n{mail}")),
+        Ok(None) => {}
+        Err(e) => env.log(Event::SubagentStart, &format!("inbox: {e}")),
+    }
     Ok(json!({"hookSpecificOutput": {
         "hookEventName": "SubagentStart",
         "additionalContext": crate::api::inert::block(&text),
     }}))
+}
+
+/// What a sub-agent must know to coordinate: who it is (the `agent` argument of cco's
+/// tools) and, when its tools list has them, which tools exist for what. At most
+/// [`NOTE_BUDGET`] bytes.
+pub fn note(agent: &AgentId, agent_type: &AgentType, issue: &IssueId, tools: bool) -> String {
+    let who = format!("[cco] You are agent `{agent}` ({agent_type}) on issue `{issue}`.");
+    let mut s = if tools {
+        format!(
+            "{who} Pass agent=\"{agent}\" to cco's tools. Before editing files others may edit, \
+             mcp__cco__reserve them (others' edits are then denied), mcp__cco__release when done. \
+             mcp__cco__publish / wait / inbox exchange events; new ones addressed to you also \
+             appear here. results, context, agents, reservations, wait_all: the issue's state."
+        )
+    } else {
+        format!("{who} Events addressed to you appear here.")
+    };
+    if s.len() > NOTE_BUDGET {
+        // Only very long ids get here (each is at most 128 bytes).
+        let mut cut = NOTE_BUDGET;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Whether the sealed roster gives `agent_type` cco's MCP tools: a type it lists with a
+/// `tools` list must name `mcp__cco`; a type without a list, or one it does not know
+/// (Claude's own, whose tools are all tools), has them.
+fn has_cco_tools(env: &HookEnv, agent_type: &AgentType) -> bool {
+    let Some(path) = &env.roster else { return true };
+    let Ok(bytes) = std::fs::read(path) else {
+        return true;
+    };
+    let Ok(roster) = serde_json::from_slice::<Value>(&bytes) else {
+        return true;
+    };
+    match roster[agent_type.as_str()]["tools"].as_array() {
+        Some(tools) => tools.iter().any(|t| {
+            t.as_str().is_some_and(|t| {
+                t == crate::roster::CCO_MCP_TOOLS
+                    || t.starts_with(&format!("{}__", crate::roster::CCO_MCP_TOOLS))
+            })
+        }),
+        None => true,
+    }
 }
 
 pub fn stop(env: &HookEnv, input: &Value, issue: &IssueId) -> Result<(), HookError> {
@@ -337,5 +402,27 @@ mod tests {
         assert!(json_len <= 1024 * 1024 - RESULT_ENVELOPE, "{json_len}");
         let (tiny, _) = fit_summary(&big, 512);
         assert!(serde_json::to_string(&tiny).unwrap().len() <= 512);
+    }
+
+    #[test]
+    fn the_note_names_the_agent_and_fits_its_budget() {
+        let issue = IssueId::parse("issue-7").unwrap();
+        let ty = AgentType::parse("rust-specialist").unwrap();
+        let id = AgentId::parse("a3f9c2d1e0b7").unwrap();
+        let with = note(&id, &ty, &issue, true);
+        assert!(with.len() <= NOTE_BUDGET, "{} bytes", with.len());
+        for want in [
+            "agent `a3f9c2d1e0b7`",
+            "issue `issue-7`",
+            "agent=\"a3f9c2d1e0b7\"",
+            "mcp__cco__reserve",
+        ] {
+            assert!(with.contains(want), "{want}: {with}");
+        }
+        let without = note(&id, &ty, &issue, false);
+        assert!(!without.contains("mcp__cco"), "{without}");
+        let long = AgentId::parse(&"x".repeat(128)).unwrap();
+        let longest = IssueId::parse(&"y".repeat(128)).unwrap();
+        assert!(note(&long, &ty, &longest, true).len() <= NOTE_BUDGET);
     }
 }

@@ -461,3 +461,100 @@ fn pre_tool_use_denies_edits_of_a_file_another_agent_holds_exclusively() {
     let after = pre_tool_use(&env, &t, &project, "Edit", lib, Some("other-1"));
     assert_eq!(after, before);
 }
+
+/// `cco hook EVENT` with `input` on stdin, as cco launches it for issue-13; its answer
+/// (`Null` for none).
+fn hook(env: &Env, token: &str, event: &str, input: &serde_json::Value) -> serde_json::Value {
+    let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
+    let mut cmd = env.cmd(["hook", event]);
+    cmd.env(
+        "ORCHESTRATOR_SIDECAR_URL",
+        format!("http://127.0.0.1:{}", env.sidecar_port),
+    )
+    .env("ORCHESTRATOR_TOKEN", token)
+    .env("ORCHESTRATOR_ISSUE_ID", "issue-13")
+    .env("ORCHESTRATOR_HOOKS_CONFIG", hooks)
+    .env(
+        "ORCHESTRATOR_AGENTS",
+        env.runtime_dir().join("agents-sealed.json"),
+    );
+    let out = crate::common::run_with_stdin(&mut cmd, input.to_string().as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// The inbox pushed through hooks: SubagentStart tells the agent its id and tools and hands
+/// over what was already addressed to its type; PostToolUse then delivers each new event
+/// once, to the sub-agent it is for or (without `agent_id`) the main session; nothing new is
+/// no answer at all.
+#[test]
+fn hooks_push_each_addressed_event_once() {
+    let env = Env::new();
+    let _daemon = env.start("daemon");
+    let _sidecar = env.start("sidecar");
+    let t = token(&env, &[]);
+    let c = SidecarClient::new(env.sidecar_port).with_token(&t);
+    let context = |out: &serde_json::Value| {
+        out["hookSpecificOutput"]["additionalContext"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let start = json!({"session_id": "s-2", "hook_event_name": "SubagentStart",
+        "agent_id": "sub-1", "agent_type": "debugger"});
+    // The main session's inbox starts at its first hook: nothing yet.
+    let main = json!({"session_id": "s-2", "hook_event_name": "UserPromptSubmit", "prompt": "go"});
+    assert_eq!(
+        hook(&env, &t, "user-prompt-submit", &main),
+        serde_json::Value::Null
+    );
+    let started = hook(&env, &t, "subagent-start", &start);
+    let note = context(&started);
+    assert!(
+        note.contains("You are agent `sub-1` (debugger) on issue `issue-13`")
+            && note.contains("mcp__cco__reserve"),
+        "{note}"
+    );
+
+    publish(&c, "main", "debugger", 41); // its type
+    publish(&c, "main", "sub-1", 42); // its id
+    publish(&c, "sub-1", "issue-13", 43); // the issue, from it: the main session's mail
+    let post = json!({"session_id": "s-2", "hook_event_name": "PostToolUse", "agent_id": "sub-1",
+        "agent_type": "debugger", "tool_name": "Read", "tool_input": {"file_path": "x"}});
+    let pushed = hook(&env, &t, "post-tool-use", &post);
+    assert_eq!(pushed["hookSpecificOutput"]["hookEventName"], "PostToolUse");
+    let text = context(&pushed);
+    assert!(
+        text.contains("{\"n\":41}") && text.contains("{\"n\":42}") && !text.contains("43"),
+        "{text}"
+    );
+    assert_eq!(
+        hook(&env, &t, "post-tool-use", &post),
+        serde_json::Value::Null
+    );
+
+    let mut main_post = post.clone();
+    main_post.as_object_mut().unwrap().remove("agent_id");
+    let to_main = context(&hook(&env, &t, "post-tool-use", &main_post));
+    assert!(to_main.contains("{\"n\":43}"), "{to_main}");
+
+    // A burst is cut to a few lines and says how to get the rest.
+    for i in 0..12 {
+        publish(&c, "main", "sub-1", 100 + i);
+    }
+    let burst = context(&hook(&env, &t, "post-tool-use", &post));
+    assert!(burst.contains("7 more: call mcp__cco__inbox"), "{burst}");
+    let rest = c
+        .inbox(&IssueId::parse("issue-13").unwrap(), &id("sub-1"), None)
+        .unwrap();
+    assert_eq!(rest.events.len(), 7);
+}
