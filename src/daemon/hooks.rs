@@ -114,6 +114,14 @@ pub async fn handle(
             );
         }
     };
+    // Which agent fired it: Claude Code names a sub-agent in every hook it fires
+    // (`agent_id`, `agent_type`); the main session's hooks carry no `agent_id`.
+    tracing::debug!(
+        event = event.claude_name(),
+        agent_id = input["agent_id"].as_str().unwrap_or("-"),
+        agent_type = input["agent_type"].as_str().unwrap_or("-"),
+        "hook input"
+    );
     let policy = Policy::from_json(&super::runtime::hooks_policy(&s.config));
     let env = HookEnv::new(
         policy,

@@ -198,11 +198,14 @@ impl Reply {
 }
 
 type Predicate = Box<dyn Fn(&Call) -> bool + Send + Sync>;
+type Script = Box<dyn Fn(&Call) -> Option<Reply> + Send + Sync>;
 
 /// A script: the first rule whose predicate holds answers; else the fallback ("ok" unless
 /// `otherwise` says). Predicates may run concurrently (parallel sub-agents).
 pub struct Rules {
     rules: Vec<(Predicate, Reply)>,
+    /// Replies computed from the request (ids only known at run time), tried first.
+    scripts: Vec<Script>,
     fallback: Reply,
 }
 
@@ -210,6 +213,7 @@ impl Rules {
     pub fn new() -> Rules {
         Rules {
             rules: Vec::new(),
+            scripts: Vec::new(),
             fallback: Reply::text("ok"),
         }
     }
@@ -220,6 +224,13 @@ impl Rules {
         reply: Reply,
     ) -> Rules {
         self.rules.push((Box::new(pred), reply));
+        self
+    }
+
+    /// A reply computed from the request; `None` leaves it to the other rules.
+    #[allow(dead_code)] // for scripts that echo ids the run made up
+    pub fn script(mut self, f: impl Fn(&Call) -> Option<Reply> + Send + Sync + 'static) -> Rules {
+        self.scripts.push(Box::new(f));
         self
     }
 
@@ -244,10 +255,12 @@ impl Rules {
     /// on, rather than leaving it to retry on a dead connection.
     fn reply(&self, call: &Call) -> Reply {
         let found = catch_unwind(AssertUnwindSafe(|| {
-            self.rules
-                .iter()
-                .find(|(pred, _)| pred(call))
-                .map(|(_, r)| r.clone())
+            self.scripts.iter().find_map(|s| s(call)).or_else(|| {
+                self.rules
+                    .iter()
+                    .find(|(pred, _)| pred(call))
+                    .map(|(_, r)| r.clone())
+            })
         }));
         let message = "the fake's script panicked (see the test's output)";
         found.map_or_else(

@@ -20,6 +20,7 @@ mod hooks;
 mod launcher;
 mod leases;
 mod mcp;
+mod native;
 mod props;
 mod remedies;
 mod service;
