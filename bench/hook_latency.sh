@@ -8,7 +8,8 @@
 # Usage: bench/hook_latency.sh [delegations]  (default 25; needs python3, jq, curl;
 #   CCO_TEST_CLAUDE names the CLI, default the pinned one under ~/.cache/cco-ci;
 #   CCO_BENCH_BIN a cco binary to use instead of building the release one)
-# Targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms (warm context).
+# Targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms (warm context); PostToolUse (the
+# inbox push, nothing new) no slower than PreToolUse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-25}
@@ -112,13 +113,14 @@ times() {
     function ms(ts) { split(substr(ts, 12, 12), t, /[:.]/); return ((t[1]*60 + t[2])*60 + t[3])*1000 + t[4] }
     /Hooks: HTTP hook POST to / { n = split($0, u, "/hooks/"); ev = u[n]; sub(/[^a-z-].*/, "", ev); start[ev] = ms($1); last = ev }
     /Hooks: HTTP hook response status/ { if (last != "") print last, ms($1) - start[last]; last = "" }
-  ' "$log" | sed -e 's/^pre-tool-use/PreToolUse/' -e 's/^subagent-start/SubagentStart/' \
+  ' "$log" | sed -e 's/^pre-tool-use/PreToolUse/' -e 's/^post-tool-use/PostToolUse/' \
+    -e 's/^user-prompt-submit/UserPromptSubmit/' -e 's/^subagent-start/SubagentStart/' \
     -e 's/^subagent-stop/SubagentStop/' -e 's/^stop /Stop /' -e 's/^session-end/SessionEnd/'
 }
 median() { sort -n | awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
 printf '%-14s %18s %18s\n' hook "http median (n)" "command median (n)"
-for ev in PreToolUse SubagentStart SubagentStop Stop SessionStart; do
+for ev in PreToolUse PostToolUse UserPromptSubmit SubagentStart SubagentStop Stop SessionStart; do
   row="$(printf '%-14s' "$ev")"
   for t in http command; do
     vals=$(times "$tmp/$t/debug.log" | awk -v e="$ev" '$1 == e { print $2 }')

@@ -1,5 +1,6 @@
 //! Tool-call latency through the daemon's `/mcp` (run by `bench/mcp.sh`): one client on a
-//! keep-alive connection, sequential calls, and the same publish over REST for reference.
+//! keep-alive connection, sequential calls, and the same publish over REST for reference;
+//! then the http hooks with and without the inbox push (PreToolUse vs PostToolUse).
 //! Prints one `key value` line per number (milliseconds).
 
 use std::time::{Duration, Instant};
@@ -99,10 +100,17 @@ async fn main() {
         .as_u64()
         .expect("seq");
     let wait = json!({"event_type": "bench_ready", "since": seq - 1, "timeout_ms": 1000});
-    let cases: [(&str, &str, Value); 3] = [
+    let cases: [(&str, &str, Value); 6] = [
         ("mcp_publish", "publish", publish),
         ("mcp_agents", "agents", json!({})),
         ("mcp_wait_ready", "wait", wait),
+        ("mcp_inbox_empty", "inbox", json!({"agent": "bench-2"})),
+        ("mcp_reservations", "reservations", json!({})),
+        (
+            "mcp_reserve",
+            "reserve",
+            json!({"agent": "bench-1", "paths": ["src/lib.rs"], "ttl_secs": 60}),
+        ),
     ];
     for (label, tool, args) in cases {
         for _ in 0..WARMUP {
@@ -119,6 +127,48 @@ async fn main() {
         }
         lat.sort();
         println!("{label}_calls {}", lat.len());
+        println!("{label}_p50_ms {:.3}", percentile(&lat, 0.50));
+        println!("{label}_p99_ms {:.3}", percentile(&lat, 0.99));
+    }
+
+    // The http hooks: PreToolUse of a read (the policy alone, no sidecar call) against
+    // PostToolUse (the inbox check) with nothing new, and with one event each time.
+    let read = json!({"session_id": "bench", "hook_event_name": "PreToolUse", "cwd": "/tmp",
+        "agent_id": "bench-2", "agent_type": "bench",
+        "tool_name": "Read", "tool_input": {"file_path": "/tmp/x"}});
+    let mut post = read.clone();
+    post["hook_event_name"] = json!("PostToolUse");
+    let hooks = [
+        ("hook_pre_tool_use", "/hooks/pre-tool-use", &read, false),
+        ("hook_post_tool_use_empty", "/hooks/post-tool-use", &post, false),
+        ("hook_post_tool_use_one_event", "/hooks/post-tool-use", &post, true),
+    ];
+    let mail = json!({"publisher": "bench-1", "topic": "bench-2", "data": {"n": 1}});
+    for (label, path, input, with_event) in hooks {
+        let mut lat = Vec::with_capacity(calls);
+        let mut pushed = 0;
+        for i in 0..calls + WARMUP {
+            if started.elapsed() > RUN_LIMIT {
+                break;
+            }
+            if with_event {
+                let (status, answer) = t.post("/api/events/bench_mail", mail.clone()).await;
+                assert_eq!(status, 201, "{answer}");
+            }
+            let s = Instant::now();
+            let (status, answer) = t.post(path, input.clone()).await;
+            let took = s.elapsed();
+            assert_eq!(status, 200, "{answer}");
+            if answer["hookSpecificOutput"]["additionalContext"].is_string() {
+                pushed += 1;
+            }
+            if i >= WARMUP {
+                lat.push(took);
+            }
+        }
+        lat.sort();
+        println!("{label}_calls {}", lat.len());
+        println!("{label}_pushed {pushed}");
         println!("{label}_p50_ms {:.3}", percentile(&lat, 0.50));
         println!("{label}_p99_ms {:.3}", percentile(&lat, 0.99));
     }

@@ -207,12 +207,31 @@ fn the_real_cli_publishes_through_mcp() {
 
     let calls = fake.calls();
     let offered = calls[0].system_messages_text();
-    for tool in ["publish", "wait", "results", "context", "agents"] {
+    let tools = [
+        "publish",
+        "wait",
+        "results",
+        "context",
+        "agents",
+        "wait_all",
+        "inbox",
+        "reserve",
+        "release",
+        "reservations",
+    ];
+    for tool in tools {
         assert!(
             offered.contains(&format!("mcp__cco__{tool}\n")),
             "{tool} not offered:\n{offered}"
         );
     }
+    // Deferred, the ten tools cost a main request their names only.
+    let names: usize = tools.iter().map(|t| format!("mcp__cco__{t}\n").len()).sum();
+    println!("cco's MCP tools in a main request: {names} bytes (names only, deferred)");
+    assert!(
+        !calls[0].tool_names().iter().any(|n| n.starts_with("mcp__cco__")),
+        "a definition was sent before ToolSearch loaded it"
+    );
     let loaded = calls
         .iter()
         .find(|c| c.tool_names().iter().any(|n| n == "mcp__cco__publish"))
