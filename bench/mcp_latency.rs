@@ -140,8 +140,18 @@ async fn main() {
     post["hook_event_name"] = json!("PostToolUse");
     let hooks = [
         ("hook_pre_tool_use", "/hooks/pre-tool-use", &read, false),
-        ("hook_post_tool_use_empty", "/hooks/post-tool-use", &post, false),
-        ("hook_post_tool_use_one_event", "/hooks/post-tool-use", &post, true),
+        (
+            "hook_post_tool_use_empty",
+            "/hooks/post-tool-use",
+            &post,
+            false,
+        ),
+        (
+            "hook_post_tool_use_one_event",
+            "/hooks/post-tool-use",
+            &post,
+            true,
+        ),
     ];
     let mail = json!({"publisher": "bench-1", "topic": "bench-2", "data": {"n": 1}});
     for (label, path, input, with_event) in hooks {

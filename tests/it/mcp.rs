@@ -229,7 +229,10 @@ fn the_real_cli_publishes_through_mcp() {
     let names: usize = tools.iter().map(|t| format!("mcp__cco__{t}\n").len()).sum();
     println!("cco's MCP tools in a main request: {names} bytes (names only, deferred)");
     assert!(
-        !calls[0].tool_names().iter().any(|n| n.starts_with("mcp__cco__")),
+        !calls[0]
+            .tool_names()
+            .iter()
+            .any(|n| n.starts_with("mcp__cco__")),
         "a definition was sent before ToolSearch loaded it"
     );
     let loaded = calls
