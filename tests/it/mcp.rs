@@ -395,6 +395,17 @@ fn wait_all_returns_once_every_agent_of_the_issue_finished() {
             json!({"status": "started", "agent_type": ty, "issue_id": "join-1"}),
         );
     }
+    // A named type nobody registered yet is not done (the daemon's own loop used to call
+    // an empty set finished): the sidecar's join says which types it still waits for.
+    let early = call(
+        &env,
+        &token,
+        "join-1",
+        "wait_all",
+        json!({"agent_types": ["ghost"], "timeout_ms": 0}),
+    );
+    assert_eq!(early["done"], false, "{early}");
+    assert_eq!(early["missing_types"], json!(["ghost"]), "{early}");
     let pending = call(&env, &token, "join-1", "wait_all", json!({"timeout_ms": 0}));
     assert_eq!(pending["done"], false, "{pending}");
     assert_eq!(pending["agents"].as_array().unwrap().len(), 2);
