@@ -252,7 +252,7 @@ fn two_sub_agents_lease_conflict_publish_release_and_join() {
     let joined = calls
         .iter()
         .filter(|c| !c.is_subagent())
-        .flat_map(|c| results(c))
+        .flat_map(results)
         .find(|r| r.contains("\"done\":true"))
         .expect("wait_all answered done");
     let answer: Value = serde_json::from_str(&joined).unwrap();
@@ -276,7 +276,7 @@ fn two_sub_agents_lease_conflict_publish_release_and_join() {
     for event in ["PreToolUse", "PostToolUse"] {
         let fired = log.lines().any(|l| {
             l.contains("hook input")
-                && l.contains(&format!("{event}"))
+                && l.contains(&format!("event=\"{event}\""))
                 && l.contains(&holder_id)
                 && l.contains(HOLDER)
         });
