@@ -425,4 +425,37 @@ mod tests {
         let longest = IssueId::parse(&"y".repeat(128)).unwrap();
         assert!(note(&long, &ty, &longest, true).len() <= NOTE_BUDGET);
     }
+
+    /// The note mentions cco's tools only to agents whose tools list has them (or who have
+    /// every tool); the roster says which.
+    #[test]
+    fn the_sealed_roster_says_which_agents_have_cco_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let roster = dir.path().join(crate::seal::AGENTS);
+        std::fs::write(
+            &roster,
+            json!({
+                "rust-specialist": {"description": "d", "prompt": "p", "tools": ["Read", "mcp__cco"]},
+                "reader": {"description": "d", "prompt": "p", "tools": ["Read", "Grep"]},
+                "picky": {"description": "d", "prompt": "p", "tools": ["mcp__cco__publish"]},
+                "everything": {"description": "d", "prompt": "p"},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let path = roster.display().to_string();
+        let env = HookEnv::from_vars(
+            |k| (k == "ORCHESTRATOR_AGENTS").then(|| path.clone()),
+            std::time::Instant::now(),
+        );
+        let has = |t: &str| has_cco_tools(&env, &AgentType::parse(t).unwrap());
+        assert!(has("rust-specialist"));
+        assert!(!has("reader"));
+        assert!(has("picky"));
+        assert!(has("everything"));
+        assert!(
+            has("general-purpose"),
+            "Claude's own agents have every tool"
+        );
+    }
 }
