@@ -185,7 +185,7 @@ pub fn definitions() -> &'static [Tool] {
             ),
             Tool::new(
                 "wait_all",
-                "Wait until every agent of this issue (or of agent_types) has completed or failed. Returns {done,agents} with each one's status and result summary; done is false on timeout.",
+                "Wait until every agent of this issue (or of agent_types) has completed or failed. Returns {done,agents,missing_types} with each one's status and result summary; done is false on timeout.",
                 schema(json!({
                     "type": "object",
                     "properties": {
