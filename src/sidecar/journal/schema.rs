@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{JournalError, JournalEvent};
 
 /// The layout this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 /// How long a statement waits for a lock held by another connection of this process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,8 +54,21 @@ CREATE TABLE IF NOT EXISTS inbox_cursors (
 );
 ";
 
+/// Version 3: the `claude_code.api_request` records of Claude Code's OpenTelemetry export
+/// (`sidecar::cost`), keyed for idempotent inserts.
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS cost_records (
+    key TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    agent_id TEXT,
+    ts_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_records_by_time ON cost_records(ts_ms);
+";
+
 /// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
-const MIGRATIONS: [&str; VERSION as usize] = [V1, V2];
+const MIGRATIONS: [&str; VERSION as usize] = [V1, V2, V3];
 
 /// Opens a connection with the journal's pragmas. A file that is not a database says so.
 pub(crate) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
