@@ -70,8 +70,9 @@ pub enum Command {
     Events(events::Args),
     /// List the file leases agents hold; `cco leases release ID` force-releases one.
     Leases(leases::Args),
-    /// What the model requests cost, by agent type, issue, model or session (from Claude
-    /// Code's telemetry).
+    /// Tokens and cost of model requests, by agent type, issue, model or session.
+    ///
+    /// From Claude Code's own OpenTelemetry export, which the launcher points at the daemon.
     Cost(cost::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
     ///

@@ -302,13 +302,13 @@ pub fn metric_points(req: &ExportMetricsServiceRequest) -> (usize, usize) {
 }
 
 /// The verified bearer token, or the 401/503 answer.
-fn authorize(state: &DaemonState, headers: &HeaderMap) -> Result<String, Response> {
+fn authorize(state: &DaemonState, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let Some(keys) = state.inner.keys.clone() else {
-        return Err(error_response(
+        return Err(Box::new(error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "this daemon has no signing key for tokens; restart it: `cco daemon restart`",
-        ));
+        )));
     };
     let token = headers
         .get(header::AUTHORIZATION)
@@ -317,23 +317,23 @@ fn authorize(state: &DaemonState, headers: &HeaderMap) -> Result<String, Respons
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(error_response(
+        return Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing bearer token: set OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <token>\" (the launcher does), or start Claude with `cco`",
-        ));
+        )));
     };
     match keys.verify(token) {
         Ok(_) => Ok(token.to_string()),
-        Err(e) => Err(error_response(
+        Err(e) => Err(Box::new(error_response(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             format!("{e}; start a new session with `cco`"),
-        )),
+        ))),
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -401,7 +401,7 @@ fn forward_failed(port: u16, e: ServiceError) -> Response {
 pub async fn logs(State(state): State<DaemonState>, headers: HeaderMap, body: Bytes) -> Response {
     let token = match authorize(&state, &headers) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let decoded = unwrap_body(
         header_str(&headers, header::CONTENT_TYPE),
@@ -454,7 +454,7 @@ pub async fn metrics(
     body: Bytes,
 ) -> Response {
     if let Err(r) = authorize(&state, &headers) {
-        return r;
+        return *r;
     }
     let decoded = unwrap_body(
         header_str(&headers, header::CONTENT_TYPE),
