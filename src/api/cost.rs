@@ -110,6 +110,15 @@ impl CostSums {
         self.cost_usd += r.cost_usd;
     }
 
+    pub fn merge(&mut self, o: &CostSums) {
+        self.requests += o.requests;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cache_read_tokens += o.cache_read_tokens;
+        self.cache_creation_tokens += o.cache_creation_tokens;
+        self.cost_usd += o.cost_usd;
+    }
+
     /// Every kind of token.
     pub fn tokens(&self) -> u64 {
         self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_creation_tokens

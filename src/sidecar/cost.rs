@@ -55,16 +55,26 @@ impl CostStore {
         let mut out = CostRecordsStored::default();
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO cost_records(key, session_id, agent_id, ts_ms, json)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO cost_records(key, session_id, agent_id, model, ts_ms,
+                     input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens,
+                     cost_usd, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             for r in records {
                 let json = serde_json::to_string(r).expect("cost records serialize");
+                // SQLite integers are i64: a count past that is clamped, not wrapped.
+                let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 let n = stmt.execute(params![
                     r.key,
                     r.session_id,
                     r.agent_id,
-                    r.timestamp_ms as i64,
+                    r.model,
+                    int(r.timestamp_ms),
+                    int(r.input_tokens),
+                    int(r.output_tokens),
+                    int(r.cache_read_tokens),
+                    int(r.cache_creation_tokens),
+                    r.cost_usd,
                     json
                 ])?;
                 if n == 1 {
@@ -96,6 +106,36 @@ impl CostStore {
             }
         }
         Ok(out)
+    }
+
+    /// The records made at or after `since_ms`, summed per (session, agent, model): what
+    /// every report is built from, without reading each record.
+    pub fn groups(&self, since_ms: Option<u64>) -> Result<Vec<Group>, JournalError> {
+        let conn = self.conn.lock().expect("cost lock");
+        let mut stmt = conn.prepare_cached(
+            "SELECT session_id, agent_id, model, COUNT(*), SUM(input_tokens), SUM(output_tokens),
+                    SUM(cache_read_tokens), SUM(cache_creation_tokens), SUM(cost_usd)
+             FROM cost_records WHERE ts_ms >= ?1
+             GROUP BY session_id, agent_id, model",
+        )?;
+        let since = i64::try_from(since_ms.unwrap_or(0)).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![since], |r| {
+            let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+            Ok(Group {
+                session_id: r.get(0)?,
+                agent_id: r.get(1)?,
+                model: r.get(2)?,
+                sums: CostSums {
+                    requests: n(3)?,
+                    input_tokens: n(4)?,
+                    output_tokens: n(5)?,
+                    cache_read_tokens: n(6)?,
+                    cache_creation_tokens: n(7)?,
+                    cost_usd: r.get(8)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The issue each session was started for, from the SessionStart hooks' `session_started`
@@ -156,6 +196,29 @@ pub fn check(r: &CostRecord) -> Result<(), String> {
     Ok(())
 }
 
+/// Records summed per (session, agent, model): the unit the join works on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub session_id: String,
+    pub agent_id: Option<String>,
+    pub model: String,
+    pub sums: CostSums,
+}
+
+impl Group {
+    /// One record as its own group.
+    pub fn of(r: &CostRecord) -> Group {
+        let mut sums = CostSums::default();
+        sums.add(r);
+        Group {
+            session_id: r.session_id.clone(),
+            agent_id: r.agent_id.clone(),
+            model: r.model.clone(),
+            sums,
+        }
+    }
+}
+
 /// Where one record belongs once joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -197,7 +260,7 @@ impl Directory {
 
     /// The record's agent (id → type, issue, state through the registry) and issue; without
     /// `agent_id` it is the orchestrator's, on its session's issue.
-    pub fn owner(&self, r: &CostRecord) -> Owner {
+    pub fn owner(&self, r: &Group) -> Owner {
         match r.agent_id.as_deref().filter(|a| !a.is_empty()) {
             None => Owner {
                 issue: self.session_issue(&r.session_id),
@@ -226,16 +289,16 @@ impl Directory {
     }
 }
 
-/// Groups `records` by `by`, keeping those `keep` accepts; rows by cost, most first.
+/// Sums `groups` by `by`, keeping those `keep` accepts; rows by cost, most first.
 pub fn report(
-    records: &[CostRecord],
+    groups: &[Group],
     dir: &Directory,
     by: CostBy,
     keep: impl Fn(&Owner) -> bool,
 ) -> CostReport {
-    let mut groups: BTreeMap<String, CostSums> = BTreeMap::new();
+    let mut rows: BTreeMap<String, CostSums> = BTreeMap::new();
     let mut total = CostSums::default();
-    for r in records {
+    for r in groups {
         let owner = dir.owner(r);
         if !keep(&owner) {
             continue;
@@ -247,10 +310,10 @@ pub fn report(
             CostBy::Session => r.session_id.clone(),
             CostBy::Agent => owner.agent,
         };
-        groups.entry(key).or_default().add(r);
-        total.add(r);
+        rows.entry(key).or_default().merge(&r.sums);
+        total.merge(&r.sums);
     }
-    let mut rows: Vec<CostRow> = groups
+    let mut rows: Vec<CostRow> = rows
         .into_iter()
         .map(|(key, sums)| CostRow { key, sums })
         .collect();
@@ -260,11 +323,7 @@ pub fn report(
 
 /// Per issue: what completed, failed and still active sub-agents spent, and the
 /// orchestrator's own spend. Agents of an issue that spent nothing are counted too.
-pub fn outcomes(
-    records: &[CostRecord],
-    dir: &Directory,
-    keep: impl Fn(&Owner) -> bool,
-) -> CostOutcomes {
+pub fn outcomes(groups: &[Group], dir: &Directory, keep: impl Fn(&Owner) -> bool) -> CostOutcomes {
     #[derive(Default)]
     struct Acc {
         row: Option<OutcomeRow>,
@@ -294,16 +353,16 @@ pub fn outcomes(
         let acc = by_issue.entry(owner.issue.clone()).or_default();
         acc.agents.insert(owner.agent, a.status);
     }
-    for r in records {
+    for r in groups {
         let owner = dir.owner(r);
         if !keep(&owner) {
             continue;
         }
         let acc = by_issue.entry(owner.issue.clone()).or_default();
         let row = acc.row.get_or_insert_with(|| empty(&owner.issue));
-        row.total.add(r);
+        row.total.merge(&r.sums);
         if owner.is_orchestrator {
-            row.orchestrator.add(r);
+            row.orchestrator.merge(&r.sums);
             continue;
         }
         // An agent the registry does not know yet is still running as far as cco knows.
@@ -314,7 +373,7 @@ pub fn outcomes(
             AgentState::Failed => &mut row.failed,
             AgentState::Started | AgentState::Running => &mut row.active,
         };
-        spend.sums.add(r);
+        spend.sums.merge(&r.sums);
     }
     let rows = by_issue
         .into_iter()
@@ -440,9 +499,9 @@ pub async fn get_report(
         .map_err(ApiError::BadRequest)?;
     let dir = directory(&s).await?;
     let store = s.clone();
-    let records = blocking(move || store.cost().records(since)).await?;
+    let groups = blocking(move || store.cost().groups(since)).await?;
     Ok(Json(report(
-        &records,
+        &groups,
         &dir,
         by,
         visible(&claims, q.issue.as_ref()),
@@ -458,9 +517,9 @@ pub async fn get_outcomes(
     claims.require(Scope::AgentsRead)?;
     let dir = directory(&s).await?;
     let store = s.clone();
-    let records = blocking(move || store.cost().records(None)).await?;
+    let groups = blocking(move || store.cost().groups(None)).await?;
     Ok(Json(outcomes(
-        &records,
+        &groups,
         &dir,
         visible(&claims, q.issue.as_ref()),
     )))
@@ -520,30 +579,28 @@ mod tests {
     #[test]
     fn records_join_to_agents_and_the_main_thread_to_its_session() {
         let dir = directory();
-        let main = dir.owner(&record("k1", "s-1", None, 1.0));
+        let owner = |r: CostRecord| dir.owner(&Group::of(&r));
+        let main = owner(record("k1", "s-1", None, 1.0));
         assert_eq!(
             (main.issue.as_str(), main.agent_type.as_str()),
             ("issue-1", ORCHESTRATOR)
         );
         assert_eq!(main.agent, "orchestrator:s-1");
-        let sub = dir.owner(&record("k2", "s-1", Some("a-done"), 1.0));
+        let sub = owner(record("k2", "s-1", Some("a-done"), 1.0));
         assert_eq!(
             (sub.issue.as_str(), sub.agent_type.as_str()),
             ("issue-1", "rust-specialist")
         );
         assert_eq!(sub.state, Some(AgentState::Completed));
         // Before its SubagentStart: its session's issue, type unknown — and it joins later.
-        let early = record("k3", "s-1", Some("a-later"), 1.0);
+        let early = Group::of(&record("k3", "s-1", Some("a-later"), 1.0));
         assert_eq!(dir.owner(&early).agent_type, UNKNOWN_AGENT_TYPE);
         let mut agents: Vec<AgentRecord> = dir.agents.values().cloned().collect();
         agents.push(agent("a-later", "debugger", "issue-1", AgentState::Running));
         let later = Directory::new(agents, dir.sessions.clone());
         assert_eq!(later.owner(&early).agent_type, "debugger");
         // A session without a registration: the issue its hooks would use.
-        assert_eq!(
-            dir.owner(&record("k4", "s-2", None, 1.0)).issue,
-            "session-s-2"
-        );
+        assert_eq!(owner(record("k4", "s-2", None, 1.0)).issue, "session-s-2");
     }
 
     #[test]
@@ -555,6 +612,7 @@ mod tests {
             record("k3", "s-1", Some("a-done"), 1.0),
             record("k4", "s-2", None, 4.0),
         ];
+        let records: Vec<Group> = records.iter().map(Group::of).collect();
         let r = report(&records, &dir, CostBy::AgentType, |_| true);
         let keys: Vec<&str> = r.rows.iter().map(|x| x.key.as_str()).collect();
         assert_eq!(keys, ["orchestrator", "rust-specialist"]);
@@ -582,6 +640,7 @@ mod tests {
             record("k2", "s-1", Some("a-done"), 2.0),
             record("k3", "s-1", Some("a-bad"), 1.0),
         ];
+        let records: Vec<Group> = records.iter().map(Group::of).collect();
         let o = outcomes(&records, &dir, |_| true);
         assert_eq!(o.rows.len(), 1);
         let row = &o.rows[0];
@@ -612,6 +671,20 @@ mod tests {
         assert_eq!((got.stored, got.duplicates), (0, 2));
         assert_eq!(store.records(None).unwrap(), vec![a.clone(), b]);
         assert!(store.records(Some(1_001)).unwrap().is_empty());
+        let c = record("s-1#7", "s-1", None, 0.25);
+        store.insert(std::slice::from_ref(&c)).unwrap();
+        let mut groups = store.groups(None).unwrap();
+        groups.sort_by(|x, y| x.agent_id.cmp(&y.agent_id));
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].agent_id, None);
+        assert_eq!(groups[0].sums.requests, 2);
+        assert_eq!(groups[0].sums.input_tokens, 20);
+        assert_eq!(groups[0].sums.cost_usd, 0.75);
+        assert_eq!(
+            groups[1].sums,
+            Group::of(&record("x", "s-1", None, 1.0)).sums
+        );
+        assert!(store.groups(Some(1_001)).unwrap().is_empty());
         assert!(store.session_issues().unwrap().is_empty());
     }
 

@@ -61,7 +61,13 @@ CREATE TABLE IF NOT EXISTS cost_records (
     key TEXT PRIMARY KEY,
     session_id TEXT NOT NULL,
     agent_id TEXT,
+    model TEXT NOT NULL,
     ts_ms INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_creation_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cost_records_by_time ON cost_records(ts_ms);
