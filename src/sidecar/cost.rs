@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn the_report_groups_filters_and_sorts_by_cost() {
         let dir = directory();
-        let records = vec![
+        let records = [
             record("k1", "s-1", None, 0.5),
             record("k2", "s-1", Some("a-done"), 2.0),
             record("k3", "s-1", Some("a-done"), 1.0),
@@ -635,7 +635,7 @@ mod tests {
     #[test]
     fn outcomes_split_spend_by_how_agents_ended() {
         let dir = directory();
-        let records = vec![
+        let records = [
             record("k1", "s-1", None, 0.5),
             record("k2", "s-1", Some("a-done"), 2.0),
             record("k3", "s-1", Some("a-bad"), 1.0),
