@@ -258,7 +258,8 @@ fn cost_record(r: &LogRecord, resource: &[KeyValue]) -> Option<CostRecord> {
     })
 }
 
-/// The api_request records of one export, and how many of them had no `session.id`.
+/// The api_request records of one export, and how many were dropped: no `session.id`, or a
+/// field the sidecar would refuse (one bad record must not lose the export's others).
 pub fn api_requests(req: &ExportLogsServiceRequest) -> (Vec<CostRecord>, usize) {
     let mut out = Vec::new();
     let mut unkeyed = 0;
@@ -269,8 +270,12 @@ pub fn api_requests(req: &ExportLogsServiceRequest) -> (Vec<CostRecord>, usize) 
             .map_or(&[][..], |r| r.attributes.as_slice());
         for sl in &rl.scope_logs {
             for r in sl.log_records.iter().filter(|r| is_api_request(r)) {
-                match cost_record(r, resource) {
-                    Some(c) => out.push(c),
+                match cost_record(r, resource).map(|c| (crate::sidecar::cost::check(&c), c)) {
+                    Some((Ok(()), c)) => out.push(c),
+                    Some((Err(why), c)) => {
+                        tracing::warn!(key = %crate::api::inert::line(&c.key), why, "OTLP: dropping an api_request record");
+                        unkeyed += 1;
+                    }
                     None => unkeyed += 1,
                 }
             }
@@ -416,8 +421,8 @@ pub async fn logs(State(state): State<DaemonState>, headers: HeaderMap, body: By
     let (records, unkeyed) = api_requests(&request);
     if unkeyed > 0 {
         tracing::warn!(
-            unkeyed,
-            "OTLP: api_request records without session.id were dropped"
+            dropped = unkeyed,
+            "OTLP: api_request records without session.id or with invalid fields were dropped"
         );
     }
     if !records.is_empty() {
@@ -649,8 +654,14 @@ mod tests {
         r.attributes.retain(|kv| kv.key != "event.sequence");
         let mut orphan = api_request("x", 1, None, 0.1);
         orphan.attributes.retain(|kv| kv.key != "session.id");
-        let (records, unkeyed) = api_requests(&export(vec![r, orphan]));
-        assert_eq!(unkeyed, 1);
+        let mut huge = api_request("s-3", 1, None, 0.1);
+        huge.attributes.push(kv("agent_id", s(&"a".repeat(4096))));
+        let (records, unkeyed) = api_requests(&export(vec![r, orphan, huge]));
+        assert_eq!(
+            unkeyed, 2,
+            "no session, and an agent id the sidecar would refuse"
+        );
+        assert_eq!(records.len(), 1);
         assert_eq!(records[0].key, "s-2#p-1#1796143858986000000#claude-test");
     }
 
