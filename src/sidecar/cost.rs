@@ -84,6 +84,12 @@ impl CostStore {
                 }
             }
         }
+        if out.stored > 0 {
+            let mut sessions: Vec<&str> = records.iter().map(|r| r.session_id.as_str()).collect();
+            sessions.sort_unstable();
+            sessions.dedup();
+            remember_sessions(&tx, &sessions)?;
+        }
         tx.commit()?;
         Ok(out)
     }
@@ -138,16 +144,22 @@ impl CostStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The issue each session was started for, from the SessionStart hooks' `session_started`
-    /// events in the journal (the last one wins: a resumed session may change issue).
+    /// The issue each session was started for: the SessionStart hooks' `session_started`
+    /// events in the journal (the last one wins: a resumed session may change issue), over
+    /// what was remembered for costed sessions whose events retention has since dropped.
     pub fn session_issues(&self) -> Result<HashMap<String, String>, JournalError> {
         let conn = self.conn.lock().expect("cost lock");
+        let mut out = HashMap::new();
+        let mut kept = conn.prepare_cached("SELECT session_id, issue_id FROM cost_sessions")?;
+        for row in kept.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            let (s, i): (String, String) = row?;
+            out.insert(s, i);
+        }
         let mut stmt = conn.prepare_cached(
             "SELECT json_extract(json, '$.data.session_id'), json_extract(json, '$.data.issue_id')
              FROM events WHERE event_type = 'session_started' ORDER BY seq",
         )?;
         let mut rows = stmt.query([])?;
-        let mut out = HashMap::new();
         while let Some(r) = rows.next()? {
             if let (Ok(Some(s)), Ok(Some(i))) =
                 (r.get::<_, Option<String>>(0), r.get::<_, Option<String>>(1))
@@ -157,6 +169,24 @@ impl CostStore {
         }
         Ok(out)
     }
+}
+
+/// Copies the issue of each of `sessions` from its latest `session_started` event into
+/// `cost_sessions`, so the join outlives the journal's retention of that event.
+fn remember_sessions(conn: &Connection, sessions: &[&str]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO cost_sessions(session_id, issue_id)
+         SELECT ?1, json_extract(json, '$.data.issue_id') FROM events
+         WHERE event_type = 'session_started'
+           AND json_extract(json, '$.data.session_id') = ?1
+           AND json_extract(json, '$.data.issue_id') IS NOT NULL
+         ORDER BY seq DESC LIMIT 1
+         ON CONFLICT(session_id) DO UPDATE SET issue_id = excluded.issue_id",
+    )?;
+    for s in sessions {
+        stmt.execute(params![s])?;
+    }
+    Ok(())
 }
 
 /// Checks a decoded record before it is stored: ids and labels bounded and printable,
@@ -686,6 +716,20 @@ mod tests {
         );
         assert!(store.groups(Some(1_001)).unwrap().is_empty());
         assert!(store.session_issues().unwrap().is_empty());
+
+        // The session's issue is kept once it has costed records, past the event's retention.
+        let event = serde_json::json!({"event_id": "e", "seq": 1, "event_type": "session_started",
+            "publisher": "session", "topic": "session-s-9", "timestamp": "t",
+            "data": {"session_id": "s-9", "issue_id": "issue-9"}});
+        conn.execute(
+            "INSERT INTO events(seq, event_type, topic, ts_ms, json) VALUES (1, 'session_started', 'session-s-9', 0, ?1)",
+            params![event.to_string()],
+        )
+        .unwrap();
+        assert_eq!(store.session_issues().unwrap()["s-9"], "issue-9");
+        store.insert(&[record("s-9#1", "s-9", None, 0.1)]).unwrap();
+        conn.execute("DELETE FROM events", []).unwrap();
+        assert_eq!(store.session_issues().unwrap()["s-9"], "issue-9");
     }
 
     #[test]

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS inbox_cursors (
 ";
 
 /// Version 3: the `claude_code.api_request` records of Claude Code's OpenTelemetry export
-/// (`sidecar::cost`), keyed for idempotent inserts.
+/// (`sidecar::cost`), keyed for idempotent inserts, and each costed session's issue (kept
+/// past the journal's retention of its `session_started` event).
 const V3: &str = "
 CREATE TABLE IF NOT EXISTS cost_records (
     key TEXT PRIMARY KEY,
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS cost_records (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cost_records_by_time ON cost_records(ts_ms);
+CREATE TABLE IF NOT EXISTS cost_sessions (session_id TEXT PRIMARY KEY, issue_id TEXT NOT NULL);
 ";
 
 /// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
