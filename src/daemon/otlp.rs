@@ -671,4 +671,104 @@ mod tests {
         let req = decode_metrics(Encoding::Json, json.as_bytes()).unwrap();
         assert_eq!(metric_points(&req), (1, 1));
     }
+
+    mod route {
+        //! The routes in process, through `oneshot`: no socket, no sidecar.
+        use std::sync::Arc;
+
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+
+        use super::super::*;
+        use crate::auth::{Keys, TokenSpec};
+        use crate::config::Config;
+        use crate::listen::Origin;
+        use crate::paths::Paths;
+        use crate::secret::Secret;
+        use crate::server::{Stopper, Tracker};
+
+        const PORT: u16 = 3997;
+
+        fn keys(byte: u8) -> Keys {
+            Keys::new(&Secret::from_bytes(vec![byte; 32])).unwrap()
+        }
+
+        fn state(with_keys: bool) -> DaemonState {
+            let paths = Paths {
+                config_file: "/nonexistent/cco/daemon.toml".into(),
+                runtime_dir: "/nonexistent/run/cco".into(),
+                data_dir: "/nonexistent/.cco".into(),
+            };
+            let s = DaemonState::new(
+                Config::default(),
+                paths,
+                Origin::Bound,
+                PORT,
+                1,
+                Arc::new(Tracker::default()),
+                Stopper::default().subscribe(),
+            );
+            if with_keys { s.with_keys(keys(7)) } else { s }
+        }
+
+        fn token(byte: u8) -> String {
+            keys(byte)
+                .mint(&TokenSpec::session("t", Duration::from_secs(60)))
+                .0
+        }
+
+        async fn post(
+            state: DaemonState,
+            path: &str,
+            token: Option<&str>,
+            body: Vec<u8>,
+        ) -> (StatusCode, Vec<u8>) {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header(header::HOST, format!("127.0.0.1:{PORT}"))
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(t) = token {
+                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let resp = crate::daemon::router(state)
+                .oneshot(req.body(Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, bytes.to_vec())
+        }
+
+        #[tokio::test]
+        async fn only_this_installations_token_is_accepted() {
+            let empty = b"{}".to_vec();
+            for path in ["/v1/logs", "/v1/metrics"] {
+                let (status, body) = post(state(true), path, Some(&token(7)), empty.clone()).await;
+                assert_eq!(
+                    (status, body.as_slice()),
+                    (StatusCode::OK, &b"{}"[..]),
+                    "{path}"
+                );
+                let (status, _) = post(state(true), path, Some(&token(9)), empty.clone()).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+                let (status, body) = post(state(true), path, None, empty.clone()).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+                let text = String::from_utf8_lossy(&body);
+                assert!(text.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{text}");
+                let (status, _) = post(state(false), path, Some(&token(7)), empty.clone()).await;
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            }
+        }
+
+        #[tokio::test]
+        async fn a_body_over_the_limit_is_refused() {
+            let big = vec![b' '; MAX_OTLP_BODY + 1];
+            let (status, _) = post(state(true), "/v1/logs", Some(&token(7)), big).await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    }
 }
