@@ -413,7 +413,7 @@ pub fn orchestrator_env(
 }
 
 /// What the launcher does about Claude Code's OpenTelemetry export.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub enum Telemetry {
     /// Export to the daemon with these variables.
     ToDaemon(Vec<(&'static str, OsString)>),
@@ -421,6 +421,20 @@ pub enum Telemetry {
     Theirs(String),
     /// `launcher.telemetry = false`.
     Off,
+}
+
+/// Names only: the headers variable holds the session token.
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Telemetry::ToDaemon(vars) => f
+                .debug_tuple("ToDaemon")
+                .field(&vars.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+                .finish(),
+            Telemetry::Theirs(var) => f.debug_tuple("Theirs").field(var).finish(),
+            Telemetry::Off => f.write_str("Off"),
+        }
+    }
 }
 
 /// The telemetry environment: Claude's logs and metrics to the daemon's `/v1/*` with the
@@ -802,6 +816,8 @@ mod tests {
             );
         }
         assert_eq!(telemetry_env(false, 4100, "tok", &[]), Telemetry::Off);
+        let shown = format!("{:?}", telemetry_env(true, 4100, "secret-tok", &[]));
+        assert!(shown.contains("OTEL_EXPORTER_OTLP_HEADERS") && !shown.contains("secret-tok"));
     }
 
     #[test]
