@@ -484,3 +484,28 @@ fn the_launcher_points_claudes_telemetry_at_the_daemon_unless_the_user_exports_i
     assert_eq!(var(&envs, "CLAUDE_CODE_ENABLE_TELEMETRY"), None);
     assert_eq!(var(&envs, "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
 }
+
+/// With the sidecar down the export is answered 502, which Claude's exporter retries, and the
+/// retry is stored once the sidecar is back.
+#[test]
+fn an_export_the_sidecar_cannot_take_is_retryable() {
+    let env = Env::new();
+    let _daemon = env.start("daemon");
+    let tok = token(&env);
+    let bearer = format!("Bearer {tok}");
+    let body = export(vec![api_request("s-5", 1, None, 10, 0.5)]).encode_to_vec();
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", PROTOBUF),
+    ];
+    let (status, _, answer) = post(env.daemon_port, "/v1/logs", &headers, &body);
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("cco sidecar start"));
+
+    let _sidecar = env.start("sidecar");
+    let (status, _, _) = post(env.daemon_port, "/v1/logs", &headers, &body);
+    assert_eq!(status, 200);
+    let r: CostReport = cost_json(&env, &[]);
+    assert_eq!(r.total.requests, 1);
+    assert_eq!(r.total.cost_usd, 0.5);
+}
