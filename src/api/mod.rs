@@ -1,6 +1,7 @@
 //! Wire types shared by the CLI, the daemon and the sidecar. Changing a field here changes
 //! the HTTP contract in DESIGN.md; keep them in step.
 
+pub mod cost;
 pub mod ids;
 pub mod inert;
 pub mod leases;

@@ -412,6 +412,61 @@ pub fn orchestrator_env(
     ]
 }
 
+/// What the launcher does about Claude Code's OpenTelemetry export.
+#[derive(PartialEq, Eq)]
+pub enum Telemetry {
+    /// Export to the daemon with these variables.
+    ToDaemon(Vec<(&'static str, OsString)>),
+    /// The user exports OpenTelemetry already (this variable says so): theirs is kept.
+    Theirs(String),
+    /// `launcher.telemetry = false`.
+    Off,
+}
+
+/// Names only: the headers variable holds the session token.
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Telemetry::ToDaemon(vars) => f
+                .debug_tuple("ToDaemon")
+                .field(&vars.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+                .finish(),
+            Telemetry::Theirs(var) => f.debug_tuple("Theirs").field(var).finish(),
+            Telemetry::Off => f.write_str("Off"),
+        }
+    }
+}
+
+/// The telemetry environment: Claude's logs and metrics to the daemon's `/v1/*` with the
+/// session token as the header, unless `set` (the names of the non-empty variables of the
+/// user's environment) shows an export of their own.
+pub fn telemetry_env(enabled: bool, port: u16, token: &str, set: &[String]) -> Telemetry {
+    if !enabled {
+        return Telemetry::Off;
+    }
+    let theirs = set.iter().find(|k| {
+        *k == "CLAUDE_CODE_ENABLE_TELEMETRY"
+            || (k.starts_with("OTEL_EXPORTER_OTLP_") && k.ends_with("ENDPOINT"))
+    });
+    if let Some(k) = theirs {
+        return Telemetry::Theirs(k.clone());
+    }
+    Telemetry::ToDaemon(vec![
+        ("CLAUDE_CODE_ENABLE_TELEMETRY", "1".into()),
+        ("OTEL_LOGS_EXPORTER", "otlp".into()),
+        ("OTEL_METRICS_EXPORTER", "otlp".into()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}").into(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("Authorization=Bearer {token}").into(),
+        ),
+    ])
+}
+
 /// A default issue for a session started without `--issue`: unique per launch.
 fn default_issue() -> IssueId {
     let secs = crate::auth::now_secs();
@@ -465,7 +520,19 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         std::env::var_os("PATH").as_deref(),
         &inst.paths.config_file,
     )?;
-    let env = orchestrator_env(&inst, &verified, &token.0, &issue);
+    let mut env = orchestrator_env(&inst, &verified, &token.0, &issue);
+    let set: Vec<String> = std::env::vars_os()
+        .filter(|(_, v)| !v.is_empty())
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    let mut notes = Vec::new();
+    match telemetry_env(inst.config.launcher.telemetry, port, &token.0, &set) {
+        Telemetry::ToDaemon(vars) => env.extend(vars),
+        Telemetry::Theirs(var) => notes.push(format!(
+            "{var} is set, so Claude Code's OpenTelemetry goes where you send it and `cco cost` sees none of this session — to add cco, have your collector also export logs to http://127.0.0.1:{port} with `Authorization: Bearer $(cco token --ttl 30d)` (README: \"What it cost\")"
+        )),
+        Telemetry::Off => {}
+    }
     let choice = match (opts.roster, inst.config.launcher.pass_agents) {
         (Some(c), _) => c,
         (None, false) => RosterChoice::None,
@@ -486,6 +553,11 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
 
     for w in &warnings {
         eprintln!("⚠️  {w}");
+    }
+    if !quiet {
+        for n in &notes {
+            eprintln!("ℹ️  {n}");
+        }
     }
     if !quiet {
         let mut err = std::io::stderr().lock();
@@ -715,6 +787,37 @@ mod tests {
                 && msg.ends_with("`cco daemon start` where there is no service manager"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn telemetry_goes_to_the_daemon_unless_the_user_exports_it() {
+        let Telemetry::ToDaemon(vars) = telemetry_env(true, 4100, "tok", &["PATH".into()]) else {
+            panic!("expected the daemon's telemetry");
+        };
+        let get = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap(),
+            "http://127.0.0.1:4100"
+        );
+        assert_eq!(
+            get("OTEL_EXPORTER_OTLP_HEADERS").unwrap(),
+            "Authorization=Bearer tok"
+        );
+        assert_eq!(get("CLAUDE_CODE_ENABLE_TELEMETRY").unwrap(), "1");
+        assert_eq!(get("OTEL_LOGS_EXPORTER").unwrap(), "otlp");
+        for theirs in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "CLAUDE_CODE_ENABLE_TELEMETRY",
+        ] {
+            assert_eq!(
+                telemetry_env(true, 4100, "tok", &[theirs.into()]),
+                Telemetry::Theirs(theirs.into())
+            );
+        }
+        assert_eq!(telemetry_env(false, 4100, "tok", &[]), Telemetry::Off);
+        let shown = format!("{:?}", telemetry_env(true, 4100, "secret-tok", &[]));
+        assert!(shown.contains("OTEL_EXPORTER_OTLP_HEADERS") && !shown.contains("secret-tok"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! not a cco subcommand goes to Claude Code through the launcher.
 
 pub mod agents;
+pub mod cost;
 pub mod daemon;
 pub mod doctor;
 pub mod events;
@@ -69,6 +70,10 @@ pub enum Command {
     Events(events::Args),
     /// List the file leases agents hold; `cco leases release ID` force-releases one.
     Leases(leases::Args),
+    /// Tokens and cost of model requests, by agent type, issue, model or session.
+    ///
+    /// From Claude Code's own OpenTelemetry export, which the launcher points at the daemon.
+    Cost(cost::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
     ///
     /// A hook reads only the ORCHESTRATOR_* environment the launcher gives Claude, never cco's
@@ -139,6 +144,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Leases(args) => leases::run(config, args),
+        Command::Cost(args) => cost::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

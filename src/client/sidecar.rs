@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{ClientError, Request, Streaming};
+use crate::api::cost::{CostBy, CostOutcomes, CostRecords, CostRecordsStored, CostReport};
 use crate::api::inert;
 use crate::api::leases::{
     InboxBatch, Lease, LeaseCheck, LeaseList, ReleaseRequest, Released, RenewRequest,
@@ -395,6 +396,41 @@ impl SidecarClient {
     /// `GET /api/agents`.
     pub fn agents(&self) -> Result<AgentList, ServiceError> {
         self.api("GET", "/api/agents", None)
+    }
+
+    /// `POST /api/cost/records`: how many were new and how many already stored.
+    pub fn store_cost_records(
+        &self,
+        records: &CostRecords,
+    ) -> Result<CostRecordsStored, ServiceError> {
+        self.api("POST", "/api/cost/records", Some(to_json(records)))
+    }
+
+    /// `GET /api/cost`: spend grouped `by`, for one issue or all, since a time (RFC 3339 or
+    /// unix milliseconds).
+    pub fn cost(
+        &self,
+        issue: Option<&IssueId>,
+        by: CostBy,
+        since: Option<&str>,
+    ) -> Result<CostReport, ServiceError> {
+        let mut query = vec![format!("by={by}")];
+        if let Some(i) = issue {
+            query.push(format!("issue={i}"));
+        }
+        if let Some(s) = since {
+            query.push(format!("since={}", encode(s)));
+        }
+        self.api("GET", &format!("/api/cost?{}", query.join("&")), None)
+    }
+
+    /// `GET /api/cost/outcomes`: per issue, the spend of completed and failed agents.
+    pub fn cost_outcomes(&self, issue: Option<&IssueId>) -> Result<CostOutcomes, ServiceError> {
+        let path = match issue {
+            Some(i) => format!("/api/cost/outcomes?issue={i}"),
+            None => "/api/cost/outcomes".to_string(),
+        };
+        self.api("GET", &path, None)
     }
 
     /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases

@@ -104,6 +104,9 @@ impl Config {
         if let Some(v) = env("CCO_MCP") {
             self.launcher.mcp = parse_bool("CCO_MCP", &v)?;
         }
+        if let Some(v) = env("CCO_TELEMETRY") {
+            self.launcher.telemetry = parse_bool("CCO_TELEMETRY", &v)?;
+        }
         if let Some(v) = env("CCO_IDLE_EXIT_AFTER") {
             self.idle_exit_after =
                 validate::parse_idle_exit(&v).map_err(|cause| ConfigError::EnvValue {

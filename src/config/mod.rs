@@ -109,6 +109,9 @@ pub struct LauncherConfig {
     /// Pass the sealed `mcp.json` with `--mcp-config`: cco's MCP server (`mcp__cco__*`
     /// tools) for the session and its agents. A user's own `--mcp-config` is kept beside it.
     pub mcp: bool,
+    /// Point Claude Code's OpenTelemetry export at the daemon (`cco cost`), unless the user
+    /// already exports OpenTelemetry somewhere.
+    pub telemetry: bool,
     /// Lifetime of the session token the launcher mints.
     #[serde(with = "humantime_serde_compat")]
     pub token_ttl: Duration,
@@ -167,6 +170,7 @@ impl Default for LauncherConfig {
             pass_agents: true,
             roster: crate::roster::RosterChoice::Auto,
             mcp: true,
+            telemetry: true,
             token_ttl: Duration::from_secs(24 * 3600),
         }
     }

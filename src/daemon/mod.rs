@@ -1,10 +1,12 @@
 //! The daemon (`:3000`): seals the runtime files at start-up, answers `/health` and
 //! `/status`, answers Claude Code's http hooks (`/hooks/<event>`), serves cco's MCP tools at
-//! `/mcp`, and forwards `/api/*` to the sidecar.
+//! `/mcp`, receives Claude Code's OpenTelemetry export (`/v1/logs`, `/v1/metrics`), and
+//! forwards `/api/*` to the sidecar.
 
 pub mod error;
 pub mod forward;
 pub mod hooks;
+pub mod otlp;
 pub mod run;
 pub mod runtime;
 
@@ -110,6 +112,14 @@ pub fn router(state: DaemonState) -> Router {
         .route(
             "/hooks/{event}",
             post(hooks::handle).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+        )
+        .route(
+            "/v1/logs",
+            post(otlp::logs).layer(axum::extract::DefaultBodyLimit::max(otlp::MAX_OTLP_BODY)),
+        )
+        .route(
+            "/v1/metrics",
+            post(otlp::metrics).layer(axum::extract::DefaultBodyLimit::max(otlp::MAX_OTLP_BODY)),
         )
         .route("/api/{*rest}", any(forward::forward))
         .fallback(not_found)

@@ -4,6 +4,7 @@
 
 pub mod context;
 mod coordinate;
+pub mod cost;
 pub mod error;
 pub mod extract;
 pub mod inbox;
@@ -87,6 +88,7 @@ struct Inner {
     journal: journal::Journal,
     leases: leases::LeaseStore,
     inbox: inbox::Inbox,
+    cost: cost::CostStore,
     results: results::ResultsStore,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
@@ -130,6 +132,7 @@ impl SidecarState {
         // On the journal's database, which `open_recovering` has migrated.
         let leases = leases::LeaseStore::open(&paths.state_db(), leases::now_ms())?;
         let inbox = inbox::Inbox::open(&paths.state_db())?;
+        let cost = cost::CostStore::open(&paths.state_db())?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
@@ -140,6 +143,7 @@ impl SidecarState {
                 journal,
                 leases,
                 inbox,
+                cost,
                 results,
                 context,
                 metrics: metrics::Metrics::default(),
@@ -175,6 +179,9 @@ impl SidecarState {
     }
     pub fn tracker(&self) -> Arc<Tracker> {
         self.inner.tracker.clone()
+    }
+    pub fn cost(&self) -> &cost::CostStore {
+        &self.inner.cost
     }
 
     /// Runs the health probes (blocking): write and remove a probe file, query the journal,
@@ -255,6 +262,9 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .route("/api/agents/wait_all/{issue_id}", get(coordinate::wait_all))
         .route("/api/inbox/{issue_id}/{agent_id}", get(coordinate::inbox))
         .route("/api/leases", get(coordinate::list_all))
+        .route("/api/cost", get(cost::get_report))
+        .route("/api/cost/records", post(cost::store_records))
+        .route("/api/cost/outcomes", get(cost::get_outcomes))
         .route(
             "/api/leases/{issue_id}",
             get(coordinate::list).post(coordinate::reserve),

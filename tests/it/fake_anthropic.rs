@@ -499,9 +499,21 @@ fn error(kind: &str, message: &str) -> Value {
     json!({ "type": "error", "error": { "type": kind, "message": message } })
 }
 
+/// The input-side usage the fake reports: (input, cache creation, cache read) tokens. A
+/// sub-agent's differs from the main thread's so that cost tests can tell them apart.
+pub const MAIN_USAGE: (u64, u64, u64) = (10, 0, 0);
+pub const SUBAGENT_USAGE: (u64, u64, u64) = (21, 3, 5);
+/// Output tokens of a finished message (`message_delta` and the non-streaming form).
+pub const OUTPUT_TOKENS: u64 = 10;
+
 /// The assistant message, complete or (with no stop reason yet) as `message_start` has it.
 /// Usage is small and fixed so that no client logic (auto-compaction, cost warnings) reacts.
 fn message(call: &Call, content: Vec<Value>, stop_reason: Option<&str>) -> Value {
+    let (input, cache_creation, cache_read) = if call.is_subagent() {
+        SUBAGENT_USAGE
+    } else {
+        MAIN_USAGE
+    };
     json!({
         "id": format!("msg_fake_{}", call.n),
         "type": "message",
@@ -511,10 +523,10 @@ fn message(call: &Call, content: Vec<Value>, stop_reason: Option<&str>) -> Value
         "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {
-            "input_tokens": 10,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": if stop_reason.is_some() { 10 } else { 1 },
+            "input_tokens": input,
+            "cache_creation_input_tokens": cache_creation,
+            "cache_read_input_tokens": cache_read,
+            "output_tokens": if stop_reason.is_some() { OUTPUT_TOKENS } else { 1 },
         },
     })
 }
@@ -563,7 +575,7 @@ fn event_stream(call: &Call, blocks: &[Value]) -> String {
     events.push(json!({
         "type": "message_delta",
         "delta": { "stop_reason": stop_reason(blocks), "stop_sequence": null },
-        "usage": { "output_tokens": 10 },
+        "usage": { "output_tokens": OUTPUT_TOKENS },
     }));
     events.push(json!({ "type": "message_stop" }));
 

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod context;
 mod contract;
+mod cost;
 mod daemon;
 mod diet;
 mod e2e;

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{JournalError, JournalEvent};
 
 /// The layout this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 /// How long a statement waits for a lock held by another connection of this process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,8 +54,29 @@ CREATE TABLE IF NOT EXISTS inbox_cursors (
 );
 ";
 
+/// Version 3: the `claude_code.api_request` records of Claude Code's OpenTelemetry export
+/// (`sidecar::cost`), keyed for idempotent inserts, and each costed session's issue (kept
+/// past the journal's retention of its `session_started` event).
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS cost_records (
+    key TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    agent_id TEXT,
+    model TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL,
+    cache_creation_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cost_records_by_time ON cost_records(ts_ms);
+CREATE TABLE IF NOT EXISTS cost_sessions (session_id TEXT PRIMARY KEY, issue_id TEXT NOT NULL);
+";
+
 /// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
-const MIGRATIONS: [&str; VERSION as usize] = [V1, V2];
+const MIGRATIONS: [&str; VERSION as usize] = [V1, V2, V3];
 
 /// Opens a connection with the journal's pragmas. A file that is not a database says so.
 pub(crate) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
