@@ -14,6 +14,7 @@ pub mod registry;
 pub mod results;
 mod routes;
 pub mod run;
+pub mod views;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -251,6 +252,8 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .route("/api/events/wait/{event_type}", get(routes::wait_events))
         .route("/api/events/{event_type}", post(routes::publish_event))
         .route("/api/agents", get(routes::list_agents))
+        .route("/api/views/tree", get(views::tree))
+        .route("/api/views/events", get(views::events))
         .route("/api/agents/{agent_id}/status", post(routes::agent_status))
         .route("/api/agents/wait_all/{issue_id}", get(coordinate::wait_all))
         .route("/api/inbox/{issue_id}/{agent_id}", get(coordinate::inbox))
