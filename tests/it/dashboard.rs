@@ -1,0 +1,187 @@
+//! The dashboard in a real browser: headless Chromium through chromedriver logs in with
+//! `cco dashboard --no-open`'s link, sees an agent appear live, opens its page and the
+//! timeline, and takes the screenshots in `docs/` (`CCO_SCREENSHOTS=docs` rewrites them).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::common::{Env, http};
+use crate::webdriver::Browser;
+
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+fn token(env: &Env) -> String {
+    let out = env.run(["token", "--ttl", "10m", "--any-project"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A raw GET: (status line and headers, body).
+fn raw_get(port: u16, path: &str, headers: &[(&str, &str)]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Where the screenshots go: `docs/` with `CCO_SCREENSHOTS=docs`, else a temp dir.
+fn screenshot_dir(env: &Env) -> PathBuf {
+    match std::env::var("CCO_SCREENSHOTS").as_deref() {
+        Ok("docs") => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs"),
+        _ => env.tmp.path().join("screenshots"),
+    }
+}
+
+fn save(browser: &Browser, dir: &std::path::Path, name: &str) {
+    let png = browser.screenshot();
+    assert!(png.starts_with(PNG_MAGIC), "{name} is not a PNG");
+    assert!(
+        png.len() > 10_000,
+        "{name}: {} bytes is too small for a page",
+        png.len()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+#[test]
+fn the_dashboard_in_a_real_browser() {
+    let env = Env::new();
+    let _d = env.start("daemon");
+    let _s = env.start("sidecar");
+    let Some(browser) = Browser::start(&env.tmp.path().join("chromium-profile")) else {
+        return;
+    };
+    let port = env.daemon_port;
+    let token = token(&env);
+    let auth = format!("Bearer {token}");
+    let post = |path: &str, body: serde_json::Value| {
+        let (status, text) = http(
+            env.sidecar_port,
+            "POST",
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&body.to_string()),
+        );
+        assert!((200..300).contains(&status), "{path}: {status} {text}");
+    };
+    // A session and a finished agent before the page opens.
+    post(
+        "/api/events/session_started",
+        json!({"publisher": "session-demo", "topic": "session",
+               "data": {"session_id": "7f3c9a2e-demo", "issue_id": "issue-42"}}),
+    );
+    post(
+        "/api/agents/agent-planner-1/status",
+        json!({"status": "started", "agent_type": "planner", "issue_id": "issue-42"}),
+    );
+    post(
+        "/api/results",
+        json!({"agent_id": "agent-planner-1", "agent_type": "planner", "issue_id": "issue-42",
+               "result": {"status": "success", "summary": "Plan: split the parser <b>and</b> the CLI."}}),
+    );
+    post(
+        "/api/agents/agent-planner-1/status",
+        json!({"status": "completed", "agent_type": "planner", "issue_id": "issue-42"}),
+    );
+
+    // Log in with the one-time link; the code leaves the address bar.
+    let out = env.run(["dashboard", "--no-open"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{port}/login?code=")),
+        "{url}"
+    );
+    browser.goto(&url);
+    browser.find("#tree");
+    assert_eq!(browser.url(), format!("http://127.0.0.1:{port}/"));
+    assert_eq!(
+        browser.eval("return document.cookie"),
+        json!(""),
+        "the session cookie is HttpOnly: page scripts never see it"
+    );
+    assert!(
+        browser
+            .text(&browser.find("#tree"))
+            .contains("agent-planner-1")
+    );
+
+    // A new agent appears live, without a reload.
+    browser.eval("window.__notReloaded = true; return null");
+    browser.find("#live.live:not(.off)");
+    post(
+        "/api/agents/agent-coder-7/status",
+        json!({"status": "started", "agent_type": "backend-dev", "issue_id": "issue-42"}),
+    );
+    let row = browser.find(r#"tr[data-agent="agent-coder-7"]"#);
+    assert!(browser.text(&row).contains("backend-dev"));
+    assert_eq!(
+        browser.eval("return window.__notReloaded === true"),
+        json!(true)
+    );
+    let shots = screenshot_dir(&env);
+    save(&browser, &shots, "dashboard-tree.png");
+
+    // The agent's page: its record; what it was told shows "not available" until the
+    // sidecar has `GET /api/agents/{id}`.
+    browser.click(&browser.find(r##"a[href="#/agent/agent-planner-1"]"##));
+    let id = browser.find("#agent-id");
+    assert_eq!(browser.text(&id), "agent-planner-1");
+    assert!(
+        browser
+            .text(&browser.find("main"))
+            .contains("What it was told")
+    );
+    save(&browser, &shots, "dashboard-agent.png");
+
+    // The timeline, newest first, and live.
+    browser.goto(&format!("http://127.0.0.1:{port}/#/events"));
+    browser.find(r#"#events .event[data-seq]"#);
+    post(
+        "/api/events/build_finished",
+        json!({"publisher": "agent-coder-7", "topic": "issue-42", "data": {"ok": true}}),
+    );
+    let fresh = browser.find("#events .event.new");
+    assert!(browser.text(&fresh).contains("build_finished"));
+    save(&browser, &shots, "dashboard-events.png");
+
+    // Without the cookie: refused. The code was spent by the browser.
+    let (status, body) = http(port, "GET", "/dashboard/api/tree", &[], None);
+    assert_eq!(status, 401, "{body}");
+    let path = url
+        .strip_prefix(&format!("http://127.0.0.1:{port}"))
+        .unwrap();
+    let (head, body) = raw_get(port, path, &[]);
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(body.contains("cco dashboard"), "{body}");
+    assert!(!head.contains("set-cookie"), "{head}");
+    let (head, _) = raw_get(port, "/", &[]);
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+}
