@@ -155,6 +155,18 @@ fn the_dashboard_in_a_real_browser() {
             .text(&browser.find("main"))
             .contains("What it was told")
     );
+    // Its result, from the issue's results; untrusted text stays text.
+    let summary = browser.find("pre.summary");
+    assert!(
+        browser
+            .text(&summary)
+            .contains("split the parser <b>and</b> the CLI")
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('pre.summary b').length"),
+        json!(0),
+        "a result's markup is never parsed"
+    );
     save(&browser, &shots, "dashboard-agent.png");
 
     // The timeline, newest first, and live.
@@ -184,4 +196,105 @@ fn the_dashboard_in_a_real_browser() {
         "{head}"
     );
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+}
+
+/// The sidecar's paged views (no browser): a bound token sees only its issue, pages are
+/// bounded, events come newest first and `next_before` pages back.
+#[test]
+fn the_views_page_and_respect_the_token_binding() {
+    let env = Env::new();
+    let _s = env.start("sidecar");
+    let all = token(&env);
+    let out = env.run([
+        "token",
+        "--ttl",
+        "10m",
+        "--any-project",
+        "--issue",
+        "issue-a",
+    ]);
+    assert!(out.status.success());
+    let bound = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let call = |method: &str, path: &str, token: &str, body: Option<serde_json::Value>| {
+        let auth = format!("Bearer {token}");
+        let body = body.map(|b| b.to_string());
+        let (status, text) = http(
+            env.sidecar_port,
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_deref(),
+        );
+        assert!((200..300).contains(&status), "{path}: {status} {text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    for (i, issue) in ["issue-a", "issue-b", "issue-c"].iter().enumerate() {
+        for n in 0..3 {
+            call(
+                "POST",
+                &format!("/api/agents/{issue}-agent-{n}/status"),
+                &all,
+                Some(
+                    json!({"status": "started", "agent_type": format!("type-{i}"), "issue_id": issue}),
+                ),
+            );
+        }
+    }
+    let page = call("GET", "/api/views/tree?limit=2", &all, None);
+    assert_eq!(page["total_issues"], 3, "{page}");
+    assert_eq!(page["issues"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        page["issues"][0]["issue_id"], "issue-c",
+        "newest activity first"
+    );
+    assert_eq!(page["issues"][0]["agents_total"], 3);
+    assert_eq!(page["counts"]["active"], 9);
+    let page = call("GET", "/api/views/tree?limit=100000", &all, None);
+    assert_eq!(page["limit"], 200, "the page size is bounded");
+    let mine = call("GET", "/api/views/tree", &bound, None);
+    assert_eq!(mine["total_issues"], 1, "{mine}");
+    assert_eq!(mine["issues"][0]["issue_id"], "issue-a");
+
+    let first = call("GET", "/api/views/events?limit=4", &all, None);
+    let seqs: Vec<u64> = first["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [9, 8, 7, 6]);
+    assert_eq!(first["next_before"], 6);
+    let older = call("GET", "/api/views/events?limit=4&before=6", &all, None);
+    assert_eq!(older["events"][0]["seq"], 5);
+    let typed = call(
+        "GET",
+        "/api/views/events?type=agent_started&topic=issue-b",
+        &all,
+        None,
+    );
+    assert_eq!(typed["events"].as_array().unwrap().len(), 3);
+    assert_eq!(typed["next_before"], serde_json::Value::Null);
+    let scoped = call("GET", "/api/views/events", &bound, None);
+    assert!(
+        scoped["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["topic"] == "issue-a"),
+        "{scoped}"
+    );
+    let (status, _) = http(
+        env.sidecar_port,
+        "GET",
+        "/api/views/events?topic=issue-b",
+        &[("Authorization", &format!("Bearer {bound}"))],
+        None,
+    );
+    assert_eq!(
+        status, 403,
+        "a bound token cannot read another issue's topic"
+    );
 }

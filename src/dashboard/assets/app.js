@@ -178,6 +178,14 @@
     parts.push(el('h2', {}, 'What it was told'));
     if (!r.ok) {
       parts.push(el('div', { class: 'card' }, unavailable(r)));
+      // Without the agent view, its result is still among its issue's results.
+      if (agent && agent.issue_id) {
+        const issue = await api('/dashboard/api/issues/' + encodeURIComponent(agent.issue_id));
+        if (current.name !== 'agent') return;
+        const mine = issue.ok ? issue.body.results.find((x) => x.agent_id === id) : null;
+        parts.push(el('h2', {}, 'Result'));
+        parts.push(el('div', { class: 'card' }, mine ? resultBody(mine.result) : na('no result yet')));
+      }
     } else {
       parts.push(told(r.body.told));
       parts.push(el('h2', {}, 'Result'));
@@ -236,7 +244,7 @@
           link('#/agent/' + encodeURIComponent(res.agent_id), res.agent_id), ' ',
           res.result && res.result.status ? badge(res.result.status) : null,
           el('span', { class: 'muted' }, ' · ' + fmtTime(res.stored_at))),
-        res.result && typeof res.result.summary === 'string' ? el('pre', {}, res.result.summary) : json(res.result)));
+        resultBody(res.result)));
     }
     parts.push(el('h2', {}, 'Leases'));
     const leases = r.body.leases && r.body.leases.leases ? r.body.leases.leases : null;
@@ -248,6 +256,11 @@
     parts.push(el('h2', {}, 'Cost by agent type'));
     parts.push(el('div', { class: 'card' }, cost ? costTable([...cost.rows.values()], cost.total) : na('cost not available on this sidecar')));
     show(...parts);
+  }
+
+  // A result's summary as text when it has one, else the whole result as JSON.
+  function resultBody(result) {
+    return result && typeof result.summary === 'string' ? el('pre', { class: 'summary' }, result.summary) : json(result);
   }
 
   function costTable(rows, total) {
@@ -376,6 +389,8 @@
         resp = await fetch('/dashboard/api/events/stream' + q, { credentials: 'same-origin', headers: { Accept: 'text/event-stream' } });
       } catch (e) { resp = null; }
       if (resp && resp.status === 401) { loggedOut(); return; }
+      // The cursor fell out of the journal's retention: follow from now on.
+      if (resp && resp.status === 410) lastSeq = null;
       if (resp && resp.ok && resp.body) {
         live.textContent = 'live';
         live.className = 'live';
