@@ -32,17 +32,20 @@ const SCOPES: [Scope; 3] = [Scope::AgentsRead, Scope::ResultsRead, Scope::Events
 /// The groupings `GET /api/cost` knows.
 const COST_BY: [&str; 5] = ["agent-type", "issue", "model", "session", "agent"];
 
-fn token(state: &DashboardState) -> Result<String, Response> {
-    let keys = state.inner.keys.as_ref().ok_or_else(|| {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the daemon has no signing keys — `cco daemon restart`",
-        )
-    })?;
+/// A short-lived read-only token for the sidecar; `None` without keys (see [`no_keys`]).
+fn token(state: &DashboardState) -> Option<String> {
+    let keys = state.inner.keys.as_ref()?;
     let mut spec = TokenSpec::session("cco-dashboard", TOKEN_TTL);
     spec.scopes = SCOPES.to_vec();
-    Ok(keys.mint(&spec).0)
+    Some(keys.mint(&spec).0)
+}
+
+fn no_keys() -> Response {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the daemon has no signing keys — `cco daemon restart`",
+    )
 }
 
 /// Runs `f` with a client on the blocking pool and answers its value as JSON, or the
@@ -52,9 +55,8 @@ where
     T: Serialize + Send + 'static,
     F: FnOnce(SidecarClient) -> Result<T, ServiceError> + Send + 'static,
 {
-    let token = match token(state) {
-        Ok(t) => t,
-        Err(resp) => return resp,
+    let Some(token) = token(state) else {
+        return no_keys();
     };
     let port = state.inner.sidecar_port;
     let client = SidecarClient::new(port)
@@ -220,9 +222,8 @@ pub async fn stream(State(state): State<DashboardState>, Query(q): Query<StreamQ
     if let Some(uid) = crate::client::foreign_listener(port) {
         return service_error(ServiceError::Foreign { port, uid }, port);
     }
-    let token = match token(&state) {
-        Ok(t) => t,
-        Err(resp) => return resp,
+    let Some(token) = token(&state) else {
+        return no_keys();
     };
     let mut path = "/api/events/stream?follow=true".to_string();
     if let Some(since) = q.since {

@@ -262,3 +262,113 @@ async fn a_foreign_origin_cannot_ask_for_a_code() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
 }
+
+/// A sidecar stand-in that answers every request with an open event stream carrying one
+/// event, and remembers the requests' heads.
+async fn fake_sidecar() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                          transfer-encoding: chunked\r\n\r\n\
+                          20\r\nid: 1\nevent: x\ndata: {\"seq\":1}\n\n\r\n",
+                    )
+                    .await;
+                // Held open, as a following stream is, until the test ends.
+                let _ = sock.read(&mut buf).await;
+            });
+        }
+    });
+    (port, heads)
+}
+
+/// The daemon's router with the sidecar at `sidecar_port`, and the stopper that ends its streams.
+fn app_with_sidecar(sidecar_port: u16) -> (axum::Router, Stopper) {
+    let mut config = Config::default();
+    config.sidecar.port = sidecar_port;
+    let paths = Paths {
+        config_file: "/nonexistent/cco/daemon.toml".into(),
+        runtime_dir: "/nonexistent/run/cco".into(),
+        data_dir: "/nonexistent/.cco".into(),
+    };
+    let stopper = Stopper::default();
+    let app = daemon_router(
+        DaemonState::new(
+            config,
+            paths,
+            Origin::Bound,
+            PORT,
+            1,
+            Arc::new(Tracker::default()),
+            stopper.subscribe(),
+        )
+        .with_keys(keys()),
+    );
+    (app, stopper)
+}
+
+#[tokio::test]
+async fn the_event_stream_is_proxied_with_a_bounded_number_of_readers() {
+    use http_body_util::BodyExt;
+    let (sidecar, heads) = fake_sidecar().await;
+    let (app, stopper) = app_with_sidecar(sidecar);
+    let cookie = login(&app).await;
+    let open = || {
+        app.clone().oneshot(
+            req("GET", "/dashboard/api/events/stream?since=0")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let mut streams = Vec::new();
+    for _ in 0..super::data::MAX_STREAMS {
+        let resp = open().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+        streams.push(resp);
+    }
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body_text(refused).await.contains("too_many_streams"));
+    // The event passes through unchanged.
+    let mut body = streams.pop().unwrap().into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    let data = frame.into_data().unwrap();
+    assert_eq!(&data[..], b"id: 1\nevent: x\ndata: {\"seq\":1}\n\n");
+    // A closed stream frees its place.
+    drop(body);
+    assert_eq!(open().await.unwrap().status(), StatusCode::OK);
+    // The daemon's stop ends the streams still open (after what they already carried).
+    stopper.stop();
+    let mut body = streams.pop().unwrap().into_body();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+    });
+    assert!(ended.await.is_ok(), "a stream outlived the daemon's stop");
+    // The sidecar was asked with the daemon's own token and the page's cursor; the
+    // browser's cookie stayed at the daemon.
+    let head = heads.lock().unwrap()[0].clone();
+    assert!(
+        head.starts_with("GET /api/events/stream?follow=true&since=0 "),
+        "{head}"
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("authorization: bearer "), "{head}");
+    assert!(!lower.contains("cookie"), "{head}");
+}
