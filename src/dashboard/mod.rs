@@ -35,6 +35,7 @@ pub const CODE_PATH: &str = "/dashboard/code";
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// A compiled-in file, addressed by its content hash so it can be cached for good.
 struct Asset {
@@ -60,11 +61,16 @@ impl Asset {
 
 static JS: LazyLock<Asset> = LazyLock::new(|| Asset::new(APP_JS, "text/javascript; charset=utf-8"));
 static CSS: LazyLock<Asset> = LazyLock::new(|| Asset::new(APP_CSS, "text/css; charset=utf-8"));
+static ICON: LazyLock<Asset> = LazyLock::new(|| Asset::new(ICON_SVG, "image/svg+xml"));
 /// The page, pointing at the assets' current versions.
 static INDEX: LazyLock<String> = LazyLock::new(|| {
     INDEX_HTML
         .replace("{{JS}}", &format!("/assets/app.js?v={}", JS.version()))
         .replace("{{CSS}}", &format!("/assets/app.css?v={}", CSS.version()))
+        .replace(
+            "{{ICON}}",
+            &format!("/assets/icon.svg?v={}", ICON.version()),
+        )
 });
 
 /// What the dashboard needs from the daemon.
@@ -115,6 +121,10 @@ pub fn router(state: DashboardState) -> Router {
         .route(
             "/assets/app.js",
             get(|h: HeaderMap| async move { asset(&JS, &h) }),
+        )
+        .route(
+            "/assets/icon.svg",
+            get(|h: HeaderMap| async move { asset(&ICON, &h) }),
         )
         .route(
             "/assets/app.css",

@@ -180,6 +180,30 @@ fn the_dashboard_in_a_real_browser() {
     assert!(browser.text(&fresh).contains("build_finished"));
     save(&browser, &shots, "dashboard-events.png");
 
+    // The issue page, health and cost render (cost says "not available" until the sidecar
+    // has `GET /api/cost`).
+    browser.goto(&format!("http://127.0.0.1:{port}/#/issue/issue-42"));
+    assert!(
+        browser
+            .text(&browser.find("pre.summary"))
+            .contains("<b>and</b>")
+    );
+    browser.goto(&format!("http://127.0.0.1:{port}/#/health"));
+    assert!(
+        browser
+            .text(&browser.find("#sidecar-health"))
+            .contains("orchestration-sidecar")
+    );
+    browser.goto(&format!("http://127.0.0.1:{port}/#/cost"));
+    browser.find("main h2");
+    // Nothing the page did broke its own policy or threw.
+    let console = browser.console();
+    let broken: Vec<&String> = console
+        .iter()
+        .filter(|m| m.contains("Content Security Policy") || m.contains("Uncaught"))
+        .collect();
+    assert!(broken.is_empty(), "{broken:#?}");
+
     // Without the cookie: refused. The code was spent by the browser.
     let (status, body) = http(port, "GET", "/dashboard/api/tree", &[], None);
     assert_eq!(status, 401, "{body}");

@@ -96,6 +96,7 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": chromium.display().to_string(), "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let mut browser = Browser {
             driver: child,
@@ -173,6 +174,19 @@ impl Browser {
             "/execute/sync",
             Some(json!({"script": script, "args": []})),
         )
+    }
+
+    /// The browser console's messages since the last call (errors, CSP reports).
+    pub fn console(&self) -> Vec<String> {
+        let v = self.session_call("POST", "/se/log", Some(json!({"type": "browser"})));
+        v.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| format!("{} {}", e["level"], e["message"]))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A PNG of the window.

@@ -306,7 +306,7 @@
     if (current.name !== 'health') return;
     show(el('h1', {}, 'Health'),
       el('h2', {}, 'Daemon'), el('div', { class: 'card' }, d.ok ? el('table', { class: 'kv' }, el('tbody', {}, flatRows(d.body))) : unavailable(d)),
-      el('h2', {}, 'Sidecar'), el('div', { class: 'card' }, s.ok ? el('table', { class: 'kv' }, el('tbody', {}, flatRows(s.body.health), flatRows(s.body.status))) : unavailable(s)));
+      el('h2', {}, 'Sidecar'), el('div', { class: 'card' }, s.ok ? el('table', { class: 'kv', id: 'sidecar-health' }, el('tbody', {}, flatRows(s.body.health), flatRows(s.body.status))) : unavailable(s)));
   }
 
   // Events: newest first; live ones are prepended when they match the filters.
