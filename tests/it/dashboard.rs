@@ -322,3 +322,31 @@ fn the_views_page_and_respect_the_token_binding() {
         "a bound token cannot read another issue's topic"
     );
 }
+
+/// Without a browser to start, `cco dashboard` prints the link instead of failing.
+#[test]
+fn without_an_opener_the_link_is_printed() {
+    let env = Env::new();
+    let _d = env.start("daemon");
+    let empty = env.tmp.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = env
+        .cmd(["dashboard"])
+        .env("PATH", &empty)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("open this link yourself"), "{stderr}");
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = url
+        .strip_prefix(&format!("http://127.0.0.1:{}", env.daemon_port))
+        .unwrap_or_else(|| panic!("{url}"));
+    let (head, _) = raw_get(env.daemon_port, path, &[]);
+    assert!(
+        head.starts_with("http/1.1 303"),
+        "the printed link logs in: {head}"
+    );
+    assert!(head.contains("set-cookie: cco_dashboard="), "{head}");
+}

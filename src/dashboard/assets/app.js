@@ -5,11 +5,13 @@
 (function () {
   const main = document.getElementById('main');
   const live = document.getElementById('live');
-  const REFRESH_DEBOUNCE_MS = 300;
+  const REFRESH_DEBOUNCE_MS = 500;
   const TICK_MS = 10000;
   const RECONNECT_MS = 2000;
   const TREE_PAGE = 50;
   const EVENTS_PAGE = 100;
+  // Live rows kept in the timeline; older ones are dropped and "load older" fetches them again.
+  const MAX_EVENT_ROWS = 2000;
 
   // What the current view needs to redraw itself; `refresh` is called on live events.
   let current = { name: '', refresh: null, onEvent: null };
@@ -338,6 +340,11 @@
       if (eventFilter.type && e.event_type !== eventFilter.type) return;
       if (eventFilter.topic && e.topic !== eventFilter.topic) return;
       list.prepend(eventRow(e, true));
+      while (list.childElementCount > MAX_EVENT_ROWS) list.lastElementChild.remove();
+      if (list.childElementCount === MAX_EVENT_ROWS) {
+        before = Number(list.lastElementChild.dataset.seq);
+        older.disabled = false;
+      }
       status.textContent = list.childElementCount + ' shown';
     };
     show(el('h1', {}, 'Events'), form, list, el('div', { class: 'pager' }, older, status));
