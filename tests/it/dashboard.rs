@@ -182,11 +182,20 @@ fn the_dashboard_in_a_real_browser() {
 
     // The issue page, health and cost render (cost says "not available" until the sidecar
     // has `GET /api/cost`).
+    post(
+        "/api/leases/issue-42",
+        json!({"agent": "agent-coder-7", "paths": ["src/parser.rs"], "reason": "splitting the parser"}),
+    );
     browser.goto(&format!("http://127.0.0.1:{port}/#/issue/issue-42"));
     assert!(
         browser
             .text(&browser.find("pre.summary"))
             .contains("<b>and</b>")
+    );
+    let page = browser.text(&browser.find("main"));
+    assert!(
+        page.contains("src/parser.rs") && page.contains("splitting the parser"),
+        "{page}"
     );
     browser.goto(&format!("http://127.0.0.1:{port}/#/health"));
     assert!(

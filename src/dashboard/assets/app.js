@@ -253,8 +253,9 @@
     if (!leases) parts.push(na());
     else if (leases.length === 0) parts.push(el('p', { class: 'muted' }, 'No leases held.'));
     else parts.push(el('div', { class: 'card' }, el('table', {}, el('tbody', {}, leases.map((l) =>
-      el('tr', {}, el('td', { class: 'mono' }, l.path || l.pattern || ''), el('td', {}, l.mode || ''),
-        el('td', {}, l.agent_id || ''), el('td', {}, fmtTime(l.expires_at))))))));
+      el('tr', {}, el('td', { class: 'mono' }, (l.paths || []).join(', ')), el('td', {}, l.mode || ''),
+        el('td', {}, link('#/agent/' + encodeURIComponent(l.agent_id), l.agent_id)), el('td', {}, l.reason || ''),
+        el('td', {}, 'until ' + fmtTime(l.expires_at))))))));
     parts.push(el('h2', {}, 'Cost by agent type'));
     parts.push(el('div', { class: 'card' }, cost ? costTable([...cost.rows.values()], cost.total) : na('cost not available on this sidecar')));
     show(...parts);
