@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -109,7 +110,14 @@ pub struct TreeQuery {
 }
 
 /// `GET /dashboard/api/tree`: one page of issues → agents.
-pub async fn tree(State(state): State<DashboardState>, Query(q): Query<TreeQuery>) -> Response {
+pub async fn tree(
+    State(state): State<DashboardState>,
+    q: Result<Query<TreeQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
     let offset = q.offset.unwrap_or(0);
     let limit = q
         .limit
@@ -127,7 +135,14 @@ pub struct EventsQuery {
 }
 
 /// `GET /dashboard/api/events`: one page of events, newest first.
-pub async fn events(State(state): State<DashboardState>, Query(q): Query<EventsQuery>) -> Response {
+pub async fn events(
+    State(state): State<DashboardState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
     let event_type = match q.event_type.filter(|t| !t.is_empty()) {
         Some(t) => match EventType::parse(&t) {
             Ok(t) => Some(t),
@@ -176,7 +191,14 @@ pub struct CostQuery {
 }
 
 /// `GET /dashboard/api/cost?by=&issue=`: the sidecar's cost table, handed on as it is.
-pub async fn cost(State(state): State<DashboardState>, Query(q): Query<CostQuery>) -> Response {
+pub async fn cost(
+    State(state): State<DashboardState>,
+    q: Result<Query<CostQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
     let by = q.by.unwrap_or_else(|| "issue".into());
     if !COST_BY.contains(&by.as_str()) {
         return bad_request(format!("by: use one of {}", COST_BY.join(", ")));
@@ -207,7 +229,14 @@ pub struct StreamQuery {
 
 /// `GET /dashboard/api/events/stream?since=`: the sidecar's SSE, passed through. A stream
 /// holds one of [`MAX_STREAMS`] permits until it ends; the daemon's stop ends it.
-pub async fn stream(State(state): State<DashboardState>, Query(q): Query<StreamQuery>) -> Response {
+pub async fn stream(
+    State(state): State<DashboardState>,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
     let Ok(permit) = state.inner.streams.clone().try_acquire_owned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,

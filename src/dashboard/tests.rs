@@ -372,3 +372,31 @@ async fn the_event_stream_is_proxied_with_a_bounded_number_of_readers() {
     assert!(lower.contains("authorization: bearer "), "{head}");
     assert!(!lower.contains("cookie"), "{head}");
 }
+
+/// Bad input is a JSON 400 before anything reaches the sidecar.
+#[tokio::test]
+async fn bad_queries_and_ids_are_json_400s() {
+    let app = app();
+    let cookie = login(&app).await;
+    for path in [
+        "/dashboard/api/tree?offset=abc",
+        "/dashboard/api/events?type=no%20spaces",
+        "/dashboard/api/cost?by=planet",
+        "/dashboard/api/agents/..",
+        "/dashboard/api/issues/a%2Fb",
+    ] {
+        let resp = app
+            .clone()
+            .oneshot(
+                req("GET", path)
+                    .header(header::COOKIE, &cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request", "{path}");
+    }
+}
