@@ -103,6 +103,24 @@ fn the_dashboard_in_a_real_browser() {
         json!({"status": "completed", "agent_type": "planner", "issue_id": "issue-42"}),
     );
 
+    // A second session's issue: one agent failed, one still running.
+    post(
+        "/api/events/session_started",
+        json!({"publisher": "session-demo", "topic": "session",
+               "data": {"session_id": "b81d04f6-demo", "issue_id": "issue-43"}}),
+    );
+    for (id, ty, state) in [
+        ("agent-reviewer-2", "reviewer", "started"),
+        ("agent-reviewer-2", "reviewer", "failed"),
+        ("agent-tester-3", "tester", "started"),
+        ("agent-tester-3", "tester", "running"),
+    ] {
+        post(
+            &format!("/api/agents/{id}/status"),
+            json!({"status": state, "agent_type": ty, "issue_id": "issue-43"}),
+        );
+    }
+
     // Log in with the one-time link; the code leaves the address bar.
     let out = env.run(["dashboard", "--no-open"]);
     assert!(
