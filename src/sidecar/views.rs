@@ -64,9 +64,7 @@ pub async fn tree(
         .clamp(1, MAX_ISSUES_PER_PAGE);
     let offset = q.offset.unwrap_or(0);
     // A token bound to an issue or agent type sees only those agents.
-    let agents: Vec<AgentRecord> = s
-        .journal()
-        .agents()
+    let agents: Vec<AgentRecord> = storage::agents(&s)
         .into_iter()
         .filter(|a| {
             claims
@@ -75,35 +73,46 @@ pub async fn tree(
         })
         .collect();
     let counts = super::registry::counts(agents.iter());
-    let reader = s.journal().reader();
-    let state = s.clone();
-    let page = tokio::task::spawn_blocking(move || {
-        let sessions = {
-            let conn = reader.lock().expect("reader lock");
-            sessions_by_issue(&conn)?
-        };
-        let mut page = build_tree(agents, &sessions, offset, limit, SystemTime::now());
-        // Result files are read only for this page's finished agents.
-        for issue in &mut page.0 {
-            for a in &mut issue.agents {
-                if matches!(a.state, AgentState::Completed | AgentState::Failed) {
-                    a.result_status = state
-                        .inner
-                        .results
-                        .get_agent(&issue.issue_id, &a.agent_type, &a.agent_id)
-                        .and_then(|json| serde_json::from_str::<StoredResult>(&json).ok())
-                        .and_then(|r| r.result.get("status")?.as_str().map(str::to_string));
-                }
-            }
-        }
-        Ok::<_, rusqlite::Error>(page)
-    })
-    .await
-    .map_err(|_| ApiError::Unavailable)?
-    .map_err(view_failed)?;
+    let started =
+        storage::newest(&s, u64::MAX, Some(SESSION_STARTED), None, SESSIONS_SCANNED).await?;
+    let (mut issues, total_issues) = build_tree(
+        agents,
+        &sessions_by_issue(&started),
+        offset,
+        limit,
+        SystemTime::now(),
+    );
+    // Results are read only for this page's finished agents.
+    let finished: Vec<(usize, usize)> = issues
+        .iter()
+        .enumerate()
+        .flat_map(|(i, issue)| {
+            issue
+                .agents
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a.state, AgentState::Completed | AgentState::Failed))
+                .map(move |(j, _)| (i, j))
+        })
+        .collect();
+    let keys = finished
+        .iter()
+        .map(|&(i, j)| {
+            let a = &issues[i].agents[j];
+            (
+                issues[i].issue_id.clone(),
+                a.agent_type.clone(),
+                a.agent_id.clone(),
+            )
+        })
+        .collect();
+    let statuses = storage::result_statuses(&s, keys).await?;
+    for ((i, j), status) in finished.into_iter().zip(statuses) {
+        issues[i].agents[j].result_status = status;
+    }
     Ok(Json(TreePage {
-        issues: page.0,
-        total_issues: page.1,
+        issues,
+        total_issues,
         offset,
         limit,
         counts,
@@ -122,23 +131,11 @@ pub async fn events(
         .limit
         .unwrap_or(DEFAULT_EVENTS_PER_PAGE)
         .clamp(1, MAX_EVENTS_PER_PAGE);
-    let head = s.journal().head();
+    let head = storage::head(&s);
     let before = q.before.unwrap_or(u64::MAX).min(head.saturating_add(1));
     let event_type = q.event_type.map(|t| t.to_string());
-    let reader = s.journal().reader();
-    let events = tokio::task::spawn_blocking(move || {
-        let conn = reader.lock().expect("reader lock");
-        newest_events(
-            &conn,
-            before,
-            event_type.as_deref(),
-            topic.as_deref(),
-            limit,
-        )
-    })
-    .await
-    .map_err(|_| ApiError::Unavailable)?
-    .map_err(view_failed)?;
+    let events =
+        storage::newest(&s, before, event_type.as_deref(), topic.as_deref(), limit).await?;
     let next_before = if events.len() == limit {
         events.last().map(|(seq, _)| *seq)
     } else {
@@ -149,6 +146,67 @@ pub async fn events(
         next_before,
         head,
     }))
+}
+
+/// Everything the views read from the sidecar's storage, in one place: the only part to
+/// change when the storage moves behind another interface.
+mod storage {
+    use super::*;
+    use crate::api::{AgentId, AgentType};
+
+    pub fn agents(s: &SidecarState) -> Vec<AgentRecord> {
+        s.journal().agents()
+    }
+
+    pub fn head(s: &SidecarState) -> u64 {
+        s.journal().head()
+    }
+
+    /// Events with seq < `before`, newest first (see [`newest_events`]).
+    pub async fn newest(
+        s: &SidecarState,
+        before: u64,
+        event_type: Option<&str>,
+        topic: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<RawValue>)>, ApiError> {
+        let reader = s.journal().reader();
+        let (event_type, topic) = (event_type.map(str::to_string), topic.map(str::to_string));
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().expect("reader lock");
+            newest_events(
+                &conn,
+                before,
+                event_type.as_deref(),
+                topic.as_deref(),
+                limit,
+            )
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(view_failed)
+    }
+
+    /// The `status` of each agent's stored result, in order (`None`: no result, or none).
+    pub async fn result_statuses(
+        s: &SidecarState,
+        agents: Vec<(IssueId, AgentType, AgentId)>,
+    ) -> Result<Vec<Option<String>>, ApiError> {
+        let s = s.clone();
+        // Blocking: an issue's results are loaded from disk on first use.
+        tokio::task::spawn_blocking(move || {
+            agents
+                .iter()
+                .map(|(issue, agent_type, agent)| {
+                    let json = s.inner.results.get_agent(issue, agent_type, agent)?;
+                    let r = serde_json::from_str::<StoredResult>(&json).ok()?;
+                    r.result.get("status")?.as_str().map(str::to_string)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable)
+    }
 }
 
 fn view_failed(e: rusqlite::Error) -> ApiError {
@@ -203,8 +261,9 @@ pub(crate) fn newest_events(
     }
 }
 
-/// issue → the newest session that started on it, from the newest `session_started` events.
-fn sessions_by_issue(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
+/// issue → the newest session that started on it, from `session_started` events (newest
+/// first).
+fn sessions_by_issue(started: &[(u64, Box<RawValue>)]) -> HashMap<String, String> {
     #[derive(Deserialize)]
     struct Started {
         data: StartedData,
@@ -214,21 +273,14 @@ fn sessions_by_issue(conn: &Connection) -> rusqlite::Result<HashMap<String, Stri
         session_id: String,
         issue_id: String,
     }
-    let rows = newest_events(
-        conn,
-        u64::MAX,
-        Some(SESSION_STARTED),
-        None,
-        SESSIONS_SCANNED,
-    )?;
     let mut out = HashMap::new();
-    for (_, json) in rows {
+    for (_, json) in started {
         if let Ok(e) = serde_json::from_str::<Started>(json.get()) {
             // Newest first: the first session seen for an issue is its latest.
             out.entry(e.data.issue_id).or_insert(e.data.session_id);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Groups `agents` by issue, orders issues by their latest update (newest first) and cuts

@@ -294,7 +294,35 @@ fn the_views_page_and_respect_the_token_binding() {
             );
         }
     }
+    call(
+        "POST",
+        "/api/results",
+        &all,
+        Some(
+            json!({"agent_id": "issue-c-agent-1", "agent_type": "type-2", "issue_id": "issue-c",
+                    "result": {"status": "partial", "summary": "half"}}),
+        ),
+    );
+    call(
+        "POST",
+        "/api/agents/issue-c-agent-1/status",
+        &all,
+        Some(json!({"status": "completed", "agent_type": "type-2", "issue_id": "issue-c"})),
+    );
     let page = call("GET", "/api/views/tree?limit=2", &all, None);
+    let done = page["issues"][0]["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == "issue-c-agent-1")
+        .unwrap()
+        .clone();
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["result_status"], "partial", "{done}");
+    assert!(
+        done["ended_at"].is_string() && done["duration_ms"].is_u64(),
+        "{done}"
+    );
     assert_eq!(page["total_issues"], 3, "{page}");
     assert_eq!(page["issues"].as_array().unwrap().len(), 2);
     assert_eq!(
@@ -302,7 +330,7 @@ fn the_views_page_and_respect_the_token_binding() {
         "newest activity first"
     );
     assert_eq!(page["issues"][0]["agents_total"], 3);
-    assert_eq!(page["counts"]["active"], 9);
+    assert_eq!(page["counts"]["active"], 8, "one of the nine completed");
     let page = call("GET", "/api/views/tree?limit=100000", &all, None);
     assert_eq!(page["limit"], 200, "the page size is bounded");
     let mine = call("GET", "/api/views/tree", &bound, None);
@@ -316,10 +344,10 @@ fn the_views_page_and_respect_the_token_binding() {
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [9, 8, 7, 6]);
-    assert_eq!(first["next_before"], 6);
-    let older = call("GET", "/api/views/events?limit=4&before=6", &all, None);
-    assert_eq!(older["events"][0]["seq"], 5);
+    assert_eq!(seqs, [10, 9, 8, 7]);
+    assert_eq!(first["next_before"], 7);
+    let older = call("GET", "/api/views/events?limit=4&before=7", &all, None);
+    assert_eq!(older["events"][0]["seq"], 6);
     let typed = call(
         "GET",
         "/api/views/events?type=agent_started&topic=issue-b",
