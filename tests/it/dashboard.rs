@@ -405,3 +405,162 @@ fn without_an_opener_the_link_is_printed() {
     );
     assert!(head.contains("set-cookie: cco_dashboard="), "{head}");
 }
+
+/// A stand-in sidecar answering the views with canned JSON and `GET /api/agents/{id}` and
+/// `GET /api/cost` in the shapes the told and cost work define: the page renders what an
+/// agent was told and what it cost before those routes exist here.
+struct FakeSidecar {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Most requests the stand-in answers before it stops on its own.
+const FAKE_MAX_REQUESTS: usize = 500;
+
+impl FakeSidecar {
+    fn start() -> FakeSidecar {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut served = 0;
+            while served < FAKE_MAX_REQUESTS && !stopped.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                // Blocking: Drop wakes it with a connection of its own after setting `stop`.
+                let Ok((mut sock, _)) = listener.accept() else {
+                    return;
+                };
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                served += 1;
+                let mut reader = BufReader::new(sock.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                }
+                let (status, body) = fake_answer(&path);
+                let _ = write!(
+                    sock,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeSidecar {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeSidecar {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fake_answer(path: &str) -> (u16, String) {
+    let cost_row = |key: &str| {
+        json!({"key": key, "requests": 3, "input_tokens": 1200, "output_tokens": 340,
+               "cache_read_tokens": 9000, "cache_creation_tokens": 800, "cost_usd": 0.0123})
+    };
+    let body = if path.starts_with("/api/views/tree") {
+        json!({"issues": [{"issue_id": "issue-7", "session_id": "s-1", "agents_total": 1,
+                "active": 0, "completed": 1, "failed": 0, "updated_at": "2026-12-01T10:00:05.000Z",
+                "agents": [{"agent_id": "agent-x", "agent_type": "backend-dev", "state": "completed",
+                            "started_at": "2026-12-01T10:00:00.000Z", "ended_at": "2026-12-01T10:00:05.000Z",
+                            "duration_ms": 5000, "result_status": "success"}]}],
+               "total_issues": 1, "offset": 0, "limit": 50,
+               "counts": {"active": 0, "completed": 1, "failed": 0, "by_type": {"backend-dev": 1}}})
+    } else if path == "/api/agents/agent-x" {
+        json!({"agent": {"agent_id": "agent-x", "agent_type": "backend-dev", "issue_id": "issue-7",
+                         "status": "completed", "started_at": "2026-12-01T10:00:00.000Z",
+                         "updated_at": "2026-12-01T10:00:05.000Z"},
+               "told": {"context": {"bytes": 5120, "truncated": true, "budget": 24576, "hash": "sha256:ab12",
+                                    "files": [{"path": "src/<i>parser</i>.rs", "bytes": 2048, "hash": "sha256:cd34"}],
+                                    "results": [{"issue_id": "issue-7", "agent_type": "planner", "hash": "sha256:ef56"}],
+                                    "at": "2026-12-01T10:00:00.000Z"},
+                        "note": null,
+                        "inbox": [{"seq": 41, "event_type": "api_ready", "topic": "issue-7",
+                                   "delivered_at": "2026-12-01T10:00:03.000Z", "via": "PostToolUse"}]},
+               "result": {"agent_id": "agent-x", "agent_type": "backend-dev", "issue_id": "issue-7",
+                          "result": {"status": "success", "summary": "Parser split in two."},
+                          "stored_at": "2026-12-01T10:00:05.000Z"}})
+    } else if path.starts_with("/api/cost") {
+        let key = if path.contains("by=agent-type") {
+            "backend-dev"
+        } else {
+            "agent-x"
+        };
+        json!({"by": "agent", "rows": [cost_row(key)], "total": cost_row("total")})
+    } else {
+        return (
+            404,
+            json!({"error": {"code": "not_found", "message": "no such route"}}).to_string(),
+        );
+    };
+    (200, body.to_string())
+}
+
+/// The agent page against the told and cost contracts (a stand-in sidecar).
+#[test]
+fn the_agent_page_shows_what_it_was_told_and_its_cost() {
+    let mut env = Env::new();
+    let fake = FakeSidecar::start();
+    env.set("CCO_SIDECAR_PORT", fake.port.to_string());
+    let _d = env.start("daemon");
+    let Some(browser) = Browser::start(&env.tmp.path().join("chromium-profile")) else {
+        return;
+    };
+    let out = env.run(["dashboard", "--no-open"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    browser.goto(String::from_utf8_lossy(&out.stdout).trim());
+    let row = browser.find(r#"tr[data-agent="agent-x"]"#);
+    let text = browser.text(&row);
+    assert!(
+        text.contains("1,540") && text.contains("$0.0123"),
+        "tokens and cost: {text}"
+    );
+    browser.goto(&format!(
+        "http://127.0.0.1:{}/#/agent/agent-x",
+        env.daemon_port
+    ));
+    browser.find("pre.summary");
+    let page = browser.text(&browser.find("main"));
+    for shown in [
+        "5,120 bytes of 24,576 (truncated)",
+        "src/<i>parser</i>.rs",
+        "planner",
+        "api_ready",
+        "PostToolUse",
+        "Parser split in two.",
+        "$0.0123",
+    ] {
+        assert!(page.contains(shown), "{shown:?} missing from: {page}");
+    }
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('main i').length"),
+        json!(0),
+        "a file name's markup is never parsed"
+    );
+    drop(browser);
+    drop(fake);
+}

@@ -191,7 +191,9 @@
     } else {
       parts.push(told(r.body.told));
       parts.push(el('h2', {}, 'Result'));
-      parts.push(el('div', { class: 'card' }, r.body.result ? json(r.body.result) : na('no result yet')));
+      // The stored result (`{agent_id, …, result, stored_at}`): show what the agent produced.
+      const stored = r.body.result;
+      parts.push(el('div', { class: 'card' }, stored ? resultBody(stored.result !== undefined ? stored.result : stored) : na('no result yet')));
     }
     parts.push(el('h2', {}, 'Cost'));
     const spend = cost ? cost.rows.get(id) : null;
