@@ -342,6 +342,34 @@ impl SidecarClient {
         self.api("GET", &format!("/api/results/{issue}"), None)
     }
 
+    /// `GET /api/views/tree`: one page of issues → agents (the dashboard's tree).
+    pub fn view_tree(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<crate::api::views::TreePage, ServiceError> {
+        self.api(
+            "GET",
+            &format!("/api/views/tree?offset={offset}&limit={limit}"),
+            None,
+        )
+    }
+
+    /// `GET /api/views/events`: one page of events, newest first.
+    pub fn view_events(
+        &self,
+        q: &EventPageQuery,
+    ) -> Result<crate::api::views::EventPage, ServiceError> {
+        self.api("GET", &q.path(), None)
+    }
+
+    /// A GET under `/api/` whose answer is handed on unread (the dashboard passes the
+    /// agent and cost views to the page as the sidecar wrote them).
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ServiceError> {
+        debug_assert!(path.starts_with("/api/"), "{path}");
+        self.api("GET", path, None)
+    }
+
     /// `POST /api/results`.
     pub fn store_result(&self, result: &ResultSubmission) -> Result<ResultStored, ServiceError> {
         self.api("POST", "/api/results", Some(to_json(result)))
@@ -400,34 +428,6 @@ impl SidecarClient {
     /// `GET /api/agents`.
     pub fn agents(&self) -> Result<AgentList, ServiceError> {
         self.api("GET", "/api/agents", None)
-    }
-
-    /// `GET /api/views/tree`: one page of issues → agents (the dashboard's tree).
-    pub fn view_tree(
-        &self,
-        offset: usize,
-        limit: usize,
-    ) -> Result<crate::api::views::TreePage, ServiceError> {
-        self.api(
-            "GET",
-            &format!("/api/views/tree?offset={offset}&limit={limit}"),
-            None,
-        )
-    }
-
-    /// `GET /api/views/events`: one page of events, newest first.
-    pub fn view_events(
-        &self,
-        q: &EventPageQuery,
-    ) -> Result<crate::api::views::EventPage, ServiceError> {
-        self.api("GET", &q.path(), None)
-    }
-
-    /// A GET under `/api/` whose answer is handed on unread (the dashboard passes the
-    /// agent and cost views to the page as the sidecar wrote them).
-    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ServiceError> {
-        debug_assert!(path.starts_with("/api/"), "{path}");
-        self.api("GET", path, None)
     }
 
     /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases
