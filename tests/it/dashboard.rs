@@ -150,10 +150,22 @@ fn the_dashboard_in_a_real_browser() {
     // A new agent appears live, without a reload.
     browser.eval("window.__notReloaded = true; return null");
     browser.find("#live.live:not(.off)");
-    post(
-        "/api/agents/agent-coder-7/status",
-        json!({"status": "started", "agent_type": "backend-dev", "issue_id": "issue-42"}),
+    // Claude Code's SubagentStart http hook, as the sealed settings send it to the daemon.
+    let input = json!({"session_id": "7f3c9a2e-demo", "hook_event_name": "SubagentStart",
+                       "agent_id": "agent-coder-7", "agent_type": "backend-dev",
+                       "cwd": env.tmp.path()});
+    let (status, answer) = http(
+        port,
+        "POST",
+        "/hooks/subagent-start",
+        &[
+            ("Authorization", &auth),
+            ("X-Cco-Issue", "issue-42"),
+            ("Content-Type", "application/json"),
+        ],
+        Some(&input.to_string()),
     );
+    assert_eq!(status, 200, "{answer}");
     let row = browser.find(r#"tr[data-agent="agent-coder-7"]"#);
     assert!(browser.text(&row).contains("backend-dev"));
     assert_eq!(
