@@ -209,6 +209,15 @@ fn the_dashboard_in_a_real_browser() {
     let fresh = browser.find("#events .event.new");
     assert!(browser.text(&fresh).contains("build_finished"));
     save(&browser, &shots, "dashboard-events.png");
+    // A type's badge filters the timeline to that type.
+    browser.click(&browser.find(r##"#events .event[data-seq="1"] a[href="#/events"]"##));
+    browser.find(r#"input[aria-label="event type"][value="session_started"]"#);
+    // The click replaced the list at once; its rows arrive together with the page.
+    browser.find(r#"#events .event[data-seq="4"]"#);
+    let shown = browser.eval(
+        "return [...document.querySelectorAll('#events .event')].map(e => e.dataset.seq).join(',')",
+    );
+    assert_eq!(shown, json!("4,1"), "only the session_started events");
 
     // The issue page, health and cost render (cost says "not available" until the sidecar
     // has `GET /api/cost`).

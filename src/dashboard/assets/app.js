@@ -359,7 +359,11 @@
     return el('div', { class: fresh ? 'event new' : 'event', 'data-seq': e.seq },
       el('span', { class: 'mono muted' }, '#' + e.seq),
       el('span', {}, fmtTime(e.timestamp)),
-      el('span', {}, badge(e.event_type)),
+      el('span', {}, el('a', { href: '#/events', title: 'show only ' + e.event_type, onclick: (ev) => {
+        ev.preventDefault();
+        eventFilter = { type: String(e.event_type), topic: eventFilter.topic };
+        viewEvents();
+      } }, badge(e.event_type))),
       el('span', { class: 'mono' }, e.topic + '  ' + data));
   }
 
