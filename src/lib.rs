@@ -16,6 +16,7 @@
 //! - [`api`]: wire types shared by the CLI, the daemon and the sidecar; `api::inert` makes
 //!   untrusted text safe to print.
 //! - [`daemon`]: the `:3000` service — health, status, sealed files, `/api/*` forwarding.
+//! - [`dashboard`]: the live dashboard the daemon serves at `/` (one-time-code login, cookie session).
 //! - [`mcp`]: the daemon's MCP server at `/mcp` — the `mcp__cco__*` tools agents coordinate with.
 //! - [`sidecar`]: the `:3001` service — context, results, events, agents, leases, inboxes.
 //! - [`server`]: what both services share: serve/shutdown/idle exit, the edge's limits, the Host/Origin guard.
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod hook;
 pub mod listen;
 pub mod logging;

@@ -12,7 +12,9 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cco-ci"
 log() { printf '\n=== %s\n' "$*"; }
 
 need_pkgs=()
-for pair in curl:curl jq:jq useradd:passwd wrk:wrk systemd-nspawn:systemd-container debootstrap:debootstrap; do
+# chromium + chromedriver: the dashboard's browser test (tests/it/dashboard.rs).
+for pair in curl:curl jq:jq useradd:passwd wrk:wrk systemd-nspawn:systemd-container debootstrap:debootstrap \
+  chromium:chromium chromedriver:chromium-driver; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair##*:}")
 done
 if ((${#need_pkgs[@]})); then
@@ -41,6 +43,12 @@ if [ "${CI:-}" = true ]; then
     echo "CI needs Claude Code $CLAUDE_CODE_VERSION at $claude: install npm, or fix the npm install above" >&2
     exit 1
   fi
+  for tool in chromium chromedriver; do
+    command -v "$tool" >/dev/null || {
+      echo "CI needs $tool for the dashboard's browser test: apt-get install chromium chromium-driver" >&2
+      exit 1
+    }
+  done
 fi
 
 log "cargo test"

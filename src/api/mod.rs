@@ -6,6 +6,7 @@ pub mod ids;
 pub mod inert;
 pub mod leases;
 pub mod sidecar;
+pub mod views;
 
 use serde::{Deserialize, Serialize};
 

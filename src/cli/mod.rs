@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod cost;
 pub mod daemon;
+pub mod dashboard;
 pub mod doctor;
 pub mod events;
 pub mod health;
@@ -66,6 +67,8 @@ pub enum Command {
     Logs(logs::Args),
     /// List, show and check the agent roster; `cost` shows what it adds to each request.
     Agents(agents::Args),
+    /// Open the live dashboard in the browser (`--no-open` prints its one-time login link).
+    Dashboard(dashboard::Args),
     /// Print the event journal (what agents publish), optionally as it happens.
     Events(events::Args),
     /// List the file leases agents hold; `cco leases release ID` force-releases one.
@@ -137,6 +140,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Agents(args) => agents::run(config, args),
         Command::Hook(args) => hook::run(args.hook),
         Command::Events(args) => events::run(config, args),
+        Command::Dashboard(args) => dashboard::run(config, args),
         Command::Run(args) => daemon::run(
             config,
             daemon::Args {

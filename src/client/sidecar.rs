@@ -256,6 +256,11 @@ impl DaemonClient {
     pub fn status(&self) -> Result<DaemonStatus, ServiceError> {
         self.local.call("GET", "/status", None, None)
     }
+    /// `POST /dashboard/code`: a one-time dashboard login link (`cco dashboard`).
+    pub fn login_code(&self, token: &str) -> Result<crate::api::views::LoginCode, ServiceError> {
+        self.local
+            .call("POST", "/dashboard/code", Some(token), Some(b"{}".to_vec()))
+    }
 }
 
 /// The sidecar's HTTP contract (DESIGN.md, "Sidecar (:3001)"), one method per route.
@@ -336,6 +341,34 @@ impl SidecarClient {
     /// `GET /api/results/{issue}`.
     pub fn results(&self, issue: &IssueId) -> Result<ResultList, ServiceError> {
         self.api("GET", &format!("/api/results/{issue}"), None)
+    }
+
+    /// `GET /api/views/tree`: one page of issues → agents (the dashboard's tree).
+    pub fn view_tree(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<crate::api::views::TreePage, ServiceError> {
+        self.api(
+            "GET",
+            &format!("/api/views/tree?offset={offset}&limit={limit}"),
+            None,
+        )
+    }
+
+    /// `GET /api/views/events`: one page of events, newest first.
+    pub fn view_events(
+        &self,
+        q: &EventPageQuery,
+    ) -> Result<crate::api::views::EventPage, ServiceError> {
+        self.api("GET", &q.path(), None)
+    }
+
+    /// A GET under `/api/` whose answer is handed on unread (the dashboard passes the
+    /// agent and cost views to the page as the sidecar wrote them).
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, ServiceError> {
+        debug_assert!(path.starts_with("/api/"), "{path}");
+        self.api("GET", path, None)
     }
 
     /// `POST /api/results`.
@@ -631,6 +664,35 @@ impl StreamQuery {
             query.push(format!("filter={}", encode(&format!("topic:{t}"))));
         }
         format!("/api/events/stream?{}", query.join("&"))
+    }
+}
+
+/// What `view_events` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct EventPageQuery {
+    pub before: Option<u64>,
+    pub event_type: Option<EventType>,
+    pub topic: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl EventPageQuery {
+    /// The view's path and query, every value percent-encoded.
+    pub fn path(&self) -> String {
+        let mut query = Vec::new();
+        if let Some(b) = self.before {
+            query.push(format!("before={b}"));
+        }
+        if let Some(t) = &self.event_type {
+            query.push(format!("type={}", encode(t.as_str())));
+        }
+        if let Some(t) = &self.topic {
+            query.push(format!("topic={}", encode(t)));
+        }
+        if let Some(l) = self.limit {
+            query.push(format!("limit={l}"));
+        }
+        format!("/api/views/events?{}", query.join("&"))
     }
 }
 

@@ -106,6 +106,12 @@ impl DaemonState {
 pub fn router(state: DaemonState) -> Router {
     let guard_state = (GuardPort(state.inner.port), state.inner.tracker.clone());
     let mcp = crate::mcp::router(state.mcp_state());
+    let dashboard = crate::dashboard::router(crate::dashboard::DashboardState::new(
+        state.inner.keys.clone(),
+        state.inner.config.sidecar.port,
+        state.inner.port,
+        state.inner.stopping.clone(),
+    ));
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
@@ -126,6 +132,7 @@ pub fn router(state: DaemonState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(mcp)
+        .merge(dashboard)
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))
 }
 

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod results;
 mod routes;
 pub mod run;
+pub mod views;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -254,6 +255,8 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         )
         .route("/api/results", post(routes::store_result))
         .route("/api/results/{issue_id}", get(routes::list_results))
+        .route("/api/views/tree", get(views::tree))
+        .route("/api/views/events", get(views::events))
         .route("/api/events/stream", get(routes::stream_events))
         .route("/api/events/wait/{event_type}", get(routes::wait_events))
         .route("/api/events/{event_type}", post(routes::publish_event))

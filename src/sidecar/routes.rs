@@ -577,7 +577,10 @@ fn binding_label(claims: &Claims) -> String {
 
 /// The topic a reader may see: a bound token reads only its topics (see `topic_allowed`);
 /// without a filter it reads its issue's topic, or its type's when bound to no issue.
-fn scoped_topic(claims: &Claims, asked: Option<String>) -> Result<Option<String>, ApiError> {
+pub(super) fn scoped_topic(
+    claims: &Claims,
+    asked: Option<String>,
+) -> Result<Option<String>, ApiError> {
     match asked {
         Some(topic) if !topic_allowed(claims, &topic) => Err(AuthError::OutOfScope(format!(
             "token is bound to {}; wait with filter=topic:NAME for {} or without a filter",

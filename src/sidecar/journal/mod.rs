@@ -394,6 +394,11 @@ impl Journal {
         &self.shared.registry
     }
 
+    /// The read connection, for the dashboard's paged views (`sidecar::views`).
+    pub(crate) fn reader(&self) -> Arc<Mutex<Connection>> {
+        self.reader.clone()
+    }
+
     pub fn agent(&self, id: &AgentId) -> Option<AgentRecord> {
         self.shared.registry.get(id)
     }
