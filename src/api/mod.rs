@@ -5,6 +5,7 @@ pub mod ids;
 pub mod inert;
 pub mod leases;
 pub mod sidecar;
+pub mod told;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@
 mod input;
 mod pretool;
 mod sidecar;
-mod subagent;
+pub(crate) mod subagent;
 mod transcript;
 
 use std::io::Write;

@@ -287,6 +287,9 @@ pub async fn release_agent(
 pub struct InboxQuery {
     /// The agent's type when the registry does not know it yet.
     agent_type: Option<AgentType>,
+    /// Which channel carries the delivery (a hook event's name, `mcp`); recorded in what
+    /// the agent was told.
+    via: Option<String>,
 }
 
 /// `GET /api/inbox/{issue}/{agent_id}`: the events addressed to the agent since its last
@@ -300,6 +303,7 @@ pub async fn inbox(
     claims.require(Scope::EventsWait)?;
     claims.check_binding(Some(issue.as_str()), None)?;
     let rec = registered(&s, &claims, &issue, &agent)?;
+    let via = super::told::via_label(q.via.as_deref())?;
     let head = s.journal().head();
     let s2 = s.clone();
     let (issue2, agent2) = (issue.clone(), agent.clone());
@@ -319,6 +323,9 @@ pub async fn inbox(
         )
     })
     .await??;
+    if !delivery.events.is_empty() {
+        super::told::record_deliveries(&s, &agent, &delivery.events, via);
+    }
     Ok(Json(InboxBatch {
         issue_id: issue,
         agent_id: agent,

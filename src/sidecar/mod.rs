@@ -14,6 +14,7 @@ pub mod registry;
 pub mod results;
 mod routes;
 pub mod run;
+pub mod told;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -87,6 +88,7 @@ struct Inner {
     journal: journal::Journal,
     leases: leases::LeaseStore,
     inbox: inbox::Inbox,
+    told: told::ToldStore,
     results: results::ResultsStore,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
@@ -130,6 +132,7 @@ impl SidecarState {
         // On the journal's database, which `open_recovering` has migrated.
         let leases = leases::LeaseStore::open(&paths.state_db(), leases::now_ms())?;
         let inbox = inbox::Inbox::open(&paths.state_db())?;
+        let told = told::ToldStore::open(&paths.state_db())?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
@@ -140,6 +143,7 @@ impl SidecarState {
                 journal,
                 leases,
                 inbox,
+                told,
                 results,
                 context,
                 metrics: metrics::Metrics::default(),
@@ -251,7 +255,9 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .route("/api/events/wait/{event_type}", get(routes::wait_events))
         .route("/api/events/{event_type}", post(routes::publish_event))
         .route("/api/agents", get(routes::list_agents))
+        .route("/api/agents/{agent_id}", get(told::agent_detail))
         .route("/api/agents/{agent_id}/status", post(routes::agent_status))
+        .route("/api/agents/{agent_id}/told", post(told::report))
         .route("/api/agents/wait_all/{issue_id}", get(coordinate::wait_all))
         .route("/api/inbox/{issue_id}/{agent_id}", get(coordinate::inbox))
         .route("/api/leases", get(coordinate::list_all))

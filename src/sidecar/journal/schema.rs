@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{JournalError, JournalEvent};
 
 /// The layout this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 /// How long a statement waits for a lock held by another connection of this process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,8 +54,20 @@ CREATE TABLE IF NOT EXISTS inbox_cursors (
 );
 ";
 
+/// Version 3: what cco injected into each agent (`sidecar::told`): one row per context,
+/// note or inbox delivery, as JSON of hashes and sizes, never the text.
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS told (
+    id INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS told_by_agent ON told(agent_id, kind, id);
+";
+
 /// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
-const MIGRATIONS: [&str; VERSION as usize] = [V1, V2];
+const MIGRATIONS: [&str; VERSION as usize] = [V1, V2, V3];
 
 /// Opens a connection with the journal's pragmas. A file that is not a database says so.
 pub(crate) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
