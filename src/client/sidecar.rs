@@ -19,6 +19,7 @@ use crate::api::sidecar::{
     AgentList, AgentRecord, AgentStatusUpdate, Context, Event, EventBatch, PublishRequest,
     ResultList, ResultStored, ResultSubmission, SidecarHealth, SidecarStatus,
 };
+use crate::api::told::{AgentDetail, ToldContext, ToldReport};
 use crate::api::{
     AgentId, AgentType, DaemonHealth, DaemonStatus, ErrorBody, EventType, HealthSummary, IssueId,
 };
@@ -397,6 +398,24 @@ impl SidecarClient {
         self.api("GET", "/api/agents", None)
     }
 
+    /// `GET /api/agents/{agent_id}`: the registry entry, what cco told the agent, its result.
+    pub fn agent(&self, agent: &AgentId) -> Result<AgentDetail, ServiceError> {
+        self.api("GET", &format!("/api/agents/{agent}"), None)
+    }
+
+    /// `POST /api/agents/{agent_id}/told`: records the SubagentStart text the agent received.
+    pub fn report_told(
+        &self,
+        agent: &AgentId,
+        report: &ToldReport,
+    ) -> Result<ToldContext, ServiceError> {
+        self.api(
+            "POST",
+            &format!("/api/agents/{agent}/told"),
+            Some(to_json(report)),
+        )
+    }
+
     /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases
     /// of other agents in the way (`granted: false`, the 409 answer).
     pub fn reserve(
@@ -496,9 +515,30 @@ impl SidecarClient {
         agent: &AgentId,
         agent_type: Option<&AgentType>,
     ) -> Result<InboxBatch, ServiceError> {
-        let q = agent_type
-            .map(|t| format!("?agent_type={t}"))
-            .unwrap_or_default();
+        self.inbox_via(issue, agent, agent_type, None)
+    }
+
+    /// [`Self::inbox`], naming the channel that carries the delivery (`PostToolUse`,
+    /// `SubagentStart`, `UserPromptSubmit`, `mcp`): `GET /api/agents/{id}` shows it.
+    pub fn inbox_via(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+        agent_type: Option<&AgentType>,
+        via: Option<&str>,
+    ) -> Result<InboxBatch, ServiceError> {
+        let mut q = Vec::new();
+        if let Some(t) = agent_type {
+            q.push(format!("agent_type={t}"));
+        }
+        if let Some(v) = via {
+            q.push(format!("via={}", encode(v)));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
         self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
     }
 

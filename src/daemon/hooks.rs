@@ -114,6 +114,9 @@ pub async fn handle(
             );
         }
     };
+    // What a sub-agent is told is recorded after the answer leaves (`daemon::told`).
+    let told =
+        super::told::Pending::of(event, &input, issue.as_ref(), s.config.sidecar.port, token);
     let policy = Policy::from_json(&super::runtime::hooks_policy(&s.config));
     let env = HookEnv::new(
         policy,
@@ -141,6 +144,9 @@ pub async fn handle(
             fallback
         }
     };
+    if let (Some(told), Some(out)) = (told, &out) {
+        told.send(out);
+    }
     // `{}` is Claude's "no opinion": the same as a command hook that prints nothing.
     (StatusCode::OK, axum::Json(out.unwrap_or_else(|| json!({})))).into_response()
 }

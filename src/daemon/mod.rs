@@ -7,6 +7,7 @@ pub mod forward;
 pub mod hooks;
 pub mod run;
 pub mod runtime;
+mod told;
 
 pub use error::DaemonError;
 pub use run::run;

@@ -5,7 +5,7 @@
 mod input;
 mod pretool;
 mod sidecar;
-pub(crate) mod subagent;
+mod subagent;
 mod transcript;
 
 use std::io::Write;
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::policy::Policy;
 
-pub use input::MAX_STDIN;
+pub use input::{MAX_STDIN, agent_id_of, agent_type_of, issue_of};
 pub use sidecar::HookError;
 pub use subagent::{CONTEXT_BUDGET, render_context};
 

@@ -297,14 +297,14 @@ pub async fn agent_detail(
 }
 
 /// `POST /api/agents/{agent_id}/told`: the daemon's report of the SubagentStart text it
-/// answered with. The files and results are matched against what the context broker and the
+/// answered with; 201 with the record. The files and results are matched against what the context broker and the
 /// results store offer for the agent's project, type and issue (warm caches: no rescan).
 pub async fn report(
     claims: Claims,
     State(s): State<SidecarState>,
     ApiPath(agent_id): ApiPath<AgentId>,
     ApiJson(rep): ApiJson<ToldReport>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(StatusCode, Json<ToldContext>), ApiError> {
     claims.require(Scope::AgentsWrite)?;
     claims.check_binding(Some(rep.issue_id.as_str()), Some(rep.agent_type.as_str()))?;
     via_label(Some(&rep.via))?;
@@ -319,21 +319,24 @@ pub async fn report(
         Err(_) => Vec::new(),
     };
     let s2 = s.clone();
-    tokio::task::spawn_blocking(move || {
+    let context = tokio::task::spawn_blocking(move || {
         let results = s2.inner.results.list(&rep.issue_id);
         let (context, note) = analyse(&rep.text, rep.budget, &files, &results, rfc3339_now());
-        s2.inner.told.set_start(&agent_id, &context, note.as_ref())
+        s2.inner
+            .told
+            .set_start(&agent_id, &context, note.as_ref())
+            .map(|()| context)
     })
     .await
     .map_err(ApiError::internal)??;
-    Ok(StatusCode::NO_CONTENT)
+    Ok((StatusCode::CREATED, Json(context)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{AgentType, IssueId};
-    use crate::hook::subagent::{CONTEXT_BUDGET, render_context};
+    use crate::hook::{CONTEXT_BUDGET, render_context};
 
     /// A delivery of an event on the issue's broadcast topic (its id).
     fn delivery(seq: u64, issue: &IssueId, via: &str) -> ToldDelivery {

@@ -24,4 +24,5 @@ mod props;
 mod remedies;
 mod service;
 mod sidecar;
+mod told;
 mod users;
