@@ -308,6 +308,17 @@ pub async fn report(
     claims.require(Scope::AgentsWrite)?;
     claims.check_binding(Some(rep.issue_id.as_str()), Some(rep.agent_type.as_str()))?;
     via_label(Some(&rep.via))?;
+    // A registered agent is reported only under its own issue and type: a token could
+    // otherwise overwrite what another issue's agent was told.
+    if let Some(rec) = s.journal().agent(&agent_id)
+        && (rec.issue_id != rep.issue_id || rec.agent_type != rep.agent_type)
+    {
+        return Err(crate::auth::AuthError::OutOfScope(format!(
+            "agent {agent_id} is {} on issue {}, not {} on {}",
+            rec.agent_type, rec.issue_id, rep.agent_type, rep.issue_id
+        ))
+        .into());
+    }
     let files = match super::routes::project_root(&claims, None, s.inner.home.as_deref()) {
         Ok(root) => match s.inner.context.project(root, rep.agent_type.clone()).await {
             Ok(built) => serde_json::from_str::<ProjectContext>(&built.json)

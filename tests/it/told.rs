@@ -126,6 +126,18 @@ fn the_agent_route_shows_what_it_was_told_and_keeps_it_across_a_restart() {
         )
         .unwrap();
     assert_eq!(recorded.hash, hash(text.as_bytes()));
+    // Not under another type than the registry's.
+    let wrong = ToldReport {
+        issue_id: issue.clone(),
+        agent_type: AgentType::parse("debugger").unwrap(),
+        via: "SubagentStart".into(),
+        text: "x".into(),
+        budget: 1,
+    };
+    assert_eq!(
+        c.report_told(&agent, &wrong).unwrap_err().status(),
+        Some(403)
+    );
     assert_eq!(recorded.bytes, text.len() as u64);
     let lib = recorded
         .files
