@@ -123,7 +123,12 @@ pub fn render(d: &AgentDetail) -> String {
     if d.told.inbox.is_empty() {
         s.push_str("  inbox: nothing delivered\n");
     } else {
-        let _ = writeln!(s, "  inbox: {} events delivered", d.told.inbox.len());
+        let n = d.told.inbox.len();
+        let _ = writeln!(
+            s,
+            "  inbox: {n} {} delivered",
+            if n == 1 { "event" } else { "events" }
+        );
         for e in &d.told.inbox {
             let _ = writeln!(
                 s,
