@@ -416,6 +416,30 @@ impl SidecarClient {
         )
     }
 
+    /// [`Self::inbox`], naming the channel that carries the delivery (`PostToolUse`,
+    /// `SubagentStart`, `UserPromptSubmit`, `mcp`): `GET /api/agents/{id}` shows it.
+    pub fn inbox_via(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+        agent_type: Option<&AgentType>,
+        via: Option<&str>,
+    ) -> Result<InboxBatch, ServiceError> {
+        let mut q = Vec::new();
+        if let Some(t) = agent_type {
+            q.push(format!("agent_type={t}"));
+        }
+        if let Some(v) = via {
+            q.push(format!("via={}", encode(v)));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
+    }
+
     /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases
     /// of other agents in the way (`granted: false`, the 409 answer).
     pub fn reserve(
@@ -515,30 +539,9 @@ impl SidecarClient {
         agent: &AgentId,
         agent_type: Option<&AgentType>,
     ) -> Result<InboxBatch, ServiceError> {
-        self.inbox_via(issue, agent, agent_type, None)
-    }
-
-    /// [`Self::inbox`], naming the channel that carries the delivery (`PostToolUse`,
-    /// `SubagentStart`, `UserPromptSubmit`, `mcp`): `GET /api/agents/{id}` shows it.
-    pub fn inbox_via(
-        &self,
-        issue: &IssueId,
-        agent: &AgentId,
-        agent_type: Option<&AgentType>,
-        via: Option<&str>,
-    ) -> Result<InboxBatch, ServiceError> {
-        let mut q = Vec::new();
-        if let Some(t) = agent_type {
-            q.push(format!("agent_type={t}"));
-        }
-        if let Some(v) = via {
-            q.push(format!("via={}", encode(v)));
-        }
-        let q = if q.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", q.join("&"))
-        };
+        let q = agent_type
+            .map(|t| format!("?agent_type={t}"))
+            .unwrap_or_default();
         self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
     }
 

@@ -285,11 +285,11 @@ pub async fn release_agent(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
-    /// The agent's type when the registry does not know it yet.
-    agent_type: Option<AgentType>,
     /// Which channel carries the delivery (a hook event's name, `mcp`); recorded in what
     /// the agent was told.
     via: Option<String>,
+    /// The agent's type when the registry does not know it yet.
+    agent_type: Option<AgentType>,
 }
 
 /// `GET /api/inbox/{issue}/{agent_id}`: the events addressed to the agent since its last

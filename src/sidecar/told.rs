@@ -29,9 +29,12 @@ pub const MAX_TOLD_DELIVERIES: usize = 500;
 pub const MAX_VIA: usize = 32;
 /// `via` of an inbox read that named no channel: a script calling the REST route.
 pub const VIA_API: &str = "api";
-/// Where the SubagentStart note starts in the `additionalContext`, when the hook appends one
-/// after the context (issue 10 §1); everything from it on is the note.
-pub const NOTE_MARKERS: [&str; 1] = ["\n# cco: you are agent "];
+/// The first line of every SubagentStart context (`hook::render_context`): what comes before
+/// it in the `additionalContext` is the note (issue 10 §1: the agent's id, issue and tools).
+pub const CONTEXT_HEADING: &str = "# cco context for ";
+/// Where the inbox events pushed with the SubagentStart answer begin (`hook::inbox::render`,
+/// after the context); their deliveries are recorded by the inbox route, not as context.
+pub const INBOX_MARKER: &str = "\n[cco inbox: ";
 /// What `render_context` writes when it cut the context to its budget.
 const TRUNCATED_MARK: &str = "[context truncated";
 
@@ -145,13 +148,19 @@ impl ToldStore {
     }
 }
 
-/// Splits a SubagentStart `additionalContext` into the context and the note after it.
+/// Splits a SubagentStart `additionalContext` — `[note\n]context[\ninbox events]` — into
+/// its context and its note.
 pub fn split_note(text: &str) -> (&str, Option<&str>) {
-    NOTE_MARKERS
-        .iter()
-        .filter_map(|m| text.find(m))
-        .min()
-        .map_or((text, None), |at| (&text[..at], Some(&text[at..])))
+    let (note, rest) = match text.find(CONTEXT_HEADING) {
+        Some(at) if at > 0 => {
+            let note = &text[..at];
+            (Some(note.strip_suffix('\n').unwrap_or(note)), &text[at..])
+        }
+        _ => (None, text),
+    };
+    // The events come last; a result quoting the marker sits before them.
+    let context = rest.rfind(INBOX_MARKER).map_or(rest, |at| &rest[..at]);
+    (context, note.filter(|n| !n.is_empty()))
 }
 
 /// What a SubagentStart text contained: its size and hash, and which of the files and
@@ -433,16 +442,26 @@ mod tests {
         assert!(!told.truncated);
     }
 
+    /// The hook's layout: the note, the context, then the events pushed with it.
     #[test]
-    fn a_note_after_the_context_is_recorded_apart() {
-        let text = format!("# cco context\nbody{} a-1 on issue i-1", NOTE_MARKERS[0]);
-        let (told, note) = analyse(&text, 100, &[], &[], "t".into());
-        assert_eq!(told.hash, hash(b"# cco context\nbody"));
-        let note = note.expect("a note");
+    fn the_note_and_the_pushed_events_are_not_the_context() {
+        let note = "[cco] You are agent `a-1` (reviewer) on issue `i-1`.";
+        let context = "# cco context for `reviewer` on issue `i-1`\nbody\n";
+        let mail = "[cco inbox: 1 new event(s) addressed to you; answer with mcp__cco__publish]\n";
+        let text = format!("{note}\n{context}\n{mail}");
+        let (told, n) = analyse(&text, 100, &[], &[], "t".into());
+        assert_eq!(told.hash, hash(context.as_bytes()));
+        assert_eq!(told.bytes, context.len() as u64);
         assert_eq!(
-            note.bytes as usize,
-            text.len() - "# cco context\nbody".len()
+            n,
+            Some(ToldNote {
+                bytes: note.len() as u64,
+                hash: hash(note.as_bytes())
+            })
         );
+        // Without a note or events (a hook that adds neither), the text is the context.
+        let (told, n) = analyse(context, 100, &[], &[], "t".into());
+        assert_eq!((told.hash, n), (hash(context.as_bytes()), None));
     }
 
     /// Durable: a reopened store has the context, the note and the deliveries, oldest first;
