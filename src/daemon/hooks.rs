@@ -114,9 +114,6 @@ pub async fn handle(
             );
         }
     };
-    // What a sub-agent is told is recorded after the answer leaves (`daemon::told`).
-    let told =
-        super::told::Pending::of(event, &input, issue.as_ref(), s.config.sidecar.port, token);
     let policy = Policy::from_json(&super::runtime::hooks_policy(&s.config));
     let env = HookEnv::new(
         policy,
@@ -127,6 +124,14 @@ pub async fn handle(
         Instant::now(),
     );
     let fallback = hook::fallback_answer(&env, event);
+    // What a sub-agent is told is recorded after the answer leaves (`daemon::told`).
+    let told = super::told::Pending::of(
+        event,
+        &input,
+        env.issue.as_ref(),
+        s.config.sidecar.port,
+        token,
+    );
     let limit = env.policy.timeout + HANDLER_GRACE;
     // The hook library is blocking (loopback calls, file reads for the policy).
     let work = tokio::task::spawn_blocking(move || hook::answer(event, &input, &env));
