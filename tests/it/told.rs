@@ -209,6 +209,8 @@ fn the_agent_route_shows_what_it_was_told_and_keeps_it_across_a_restart() {
 
 const AGENT_TYPE: &str = "rust-specialist";
 const CONTEXT_HEADING: &str = "# cco context for";
+/// How the SubagentStart note (issue 10) begins.
+const NOTE_START: &str = "[cco] You are agent";
 
 #[test]
 fn a_real_session_records_the_context_its_subagent_received() {
@@ -276,6 +278,21 @@ fn a_real_session_records_the_context_its_subagent_received() {
         "the recorded hash is not of what the sub-agent received:\n{}",
         &received[start..end]
     );
+    // The note before the context (its id, issue and tools), when the hook sends one, is
+    // recorded apart with the hash of what was received.
+    match &d.told.note {
+        Some(note) => {
+            let before = &received.as_bytes()[..start];
+            let before = before.strip_suffix(b"\n").unwrap_or(before);
+            let from = before.len() - note.bytes as usize;
+            assert_eq!(hash(&before[from..]), note.hash, "{received}");
+            assert!(received[from..].starts_with(NOTE_START), "{received}");
+        }
+        None => assert!(
+            !received.contains(NOTE_START),
+            "note not recorded: {received}"
+        ),
+    }
     // …and the file hashes are of the project's files as they were.
     let lib = told.files.iter().find(|f| f.path == "src/lib.rs").unwrap();
     assert_eq!(
