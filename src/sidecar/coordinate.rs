@@ -324,7 +324,7 @@ pub async fn inbox(
     })
     .await??;
     if !delivery.events.is_empty() {
-        super::told::record_deliveries(&s, &agent, &delivery.events, via);
+        super::told::record_deliveries(&s, &agent, &issue, &delivery.events, via);
     }
     Ok(Json(InboxBatch {
         issue_id: issue,

@@ -14,12 +14,12 @@ use super::SidecarState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, RequireScope};
 use super::journal::{JournalError, rfc3339_now};
-use crate::api::AgentId;
 use crate::api::inert;
 use crate::api::sidecar::{Event, FileContent, ProjectContext, StoredResult};
 use crate::api::told::{
     AgentDetail, Told, ToldContext, ToldDelivery, ToldFile, ToldNote, ToldReport, ToldResult, hash,
 };
+use crate::api::{AgentId, IssueId};
 use crate::auth::{Claims, Scope};
 
 /// Most inbox deliveries kept per agent (the newest): each row is ~200 bytes of metadata, so
@@ -61,25 +61,26 @@ impl ToldStore {
     pub fn set_start(
         &self,
         agent: &AgentId,
+        issue: &IssueId,
         context: &ToldContext,
         note: Option<&ToldNote>,
     ) -> Result<(), JournalError> {
         let mut conn = self.conn.lock().expect("told lock");
         let tx = conn.transaction()?;
         tx.execute(
-            "DELETE FROM told WHERE agent_id = ?1 AND kind IN (?2, ?3)",
-            params![agent.as_str(), KIND_CONTEXT, KIND_NOTE],
+            "DELETE FROM told WHERE agent_id = ?1 AND issue_id = ?2 AND kind IN (?3, ?4)",
+            params![agent.as_str(), issue.as_str(), KIND_CONTEXT, KIND_NOTE],
         )?;
         let json = serde_json::to_string(context).expect("told serializes");
         tx.execute(
-            "INSERT INTO told(agent_id, kind, json) VALUES (?1, ?2, ?3)",
-            params![agent.as_str(), KIND_CONTEXT, json],
+            "INSERT INTO told(agent_id, issue_id, kind, json) VALUES (?1, ?2, ?3, ?4)",
+            params![agent.as_str(), issue.as_str(), KIND_CONTEXT, json],
         )?;
         if let Some(note) = note {
             let json = serde_json::to_string(note).expect("told serializes");
             tx.execute(
-                "INSERT INTO told(agent_id, kind, json) VALUES (?1, ?2, ?3)",
-                params![agent.as_str(), KIND_NOTE, json],
+                "INSERT INTO told(agent_id, issue_id, kind, json) VALUES (?1, ?2, ?3, ?4)",
+                params![agent.as_str(), issue.as_str(), KIND_NOTE, json],
             )?;
         }
         tx.commit()?;
@@ -90,6 +91,7 @@ impl ToldStore {
     pub fn add_deliveries(
         &self,
         agent: &AgentId,
+        issue: &IssueId,
         deliveries: &[ToldDelivery],
     ) -> Result<(), JournalError> {
         if deliveries.is_empty() {
@@ -98,18 +100,24 @@ impl ToldStore {
         let mut conn = self.conn.lock().expect("told lock");
         let tx = conn.transaction()?;
         {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO told(agent_id, kind, json) VALUES (?1, ?2, ?3)")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO told(agent_id, issue_id, kind, json) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for d in deliveries {
                 let json = serde_json::to_string(d).expect("told serializes");
-                insert.execute(params![agent.as_str(), KIND_INBOX, json])?;
+                insert.execute(params![agent.as_str(), issue.as_str(), KIND_INBOX, json])?;
             }
         }
         tx.execute(
-            "DELETE FROM told WHERE agent_id = ?1 AND kind = ?2 AND id <= (
-                 SELECT id FROM told WHERE agent_id = ?1 AND kind = ?2
-                 ORDER BY id DESC LIMIT 1 OFFSET ?3)",
-            params![agent.as_str(), KIND_INBOX, MAX_TOLD_DELIVERIES as i64],
+            "DELETE FROM told WHERE agent_id = ?1 AND issue_id = ?2 AND kind = ?3 AND id <= (
+                 SELECT id FROM told WHERE agent_id = ?1 AND issue_id = ?2 AND kind = ?3
+                 ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+            params![
+                agent.as_str(),
+                issue.as_str(),
+                KIND_INBOX,
+                MAX_TOLD_DELIVERIES as i64
+            ],
         )?;
         tx.commit()?;
         Ok(())
@@ -247,6 +255,7 @@ pub fn via_label(via: Option<&str>) -> Result<String, ApiError> {
 pub fn record_deliveries(
     s: &SidecarState,
     agent: &AgentId,
+    issue: &IssueId,
     events: &[Event],
     via: String,
 ) -> tokio::task::JoinHandle<()> {
@@ -261,9 +270,9 @@ pub fn record_deliveries(
             via: via.clone(),
         })
         .collect();
-    let (s, agent) = (s.clone(), agent.clone());
+    let (s, agent, issue) = (s.clone(), agent.clone(), issue.clone());
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = s.inner.told.add_deliveries(&agent, &rows) {
+        if let Err(e) = s.inner.told.add_deliveries(&agent, &issue, &rows) {
             tracing::warn!(agent = %agent, error = %e, "could not record the inbox delivery");
         }
     })
@@ -344,7 +353,7 @@ pub async fn report(
         let (context, note) = analyse(&rep.text, rep.budget, &files, &results, rfc3339_now());
         s2.inner
             .told
-            .set_start(&agent_id, &context, note.as_ref())
+            .set_start(&agent_id, &rep.issue_id, &context, note.as_ref())
             .map(|()| context)
     })
     .await
@@ -355,7 +364,7 @@ pub async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AgentType, IssueId};
+    use crate::api::AgentType;
     use crate::hook::{CONTEXT_BUDGET, render_context};
 
     /// A delivery of an event on the issue's broadcast topic (its id).
@@ -475,18 +484,18 @@ mod tests {
         );
         let (ctx, note) = analyse("first", 10, &[], &[], "t".into());
         let s = store(dir.path());
-        s.set_start(&agent, &ctx, None).unwrap();
+        s.set_start(&agent, &issue, &ctx, None).unwrap();
         let (ctx, _) = analyse("second", 10, &[], &[], "t".into());
         let note = note.or(Some(ToldNote {
             bytes: 3,
             hash: hash(b"abc"),
         }));
-        s.set_start(&agent, &ctx, note.as_ref()).unwrap();
+        s.set_start(&agent, &issue, &ctx, note.as_ref()).unwrap();
         let many: Vec<ToldDelivery> = (1..=MAX_TOLD_DELIVERIES as u64 + 5)
             .map(|seq| delivery(seq, &issue, "PostToolUse"))
             .collect();
-        s.add_deliveries(&agent, &many[..3]).unwrap();
-        s.add_deliveries(&agent, &many[3..]).unwrap();
+        s.add_deliveries(&agent, &issue, &many[..3]).unwrap();
+        s.add_deliveries(&agent, &issue, &many[3..]).unwrap();
         drop(s);
         let told = store(dir.path()).get(&agent).unwrap();
         assert_eq!(told.context.unwrap().hash, hash(b"second"));

@@ -55,11 +55,13 @@ CREATE TABLE IF NOT EXISTS inbox_cursors (
 ";
 
 /// Version 3: what cco injected into each agent (`sidecar::told`): one row per context,
-/// note or inbox delivery, as JSON of hashes and sizes, never the text.
+/// note or inbox delivery, as JSON of hashes and sizes, never the text. `issue_id` keeps
+/// apart the issues of an id that is not unique to one (the main session's `main`).
 const V3: &str = "
 CREATE TABLE IF NOT EXISTS told (
     id INTEGER PRIMARY KEY,
     agent_id TEXT NOT NULL,
+    issue_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     json TEXT NOT NULL
 );
