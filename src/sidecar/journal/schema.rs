@@ -166,6 +166,29 @@ mod tests {
         ));
     }
 
+    /// A version-2 file (leases, inbox cursors) keeps its rows and gains the `told` table.
+    #[test]
+    fn a_version_2_file_gains_the_told_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_conn(&path).unwrap();
+        conn.execute_batch(&format!("{V0}{V1}{V2}")).unwrap();
+        conn.execute(
+            "INSERT INTO inbox_cursors(issue_id, agent_id, seq) VALUES ('i', 'a', 7)",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let told: i64 = conn
+            .query_row("SELECT COUNT(*) FROM told", [], |r| r.get(0))
+            .unwrap();
+        let seq: i64 = conn
+            .query_row("SELECT seq FROM inbox_cursors", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((told, seq), (0, 7));
+    }
+
     #[test]
     fn garbage_is_called_corrupt() {
         let dir = tempfile::tempdir().unwrap();
