@@ -204,7 +204,35 @@ fn the_agent_route_shows_what_it_was_told_and_keeps_it_across_a_restart() {
         &["--issue", "issue-8", "--project", project.to_str().unwrap()],
     ));
     assert_eq!(other.agent(&agent).unwrap_err().status(), Some(403));
+
+    // `cco agents show`: a type's definition as before, an id's record, an unknown name's
+    // error; with the sidecar down, the error says so and how to check it.
+    let shown = env.run(["agents", "show", "agent-a"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("agent agent-a (rust-specialist) on issue issue-7: completed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("file   src/lib.rs") && text.contains("via PostToolUse"),
+        "{text}"
+    );
+    let def = env.run(["agents", "show", "rust-specialist"]);
+    assert!(
+        String::from_utf8_lossy(&def.stdout).starts_with("---\n"),
+        "a definition"
+    );
+    let unknown = env.run(["agents", "show", "nobody"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no agent named \"nobody\""));
     drop(sidecar);
+    let down = env.run(["agents", "show", "agent-a"]);
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(!down.status.success());
+    assert!(
+        err.contains("does not answer") && err.trim_end().ends_with("`cco daemon start`"),
+        "{err}"
+    );
 }
 
 const AGENT_TYPE: &str = "rust-specialist";
