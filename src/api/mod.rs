@@ -7,6 +7,7 @@ pub mod inert;
 pub mod leases;
 pub mod sidecar;
 pub mod views;
+pub mod told;
 
 use serde::{Deserialize, Serialize};
 

@@ -32,7 +32,8 @@ pub struct Args {
 pub enum AgentsCommand {
     /// List every agent type: the built-ins and the user's (~/.config/cco/agents/*.md).
     List(ListArgs),
-    /// Print one agent's full definition, in the agent file format.
+    /// Print one agent type's full definition, in the agent file format; or, given an agent
+    /// id, that agent: what cco told it (context, note, inbox) and its result.
     Show(ShowArgs),
     /// Check agent files; prints `path: message` per problem and exits 1 if there is one.
     Lint(LintArgs),
@@ -61,8 +62,12 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
-    /// The agent's name, as `cco agents list` shows it.
+    /// The agent type's name, as `cco agents list` shows it, or an agent's id, as
+    /// `GET /api/agents` gives it.
     pub name: String,
+    /// Print it as JSON (an agent id: the `GET /api/agents/{agent_id}` answer).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +82,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let user_dir = inst.paths.user_agents_dir();
     match args.command {
         AgentsCommand::List(a) => list(&user_dir, a),
-        AgentsCommand::Show(a) => show(&user_dir, a),
+        AgentsCommand::Show(a) => show(&inst, &user_dir, a),
         AgentsCommand::Lint(a) => lint(&user_dir, a),
         AgentsCommand::Cost(a) => cost(&inst, &user_dir, a),
     }
@@ -106,9 +111,21 @@ fn list(user_dir: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(user_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
+fn show(inst: &Installation, user_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
     let roster = load(user_dir)?;
     let Some(agent) = roster.get(&args.name) else {
+        // Not a type: an agent of the registry, by id.
+        let mut unreachable = String::new();
+        if let Ok(id) = crate::api::AgentId::parse(&args.name) {
+            match super::told::fetch(inst, &id)? {
+                super::told::Lookup::Found(detail) => {
+                    super::told::print(&detail, args.json)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                super::told::Lookup::Unreachable(why) => unreachable = format!("; {why}"),
+                super::told::Lookup::Unknown => {}
+            }
+        }
         let names = roster.agents.keys().map(String::as_str);
         let close = close_matches(&args.name, names);
         let hint = if close.is_empty() {
@@ -117,10 +134,14 @@ fn show(user_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
             format!("; did you mean {}?", close.join(", "))
         };
         anyhow::bail!(
-            "no agent named \"{}\"{hint} (`cco agents list` shows every agent)",
+            "no agent named \"{}\"{hint} (`cco agents list` shows every agent){unreachable}",
             inert::line(&args.name)
         );
     };
+    if args.json {
+        writeln!(std::io::stdout(), "{}", inert::json_pretty(agent)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     std::io::stdout().write_all(inert::block(&render_definition(agent)).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod operate;
 pub mod sidecar;
 pub mod token;
+pub mod told;
 pub mod uninstall;
 
 use std::ffi::OsString;

@@ -20,6 +20,7 @@ use crate::api::sidecar::{
     AgentList, AgentRecord, AgentStatusUpdate, Context, Event, EventBatch, PublishRequest,
     ResultList, ResultStored, ResultSubmission, SidecarHealth, SidecarStatus,
 };
+use crate::api::told::{AgentDetail, ToldContext, ToldReport};
 use crate::api::{
     AgentId, AgentType, DaemonHealth, DaemonStatus, ErrorBody, EventType, HealthSummary, IssueId,
 };
@@ -464,6 +465,48 @@ impl SidecarClient {
             None => "/api/cost/outcomes".to_string(),
         };
         self.api("GET", &path, None)
+    }
+
+    /// `GET /api/agents/{agent_id}`: the registry entry, what cco told the agent, its result.
+    pub fn agent(&self, agent: &AgentId) -> Result<AgentDetail, ServiceError> {
+        self.api("GET", &format!("/api/agents/{agent}"), None)
+    }
+
+    /// `POST /api/agents/{agent_id}/told`: records the SubagentStart text the agent received.
+    pub fn report_told(
+        &self,
+        agent: &AgentId,
+        report: &ToldReport,
+    ) -> Result<ToldContext, ServiceError> {
+        self.api(
+            "POST",
+            &format!("/api/agents/{agent}/told"),
+            Some(to_json(report)),
+        )
+    }
+
+    /// [`Self::inbox`], naming the channel that carries the delivery (`PostToolUse`,
+    /// `SubagentStart`, `UserPromptSubmit`, `mcp`): `GET /api/agents/{id}` shows it.
+    pub fn inbox_via(
+        &self,
+        issue: &IssueId,
+        agent: &AgentId,
+        agent_type: Option<&AgentType>,
+        via: Option<&str>,
+    ) -> Result<InboxBatch, ServiceError> {
+        let mut q = Vec::new();
+        if let Some(t) = agent_type {
+            q.push(format!("agent_type={t}"));
+        }
+        if let Some(v) = via {
+            q.push(format!("via={}", encode(v)));
+        }
+        let q = if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        };
+        self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
     }
 
     /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases

@@ -132,6 +132,14 @@ pub async fn handle(
         Instant::now(),
     );
     let fallback = hook::fallback_answer(&env, event);
+    // What a sub-agent is told is recorded after the answer leaves (`daemon::told`).
+    let told = super::told::Pending::of(
+        event,
+        &input,
+        env.issue.as_ref(),
+        s.config.sidecar.port,
+        token,
+    );
     let limit = env.policy.timeout + HANDLER_GRACE;
     // The hook library is blocking (loopback calls, file reads for the policy).
     let work = tokio::task::spawn_blocking(move || hook::answer(event, &input, &env));
@@ -149,6 +157,9 @@ pub async fn handle(
             fallback
         }
     };
+    if let (Some(told), Some(out)) = (told, &out) {
+        told.send(out);
+    }
     // `{}` is Claude's "no opinion": the same as a command hook that prints nothing.
     (StatusCode::OK, axum::Json(out.unwrap_or_else(|| json!({})))).into_response()
 }

@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod otlp;
 pub mod run;
 pub mod runtime;
+mod told;
 
 pub use error::DaemonError;
 pub use run::run;

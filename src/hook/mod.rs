@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::policy::Policy;
 
-pub use input::{MAX_STDIN, issue_of};
+pub use input::{MAX_STDIN, agent_id_of, agent_type_of, issue_of};
 pub use sidecar::HookError;
 pub use subagent::{CONTEXT_BUDGET, render_context};
 

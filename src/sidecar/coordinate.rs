@@ -285,6 +285,9 @@ pub async fn release_agent(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
+    /// Which channel carries the delivery (a hook event's name, `mcp`); recorded in what
+    /// the agent was told.
+    via: Option<String>,
     /// The agent's type when the registry does not know it yet.
     agent_type: Option<AgentType>,
     /// Fewer events than the default per delivery (a hook's push is kept small).
@@ -304,6 +307,7 @@ pub async fn inbox(
     claims.require(Scope::EventsWait)?;
     claims.check_binding(Some(issue.as_str()), None)?;
     let rec = registered(&s, &claims, &issue, &agent)?;
+    let via = super::told::via_label(q.via.as_deref())?;
     let head = s.journal().head();
     let s2 = s.clone();
     let (issue2, agent2) = (issue.clone(), agent.clone());
@@ -329,6 +333,9 @@ pub async fn inbox(
         )
     })
     .await??;
+    if !delivery.events.is_empty() {
+        super::told::record_deliveries(&s, &agent, &issue, &delivery.events, via);
+    }
     Ok(Json(InboxBatch {
         issue_id: issue,
         agent_id: agent,

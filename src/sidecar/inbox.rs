@@ -110,7 +110,9 @@ impl Inbox {
             });
         }
         let mut conn = self.conn.lock().expect("inbox lock");
-        let tx = conn.transaction()?;
+        // IMMEDIATE: a read-then-write transaction in WAL mode fails at once (SQLITE_BUSY,
+        // no busy wait) when another connection commits between its read and its write.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let saved: Option<i64> = tx
             .query_row(
                 "SELECT seq FROM inbox_cursors WHERE issue_id = ?1 AND agent_id = ?2",

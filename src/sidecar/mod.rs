@@ -16,6 +16,7 @@ pub mod results;
 mod routes;
 pub mod run;
 pub mod views;
+pub mod told;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -90,6 +91,7 @@ struct Inner {
     leases: leases::LeaseStore,
     inbox: inbox::Inbox,
     cost: cost::CostStore,
+    told: told::ToldStore,
     results: results::ResultsStore,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
@@ -134,6 +136,7 @@ impl SidecarState {
         let leases = leases::LeaseStore::open(&paths.state_db(), leases::now_ms())?;
         let inbox = inbox::Inbox::open(&paths.state_db())?;
         let cost = cost::CostStore::open(&paths.state_db())?;
+        let told = told::ToldStore::open(&paths.state_db())?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
@@ -145,6 +148,7 @@ impl SidecarState {
                 leases,
                 inbox,
                 cost,
+                told,
                 results,
                 context,
                 metrics: metrics::Metrics::default(),
@@ -261,7 +265,9 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .route("/api/events/wait/{event_type}", get(routes::wait_events))
         .route("/api/events/{event_type}", post(routes::publish_event))
         .route("/api/agents", get(routes::list_agents))
+        .route("/api/agents/{agent_id}", get(told::agent_detail))
         .route("/api/agents/{agent_id}/status", post(routes::agent_status))
+        .route("/api/agents/{agent_id}/told", post(told::report))
         .route("/api/agents/wait_all/{issue_id}", get(coordinate::wait_all))
         .route("/api/inbox/{issue_id}/{agent_id}", get(coordinate::inbox))
         .route("/api/leases", get(coordinate::list_all))

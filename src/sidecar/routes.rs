@@ -171,7 +171,7 @@ pub struct ContextQuery {
 /// The project a context request reads: the token's `project`, or `?project=` inside it;
 /// for a token bound to no project, `?project=` naming a real project (see
 /// `context::check_project`). Never `/`, a system directory or the home directory itself.
-fn project_root(
+pub(super) fn project_root(
     claims: &Claims,
     asked: Option<&str>,
     home: Option<&Path>,

@@ -27,5 +27,6 @@ mod props;
 mod remedies;
 mod service;
 mod sidecar;
+mod told;
 mod users;
 mod webdriver;

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::{JournalError, JournalEvent};
 
 /// The layout this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 /// How long a statement waits for a lock held by another connection of this process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -75,8 +75,22 @@ CREATE INDEX IF NOT EXISTS cost_records_by_time ON cost_records(ts_ms);
 CREATE TABLE IF NOT EXISTS cost_sessions (session_id TEXT PRIMARY KEY, issue_id TEXT NOT NULL);
 ";
 
+/// Version 4: what cco injected into each agent (`sidecar::told`): one row per context,
+/// note or inbox delivery, as JSON of hashes and sizes, never the text. `issue_id` keeps
+/// apart the issues of an id that is not unique to one (the main session's `main`).
+const V4: &str = "
+CREATE TABLE IF NOT EXISTS told (
+    id INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    issue_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS told_by_agent ON told(agent_id, kind, id);
+";
+
 /// Migrations, in order: `MIGRATIONS[n]` takes a file from version `n` to `n + 1`.
-const MIGRATIONS: [&str; VERSION as usize] = [V1, V2, V3];
+const MIGRATIONS: [&str; VERSION as usize] = [V1, V2, V3, V4];
 
 /// Opens a connection with the journal's pragmas. A file that is not a database says so.
 pub(crate) fn open_conn(path: &Path) -> Result<Connection, JournalError> {
@@ -171,6 +185,29 @@ mod tests {
             migrate(&mut conn, &path),
             Err(JournalError::NewerSchema { .. })
         ));
+    }
+
+    /// A version-2 file (leases, inbox cursors) keeps its rows and gains the `told` table.
+    #[test]
+    fn a_version_2_file_gains_the_told_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = open_conn(&path).unwrap();
+        conn.execute_batch(&format!("{V0}{V1}{V2}")).unwrap();
+        conn.execute(
+            "INSERT INTO inbox_cursors(issue_id, agent_id, seq) VALUES ('i', 'a', 7)",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let told: i64 = conn
+            .query_row("SELECT COUNT(*) FROM told", [], |r| r.get(0))
+            .unwrap();
+        let seq: i64 = conn
+            .query_row("SELECT seq FROM inbox_cursors", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((told, seq), (0, 7));
     }
 
     #[test]
