@@ -238,6 +238,7 @@ pub const PASSED_ENV: &[&str] = &[
     "CCO_MCP",
     "CCO_AUTO_ALLOW_READ",
     "CCO_REQUIRE_CUD_CONFIRMATION",
+    "CCO_TELEMETRY",
     "RUST_LOG",
 ];
 
