@@ -597,6 +597,86 @@ mod lib_level {
         assert!(s.check_cursor(second.seq).is_ok());
     }
 
+    /// A waiter on one handle (one machine) is woken by a publish on another.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_publish_on_one_handle_wakes_a_waiter_on_another() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let (a, b) = (nats_store(&server, &ns), Arc::new(nats_store(&server, &ns)));
+        ready(&a).await;
+        ready(&b).await;
+        let since = b.head();
+        let filter = EventFilter {
+            event_type: Some("ping".into()),
+            topic: None,
+        };
+        let (stopper, b2) = (cco::server::Stopper::default(), b.clone());
+        let stopping = stopper.subscribe();
+        let waiter = tokio::spawn(async move {
+            b2.wait(&filter, Some(since), Duration::from_secs(30), stopping)
+                .await
+        });
+        let started = Instant::now();
+        let sent = a
+            .publish(cco::sidecar::journal::NewEvent {
+                event_type: cco::api::EventType::parse("ping").unwrap(),
+                publisher: "p".into(),
+                topic: "t".into(),
+                data: json!({}),
+                correlation_id: None,
+            })
+            .await
+            .unwrap();
+        let (events, next) = waiter.await.unwrap().unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [sent.seq]);
+        assert_eq!(next, sent.seq);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        a.close();
+        b.close();
+    }
+
+    /// A crash between the acknowledged `agent_completed` and the index write leaves the
+    /// result only in the stream: the next start indexes it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_index_write_is_repaired_from_the_stream() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let a = nats_store(&server, &ns);
+        ready(&a).await;
+        let stored: cco::api::sidecar::StoredResult = serde_json::from_value(json!({
+            "agent_id": "r-1", "agent_type": "tester", "issue_id": "issue-1",
+            "result": {"status": "done"}, "stored_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let put = a.put_result(stored.clone()).await.unwrap();
+        assert!(matches!(put, cco::sidecar::store::PutResult::Stored { .. }));
+        a.close();
+        // What the crash leaves: the event, no index entry.
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let index = js.get_key_value(format!("{ns}_results")).await.unwrap();
+        index.purge("issue-1.tester.r-1").await.unwrap();
+        assert!(index.get("issue-1.tester.r-1").await.unwrap().is_none());
+
+        let b = nats_store(&server, &ns);
+        ready(&b).await;
+        let listed = b.results(&stored.issue_id).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].contains("\"done\""), "{}", listed[0]);
+        assert!(index.get("issue-1.tester.r-1").await.unwrap().is_some());
+        // And it is the same result: stored again, it is unchanged.
+        let again = b.put_result(stored).await.unwrap();
+        assert!(matches!(
+            again,
+            cco::sidecar::store::PutResult::Unchanged { .. }
+        ));
+        b.close();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cursor_errors_on_nats() {
         let Some(server) = NatsServer::start() else {

@@ -1643,3 +1643,48 @@ fn result_key(r: &StoredResult) -> String {
 fn inbox_key(issue: &IssueId, agent: &AgentId) -> String {
     format!("{}.{}", token(issue.as_str()), token(agent.as_str()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_never_split_a_subject() {
+        for s in ["issue-7", "a_b", "x.y", "b.c d", "*", ">", "=41", "ü", ""] {
+            let t = token(s);
+            assert!(
+                !t.is_empty() && !t.contains(['.', '*', '>', ' ']),
+                "{s:?} -> {t:?}"
+            );
+            assert_eq!(untoken(&t).as_deref(), Some(s), "{t}");
+        }
+        assert_eq!(token("issue-7"), "issue-7");
+        // Plain tokens never start with `=`, so an encoded one is never mistaken for one.
+        assert_ne!(token("=41"), "=41");
+    }
+
+    #[test]
+    fn names_are_prefixed_by_the_namespace() {
+        let n = Names {
+            ns: "team-a".into(),
+        };
+        assert_eq!(n.stream(), "team-a_events");
+        assert_eq!(n.bucket("leases"), "team-a_leases");
+        assert_eq!(n.all_events(), "team-a.events.>");
+        assert_eq!(
+            n.subject("build", "issue.1"),
+            "team-a.events.build.=69737375652e31"
+        );
+        let f = |t: Option<&str>, p: Option<&str>| EventFilter {
+            event_type: t.map(String::from),
+            topic: p.map(String::from),
+        };
+        assert_eq!(n.filter_subject(&f(None, None)), "team-a.events.>");
+        assert_eq!(n.filter_subject(&f(Some("e"), None)), "team-a.events.e.*");
+        assert_eq!(n.filter_subject(&f(None, Some("t"))), "team-a.events.*.t");
+        assert_eq!(
+            n.filter_subject(&f(Some("e"), Some("t"))),
+            "team-a.events.e.t"
+        );
+    }
+}
