@@ -66,7 +66,7 @@ pub const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FLOOR_REFRESH: Duration = Duration::from_secs(1);
 /// How long `cco sidecar run` waits for NATS before it serves anyway (answering 503
 /// `store_unavailable` until NATS is back).
-pub const STARTUP_WAIT: Duration = Duration::from_secs(5);
+pub const STARTUP_WAIT: Duration = Duration::from_secs(3);
 /// Lifecycle events an inbox never delivers.
 const LIFECYCLE: [&str; 3] = ["agent_started", "agent_completed", "agent_failed"];
 
