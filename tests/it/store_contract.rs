@@ -677,6 +677,70 @@ mod lib_level {
         b.close();
     }
 
+    /// NATS killed and restarted: calls fail with `Unavailable` meanwhile, then the store
+    /// reconnects by itself, cursors continue and waiters are woken again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_restart_reconnects_and_cursors_continue() {
+        let Some(mut server) = NatsServer::start() else {
+            return;
+        };
+        let s = nats_store(&server, &namespace());
+        ready(&s).await;
+        let event = || cco::sidecar::journal::NewEvent {
+            event_type: cco::api::EventType::parse("e").unwrap(),
+            publisher: "p".into(),
+            topic: "t".into(),
+            data: json!({}),
+            correlation_id: None,
+        };
+        let first = s.publish(event()).await.unwrap();
+        server.kill();
+        match s.publish(event()).await {
+            Err(Error::Unavailable(reason)) => assert!(!reason.is_empty()),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            match s.publish(event()).await {
+                Ok(e) => break e,
+                Err(Error::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("never reconnected: {e}"),
+            }
+        };
+        assert_eq!(second.seq, first.seq + 1, "the cursor continues");
+        let (events, _) = s
+            .read(first.seq - 1, &EventFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [first.seq, second.seq]
+        );
+        // A waiter parked now is woken by the next publish.
+        let s = Arc::new(s);
+        let (stopper, s2) = (cco::server::Stopper::default(), s.clone());
+        let stopping = stopper.subscribe();
+        let waiter = tokio::spawn(async move {
+            s2.wait(
+                &EventFilter::default(),
+                Some(second.seq),
+                Duration::from_secs(30),
+                stopping,
+            )
+            .await
+        });
+        let third = s.publish(event()).await.unwrap();
+        let (events, _) = waiter.await.unwrap().unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [third.seq]
+        );
+        s.close();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cursor_errors_on_nats() {
         let Some(server) = NatsServer::start() else {
