@@ -66,7 +66,7 @@ impl NatsServer {
             child,
             bin: bin.to_owned(),
             port,
-            dir: dir,
+            dir,
         }
     }
 
