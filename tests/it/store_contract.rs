@@ -741,6 +741,53 @@ mod lib_level {
         s.close();
     }
 
+    /// What `cco store migrate` writes: an event keeps its id and data, a result its body,
+    /// an agent its record; a second sidecar on the namespace sees them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn imported_events_results_and_agents_are_shared() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let Store::Nats(a) = nats_store(&server, &ns) else {
+            unreachable!()
+        };
+        assert!(a.ready(Duration::from_secs(20)).await);
+        let event: cco::api::sidecar::Event = serde_json::from_value(json!({
+            "event_id": "evt_old", "seq": 41, "event_type": "agent_completed",
+            "publisher": "r-1", "topic": "issue-2",
+            "data": {"issue_id": "issue-2", "agent_type": "tester", "agent_id": "r-1", "status": "done"},
+            "timestamp": "2026-01-01T00:00:00.000Z"
+        }))
+        .unwrap();
+        let result: cco::api::sidecar::StoredResult = serde_json::from_value(json!({
+            "agent_id": "r-1", "agent_type": "tester", "issue_id": "issue-2",
+            "result": {"status": "done"}, "stored_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let record: cco::api::sidecar::AgentRecord = serde_json::from_value(json!({
+            "agent_id": "r-1", "agent_type": "tester", "issue_id": "issue-2",
+            "status": "completed", "started_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:01:00Z"
+        }))
+        .unwrap();
+        let seq = a.import_event(event, Some(result)).await.unwrap();
+        assert_eq!(seq, 1, "seqs are the stream's");
+        a.import_agent(&record).await.unwrap();
+        a.close();
+
+        let b = nats_store(&server, &ns);
+        ready(&b).await;
+        let (events, _) = b.read(0, &EventFilter::default(), 10).await.unwrap();
+        let e = events[0].event();
+        assert_eq!((e.seq, e.event_id.as_str()), (1, "evt_old"));
+        assert_eq!(e.timestamp, "2026-01-01T00:00:00.000Z");
+        let issue = IssueId::parse("issue-2").unwrap();
+        assert_eq!(b.results(&issue).await.unwrap().len(), 1);
+        assert_eq!(b.agents(), [record]);
+        b.close();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cursor_errors_on_nats() {
         let Some(server) = NatsServer::start() else {

@@ -988,6 +988,44 @@ impl NatsStore {
         Ok(journal_event(env.event, seq))
     }
 
+    /// Appends an event kept elsewhere (`cco store migrate`): its id, publisher, topic,
+    /// data and timestamp stay, its seq is the stream's; an `agent_completed` carrying its
+    /// `result` is indexed like a stored one. Returns the new seq.
+    pub async fn import_event(
+        &self,
+        event: Event,
+        result: Option<StoredResult>,
+    ) -> Result<u64, Error> {
+        let h = self.handles()?;
+        let env = Envelope { event, result };
+        let seq = self.append(h, &env).await?;
+        if let Some(r) = env.result {
+            let value = serde_json::to_vec(&IndexEntry {
+                seq,
+                result: r.clone(),
+            })
+            .expect("results serialize");
+            h.results
+                .put(result_key(&r), value.into())
+                .await
+                .map_err(|e| unavailable("results index", e))?;
+            self.index_local(r, seq);
+        }
+        Ok(seq)
+    }
+
+    /// Writes an agent record kept elsewhere as it is (`cco store migrate`).
+    pub async fn import_agent(&self, record: &AgentRecord) -> Result<(), Error> {
+        let h = self.handles()?;
+        let value = serde_json::to_vec(record).expect("records serialize");
+        h.agents
+            .put(token(record.agent_id.as_str()), value.into())
+            .await
+            .map_err(|e| unavailable("agent registry", e))?;
+        self.inner.registry.apply(std::iter::once(record));
+        Ok(())
+    }
+
     pub async fn read(
         &self,
         since: u64,
