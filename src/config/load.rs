@@ -114,6 +114,7 @@ impl Config {
                     cause,
                 })?;
         }
+        self.store.apply_env(env)?;
         Ok(())
     }
 }

@@ -476,7 +476,7 @@ fn visible<'a>(claims: &'a Claims, issue: Option<&IssueId>) -> impl Fn(&Owner) -
 }
 
 async fn directory(s: &SidecarState) -> Result<Directory, ApiError> {
-    let agents = s.journal().agents();
+    let agents = s.store().agents();
     let store = s.clone();
     let sessions = blocking(move || store.cost().session_issues()).await?;
     Ok(Directory::new(agents, sessions))

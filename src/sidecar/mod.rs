@@ -15,8 +15,9 @@ pub mod registry;
 pub mod results;
 mod routes;
 pub mod run;
-pub mod views;
+pub mod store;
 pub mod told;
+pub mod views;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -27,7 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
 use crate::auth::Keys;
-use crate::config::SidecarConfig;
+use crate::config::{SidecarConfig, StoreBackend, StoreConfig};
 use crate::paths::Paths;
 use crate::pidlock::{PidLock, PidLockError};
 use crate::roster::Roster;
@@ -85,18 +86,14 @@ pub struct SidecarState {
 struct Inner {
     config: SidecarConfig,
     orchestration_dir: PathBuf,
-    state_db: PathBuf,
     keys: Keys,
-    journal: journal::Journal,
-    leases: leases::LeaseStore,
-    inbox: inbox::Inbox,
+    store: store::Store,
+    /// Cost and "what each agent was told" stay in the local `state.db` on either backend.
     cost: cost::CostStore,
     told: told::ToldStore,
-    results: results::ResultsStore,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
     probes: RwLock<metrics::Probes>,
-    db_bytes: std::sync::atomic::AtomicU64,
     started: Instant,
     tracker: Arc<Tracker>,
     /// Dropped last: no other sidecar writes this data while we might.
@@ -116,25 +113,44 @@ impl SidecarState {
         tracker: Arc<Tracker>,
         stopping: Stopping,
     ) -> Result<SidecarState, OpenError> {
+        let store = StoreConfig::default();
+        SidecarState::open_with_store(config, &store, paths, keys, roster, tracker, stopping)
+    }
+
+    /// Opens the store `[store]` selects: SQLite under `paths`' data dir, or NATS (which
+    /// connects in the background; call from inside a Tokio runtime).
+    pub fn open_with_store(
+        config: SidecarConfig,
+        store_config: &StoreConfig,
+        paths: &Paths,
+        keys: Keys,
+        roster: Roster,
+        tracker: Arc<Tracker>,
+        stopping: Stopping,
+    ) -> Result<SidecarState, OpenError> {
         let retention = journal::Retention {
             max_events: config.retention_events,
             max_age: config.retention_age,
         };
         let lock = lock_data_dir(&paths.orchestration_dir())?;
-        let results = results::ResultsStore::open(paths.results_dir())?;
         // Results recorded as pending before a crash are written and announced now, before
         // any request is served.
-        let journal = journal::Journal::open_recovering(&paths.state_db(), retention, &mut |p| {
-            let (result, stored) = results.restore_pending(&p.json)?;
-            Ok(routes::completed_event(
-                &result,
-                &stored.path,
-                &stored.agent_path,
-            ))
-        })?;
-        // On the journal's database, which `open_recovering` has migrated.
-        let leases = leases::LeaseStore::open(&paths.state_db(), leases::now_ms())?;
-        let inbox = inbox::Inbox::open(&paths.state_db())?;
+        let store = match store_config.backend {
+            StoreBackend::Sqlite => store::Store::Sqlite(store::SqliteStore::open(
+                &paths.state_db(),
+                paths.results_dir(),
+                retention,
+            )?),
+            StoreBackend::Nats => {
+                store::Store::Nats(store::NatsStore::open(store_config, retention))
+            }
+        };
+        // On the SQLite backend the journal has migrated `state.db`; on NATS it is only the
+        // home of the local tables, brought to the current layout here.
+        if store_config.backend == StoreBackend::Nats {
+            let db = paths.state_db();
+            journal::schema::migrate(&mut journal::schema::open_conn(&db)?, &db)?;
+        }
         let cost = cost::CostStore::open(&paths.state_db())?;
         let told = told::ToldStore::open(&paths.state_db())?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
@@ -142,18 +158,13 @@ impl SidecarState {
             inner: Arc::new(Inner {
                 config,
                 orchestration_dir: paths.orchestration_dir(),
-                state_db: paths.state_db(),
                 keys,
-                journal,
-                leases,
-                inbox,
+                store,
                 cost,
                 told,
-                results,
                 context,
                 metrics: metrics::Metrics::default(),
                 probes: RwLock::new(metrics::Probes::default()),
-                db_bytes: Default::default(),
                 started: Instant::now(),
                 tracker,
                 stopping,
@@ -176,11 +187,9 @@ impl SidecarState {
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
-    pub fn journal(&self) -> &journal::Journal {
-        &self.inner.journal
-    }
-    pub fn leases(&self) -> &leases::LeaseStore {
-        &self.inner.leases
+    /// Events, results, the agent registry, leases and inbox cursors.
+    pub fn store(&self) -> &store::Store {
+        &self.inner.store
     }
     pub fn tracker(&self) -> Arc<Tracker> {
         self.inner.tracker.clone()
@@ -197,29 +206,20 @@ impl SidecarState {
             let probe = dir.join(".health-probe");
             std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
         };
+        let store = &self.inner.store;
         let storage = match probe_in(&self.inner.orchestration_dir)
-            .and_then(|()| probe_in(self.inner.results.dir()))
+            .and_then(|()| store.results_dir().map_or(Ok(()), probe_in))
         {
             Ok(()) => "healthy",
             Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
             Err(_) => "unwritable",
         };
-        let j = &self.inner.journal;
-        let event_bus = if j.writer_alive() && j.ping() {
+        let event_bus = if store.event_bus_healthy() {
             "healthy"
         } else {
             "unhealthy"
         };
-        let db = &self.inner.state_db;
-        let wal = db.with_extension("db-wal");
-        let db_bytes = [db.as_path(), wal.as_path()]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        self.inner
-            .db_bytes
-            .store(db_bytes, std::sync::atomic::Ordering::Relaxed);
+        store.measure();
         *self.inner.probes.write().expect("probes lock") = metrics::Probes {
             storage,
             event_bus,
@@ -242,7 +242,7 @@ impl SidecarState {
 
     /// Commits what is queued and stops the journal writer.
     pub fn close(&self) {
-        self.inner.journal.close();
+        self.inner.store.close();
     }
 }
 

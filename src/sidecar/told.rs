@@ -285,7 +285,7 @@ pub async fn agent_detail(
     ApiPath(agent_id): ApiPath<AgentId>,
 ) -> Result<Json<AgentDetail>, ApiError> {
     claims.require(Scope::AgentsRead)?;
-    let Some(agent) = s.journal().agent(&agent_id) else {
+    let Some(agent) = s.store().agent(&agent_id) else {
         return Err(ApiError::NotFound(format!(
             "no agent {agent_id} is registered; `cco agents show` needs an id from GET /api/agents"
         )));
@@ -294,19 +294,16 @@ pub async fn agent_detail(
         Some(agent.issue_id.as_str()),
         Some(agent.agent_type.as_str()),
     )?;
+    let result = s
+        .store()
+        .result_of(&agent.issue_id, &agent.agent_type, &agent.agent_id)
+        .await?
+        .and_then(|json| serde_json::from_str::<StoredResult>(&json).ok());
     let s2 = s.clone();
-    let a = agent.clone();
-    let (told, result) = tokio::task::spawn_blocking(move || {
-        let told = s2.inner.told.get(&a.agent_id)?;
-        let result = s2
-            .inner
-            .results
-            .get_agent(&a.issue_id, &a.agent_type, &a.agent_id)
-            .and_then(|json| serde_json::from_str::<StoredResult>(&json).ok());
-        Ok::<_, JournalError>((told, result))
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let id = agent.agent_id.clone();
+    let told = tokio::task::spawn_blocking(move || s2.inner.told.get(&id))
+        .await
+        .map_err(ApiError::internal)??;
     Ok(Json(AgentDetail {
         agent,
         told,
@@ -328,7 +325,7 @@ pub async fn report(
     via_label(Some(&rep.via))?;
     // A registered agent is reported only under its own issue and type: a token could
     // otherwise overwrite what another issue's agent was told.
-    if let Some(rec) = s.journal().agent(&agent_id)
+    if let Some(rec) = s.store().agent(&agent_id)
         && (rec.issue_id != rep.issue_id || rec.agent_type != rep.agent_type)
     {
         return Err(crate::auth::AuthError::OutOfScope(format!(
@@ -347,9 +344,9 @@ pub async fn report(
         // No project (a token bound to none): the text can carry no files.
         Err(_) => Vec::new(),
     };
+    let results = s.store().results(&rep.issue_id).await?;
     let s2 = s.clone();
     let context = tokio::task::spawn_blocking(move || {
-        let results = s2.inner.results.list(&rep.issue_id);
         let (context, note) = analyse(&rep.text, rep.budget, &files, &results, rfc3339_now());
         s2.inner
             .told

@@ -153,13 +153,14 @@ pub async fn events(
 mod storage {
     use super::*;
     use crate::api::{AgentId, AgentType};
+    use crate::sidecar::store::Store;
 
     pub fn agents(s: &SidecarState) -> Vec<AgentRecord> {
-        s.journal().agents()
+        s.store().agents()
     }
 
     pub fn head(s: &SidecarState) -> u64 {
-        s.journal().head()
+        s.store().head()
     }
 
     /// Events with seq < `before`, newest first (see [`newest_events`]).
@@ -170,7 +171,17 @@ mod storage {
         topic: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(u64, Box<RawValue>)>, ApiError> {
-        let reader = s.journal().reader();
+        let reader = match s.store() {
+            Store::Sqlite(sq) => sq.journal().reader(),
+            // A stream read backwards is not what JetStream offers; the page says so.
+            Store::Nats(_) => {
+                return Err(ApiError::NotFound(
+                    "the newest-first event listing needs the SQLite store; on NATS follow \
+                     `cco events -f` or the live timeline"
+                        .to_string(),
+                ));
+            }
+        };
         let (event_type, topic) = (event_type.map(str::to_string), topic.map(str::to_string));
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().expect("reader lock");
@@ -192,20 +203,15 @@ mod storage {
         s: &SidecarState,
         agents: Vec<(IssueId, AgentType, AgentId)>,
     ) -> Result<Vec<Option<String>>, ApiError> {
-        let s = s.clone();
-        // Blocking: an issue's results are loaded from disk on first use.
-        tokio::task::spawn_blocking(move || {
-            agents
-                .iter()
-                .map(|(issue, agent_type, agent)| {
-                    let json = s.inner.results.get_agent(issue, agent_type, agent)?;
-                    let r = serde_json::from_str::<StoredResult>(&json).ok()?;
-                    r.result.get("status")?.as_str().map(str::to_string)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable)
+        let mut out = Vec::with_capacity(agents.len());
+        for (issue, agent_type, agent) in &agents {
+            let json = s.store().result_of(issue, agent_type, agent).await?;
+            out.push(json.and_then(|json| {
+                let r = serde_json::from_str::<StoredResult>(&json).ok()?;
+                r.result.get("status")?.as_str().map(str::to_string)
+            }));
+        }
+        Ok(out)
     }
 }
 
