@@ -6,8 +6,8 @@ pub mod ids;
 pub mod inert;
 pub mod leases;
 pub mod sidecar;
-pub mod views;
 pub mod told;
+pub mod views;
 
 use serde::{Deserialize, Serialize};
 

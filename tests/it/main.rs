@@ -28,7 +28,7 @@ mod props;
 mod remedies;
 mod service;
 mod sidecar;
-mod told;
 mod store_contract;
+mod told;
 mod users;
 mod webdriver;
