@@ -485,30 +485,6 @@ impl SidecarClient {
         )
     }
 
-    /// [`Self::inbox`], naming the channel that carries the delivery (`PostToolUse`,
-    /// `SubagentStart`, `UserPromptSubmit`, `mcp`): `GET /api/agents/{id}` shows it.
-    pub fn inbox_via(
-        &self,
-        issue: &IssueId,
-        agent: &AgentId,
-        agent_type: Option<&AgentType>,
-        via: Option<&str>,
-    ) -> Result<InboxBatch, ServiceError> {
-        let mut q = Vec::new();
-        if let Some(t) = agent_type {
-            q.push(format!("agent_type={t}"));
-        }
-        if let Some(v) = via {
-            q.push(format!("via={}", encode(v)));
-        }
-        let q = if q.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", q.join("&"))
-        };
-        self.api("GET", &format!("/api/inbox/{issue}/{agent}{q}"), None)
-    }
-
     /// `POST /api/leases/{issue}`: the granted lease (`granted: true`), or the live leases
     /// of other agents in the way (`granted: false`, the 409 answer).
     pub fn reserve(
@@ -608,16 +584,19 @@ impl SidecarClient {
         agent: &AgentId,
         agent_type: Option<&AgentType>,
     ) -> Result<InboxBatch, ServiceError> {
-        self.inbox_within(issue, agent, agent_type, None)
+        self.inbox_within(issue, agent, agent_type, None, None)
     }
 
-    /// [`SidecarClient::inbox`] carrying at most `(max_events, max_bytes)` (a hook's push).
+    /// [`SidecarClient::inbox`] carrying at most `(max_events, max_bytes)` (a hook's push),
+    /// naming the channel that carries the delivery (`PostToolUse`, `SubagentStart`,
+    /// `UserPromptSubmit`, `mcp`): `GET /api/agents/{id}` shows it.
     pub fn inbox_within(
         &self,
         issue: &IssueId,
         agent: &AgentId,
         agent_type: Option<&AgentType>,
         limits: Option<(usize, usize)>,
+        via: Option<&str>,
     ) -> Result<InboxBatch, ServiceError> {
         let mut q = Vec::new();
         if let Some(t) = agent_type {
@@ -625,6 +604,9 @@ impl SidecarClient {
         }
         if let Some((events, bytes)) = limits {
             q.push(format!("max_events={events}&max_bytes={bytes}"));
+        }
+        if let Some(v) = via {
+            q.push(format!("via={}", encode(v)));
         }
         let q = if q.is_empty() {
             String::new()

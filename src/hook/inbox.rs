@@ -31,15 +31,16 @@ pub fn recipient(input: &Value) -> (AgentId, Option<AgentType>) {
     }
 }
 
-/// The text of the events delivered to `agent` since its last delivery, or `None` when
-/// nothing is new.
+/// The text of the events delivered to `agent` since its last delivery through the hook
+/// `via`, or `None` when nothing is new.
 pub fn pending(
     env: &HookEnv,
     issue: &IssueId,
     agent: &AgentId,
     agent_type: Option<&AgentType>,
+    via: &str,
 ) -> Result<Option<String>, HookError> {
-    let batch = env.sidecar.inbox(issue, agent, agent_type)?;
+    let batch = env.sidecar.inbox(issue, agent, agent_type, via)?;
     Ok(render(&batch.events, batch.more))
 }
 
@@ -51,7 +52,7 @@ pub fn push(
     hook_event: &str,
 ) -> Result<Option<Value>, HookError> {
     let (agent, agent_type) = recipient(input);
-    let text = pending(env, issue, &agent, agent_type.as_ref())?;
+    let text = pending(env, issue, &agent, agent_type.as_ref(), hook_event)?;
     Ok(text.map(|t| {
         json!({"hookSpecificOutput": {
             "hookEventName": hook_event,

@@ -71,7 +71,7 @@ pub fn start(env: &HookEnv, input: &Value, issue: &IssueId) -> Result<Value, Hoo
         )
     );
     // Events already addressed to it (its type, the issue) since it was registered.
-    match super::inbox::pending(env, issue, &agent_id, Some(&agent_type)) {
+    match super::inbox::pending(env, issue, &agent_id, Some(&agent_type), "SubagentStart") {
         Ok(Some(mail)) => text.push_str(&format!("\n{mail}")),
         Ok(None) => {}
         Err(e) => env.log(Event::SubagentStart, &format!("inbox: {e}")),

@@ -421,7 +421,9 @@ impl CcoTools {
                 let a: InboxArgs = args(name, arguments)?;
                 let agent = agent_arg(a.agent.as_deref())?;
                 let batch = self
-                    .blocking(caller, move |c| c.inbox(&issue, &agent, None))
+                    .blocking(caller, move |c| {
+                        c.inbox_within(&issue, &agent, None, None, Some("mcp"))
+                    })
                     .await?;
                 let events: Vec<Value> = batch.events.iter().map(brief).collect();
                 Ok(json!({"events": events, "more": batch.more}))

@@ -247,6 +247,19 @@ fn two_sub_agents_lease_conflict_publish_release_and_join() {
         .iter()
         .any(|c| c.contains("[cco inbox:") && c.contains("editor_blocked from"));
     assert!(pushed, "no inbox push reached the holder: {holders:#?}");
+    // … and recorded with the hook that carried it: what the holder was told says so.
+    let shown = env.run(["agents", "show", holder_id.as_str(), "--json"]);
+    let detail: Value = serde_json::from_slice(&shown.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&shown.stderr)));
+    let vias: Vec<&str> = detail["told"]["inbox"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["via"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        vias.iter()
+            .any(|v| *v == "PostToolUse" || *v == "SubagentStart"),
+        "the push is not recorded with its hook: {detail:#}"
+    );
 
     // (d) The main turn's wait_all returned after both: done, both completed.
     let joined = calls

@@ -161,7 +161,7 @@ fn the_agent_route_shows_what_it_was_told_and_keeps_it_across_a_restart() {
         )
         .unwrap();
     let batch = c
-        .inbox_via(&issue, &agent, None, Some("PostToolUse"))
+        .inbox_within(&issue, &agent, None, None, Some("PostToolUse"))
         .unwrap();
     assert_eq!(batch.events.len(), 1);
     let (status, body) = get(&env, &t, "/api/inbox/issue-7/agent-a?via=no%20spaces");
