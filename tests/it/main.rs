@@ -20,6 +20,7 @@ mod hooks;
 mod launcher;
 mod leases;
 mod mcp;
+mod nats_cluster;
 mod props;
 mod remedies;
 mod service;
