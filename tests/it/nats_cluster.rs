@@ -45,7 +45,6 @@ pub fn nats_server_binary() -> Option<PathBuf> {
 pub struct Node {
     pub name: String,
     pub client_port: u16,
-    pub cluster_port: u16,
     pub monitor_port: u16,
     pub conf: PathBuf,
     pub log: PathBuf,
@@ -75,18 +74,31 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts the nodes and returns once every one reports JetStream ready; `None` when
-    /// there is no `nats-server` here (outside CI only, see [`nats_server_binary`]).
+    /// Starts [`CLUSTER_SIZE`] nodes and returns once every one reports JetStream ready;
+    /// `None` when there is no `nats-server` here (outside CI only, see [`nats_server_binary`]).
     pub fn start() -> Option<NatsCluster> {
+        Self::start_nodes(CLUSTER_SIZE)
+    }
+
+    /// One JetStream server without a cluster (the fault tests stop and restart it).
+    pub fn single() -> Option<NatsCluster> {
+        Self::start_nodes(1)
+    }
+
+    fn start_nodes(size: usize) -> Option<NatsCluster> {
         let binary = nats_server_binary()?;
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..CLUSTER_SIZE)
+        let ports: Vec<(u16, u16, u16)> = (0..size)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
-        let routes: Vec<String> = ports
-            .iter()
-            .map(|(_, cluster, _)| format!("\"nats-route://127.0.0.1:{cluster}\""))
-            .collect();
+        let routes: Vec<String> = if size == 1 {
+            Vec::new()
+        } else {
+            ports
+                .iter()
+                .map(|(_, cluster, _)| format!("\"nats-route://127.0.0.1:{cluster}\""))
+                .collect()
+        };
         let nodes = ports
             .iter()
             .enumerate()
@@ -111,7 +123,6 @@ impl NatsCluster {
                     log: dir.path().join(&name).join("nats.log"),
                     name,
                     client_port,
-                    cluster_port,
                     monitor_port,
                     conf,
                     child: None,
@@ -124,10 +135,10 @@ impl NatsCluster {
             _dir: dir,
         };
         // All first, then wait: a node is not ready before it sees a quorum.
-        for i in 0..CLUSTER_SIZE {
+        for i in 0..size {
             cluster.spawn(i);
         }
-        for i in 0..CLUSTER_SIZE {
+        for i in 0..size {
             cluster.wait_ready(i);
         }
         Some(cluster)
@@ -236,6 +247,20 @@ impl NatsCluster {
         self.wait_ready(i);
     }
 
+    /// The node that leads `stream`'s replicas, as a running node reports it.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let node = self.nodes.iter().position(Node::is_running)?;
+        let jsz = self.monitor(node, "/jsz?accounts=true&streams=true");
+        let leader = jsz["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)?["cluster"]["leader"]
+            .as_str()?
+            .to_string();
+        self.nodes.iter().position(|n| n.name == leader)
+    }
+
     /// A monitoring endpoint of node `i` (`/jsz`, `/routez`, …) as JSON.
     pub fn monitor(&self, i: usize, path: &str) -> serde_json::Value {
         let (status, body) = get(self.nodes[i].monitor_port, path);
@@ -253,7 +278,7 @@ impl Drop for NatsCluster {
 }
 
 /// The node's config: loopback only, JetStream with its own store, routes to every node
-/// (a node ignores the route to itself).
+/// (a node ignores the route to itself); no cluster block without routes.
 fn node_config(
     name: &str,
     client: u16,
@@ -262,7 +287,7 @@ fn node_config(
     store: &Path,
     routes: &[String],
 ) -> String {
-    format!(
+    let mut conf = format!(
         r#"server_name: {name}
 listen: "127.0.0.1:{client}"
 http: "127.0.0.1:{monitor}"
@@ -271,15 +296,16 @@ jetstream {{
   max_memory_store: 64MB
   max_file_store: 1GB
 }}
-cluster {{
-  name: cco-test
-  listen: "127.0.0.1:{cluster}"
-  routes: [{routes}]
-}}
 "#,
         store = store.display(),
-        routes = routes.join(", "),
-    )
+    );
+    if !routes.is_empty() {
+        conf.push_str(&format!(
+            "cluster {{\n  name: cco-test\n  listen: \"127.0.0.1:{cluster}\"\n  routes: [{}]\n}}\n",
+            routes.join(", ")
+        ));
+    }
+    conf
 }
 
 /// [`get`] that reports a refused connection instead of panicking (a node still starting).
