@@ -111,6 +111,7 @@ impl Config {
                     cause,
                 })?;
         }
+        self.store.apply_env(env)?;
         Ok(())
     }
 }

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 pub const EXAMPLE: &str = include_str!("../../packaging/daemon.toml");
 
 mod load;
+mod store;
 mod validate;
 
 pub use load::{MAX_CONFIG_BYTES, ParseError};
+pub use store::{Backend as StoreBackend, StoreConfig, valid_namespace};
 pub use validate::{
     CONTEXT_BUDGET_BYTES, HOOK_TIMEOUT_MS, MAX_BODY_BYTES, MAX_TOKEN_TTL, MIN_IDLE_EXIT,
     MIN_TOKEN_TTL, OutOfRange, RETENTION_AGE, RETENTION_EVENTS, ValueError, check_idle_exit,
@@ -46,6 +48,7 @@ pub struct Config {
     pub idle_exit_after: Option<Duration>,
     pub hooks: HooksConfig,
     pub launcher: LauncherConfig,
+    pub store: StoreConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +129,7 @@ impl Default for Config {
             idle_exit_after: None,
             hooks: HooksConfig::default(),
             launcher: LauncherConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }

@@ -200,6 +200,7 @@ pub(super) fn validate(config: &Config) -> Result<(), (&'static str, OutOfRange)
             },
         ));
     }
+    config.store.validate()?;
     Ok(())
 }
 

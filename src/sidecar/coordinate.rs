@@ -13,9 +13,9 @@ use serde_json::json;
 use super::SidecarState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
-use super::inbox::Recipient;
 use super::leases::{LeaseError, now_ms, relative_to};
 use super::routes::{DEFAULT_WAIT_MS, MAX_WAIT_MS};
+use super::store::{self, InboxRequest};
 use crate::api::leases::{
     AgentOutcome, InboxBatch, Lease, LeaseCheck, LeaseList, ReleaseRequest, Released, RenewRequest,
     ReserveOutcome, ReserveRequest, WaitAllAnswer,
@@ -39,14 +39,6 @@ impl From<LeaseError> for ApiError {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)
-}
-
 /// The registered agent `agent`, refused when it belongs to another issue or lies outside
 /// the token's agent-type binding.
 fn registered(
@@ -55,7 +47,7 @@ fn registered(
     issue: &IssueId,
     agent: &AgentId,
 ) -> Result<Option<AgentRecord>, ApiError> {
-    let Some(rec) = s.journal().agent(agent) else {
+    let Some(rec) = s.store().agent(agent) else {
         return Ok(None);
     };
     if rec.issue_id != *issue {
@@ -72,7 +64,7 @@ fn registered(
 /// Whether an agent still runs: unregistered agents (a script, a main session) count as
 /// running; completed or failed ones do not, so their leases stop blocking.
 fn alive(s: &SidecarState) -> impl Fn(&AgentId) -> bool + '_ {
-    move |a| s.journal().agent(a).is_none_or(|r| r.status.is_active())
+    move |a| s.store().agent(a).is_none_or(|r| r.status.is_active())
 }
 
 /// `POST /api/leases/{issue}`: 201 with the lease, 409 with the leases in the way.
@@ -87,20 +79,16 @@ pub async fn reserve(
     let agent_type = registered(&s, &claims, &issue, &req.agent)?.map(|r| r.agent_type);
     // Leases of finished agents are dropped first: they would refuse for nobody.
     let finished: Vec<AgentId> = s
-        .leases()
-        .list(Some(&issue), now_ms())
+        .store()
+        .leases(Some(&issue), now_ms())
         .into_iter()
         .map(|l| l.agent_id)
         .filter(|a| !alive(&s)(a))
         .collect();
-    let s2 = s.clone();
-    let out = blocking(move || {
-        for a in &finished {
-            s2.leases().release_agent(&issue, a)?;
-        }
-        s2.leases().reserve(&issue, &req, agent_type, now_ms())
-    })
-    .await?;
+    for a in &finished {
+        s.store().release_agent(&issue, a).await?;
+    }
+    let out = s.store().reserve(&issue, &req, agent_type, now_ms()).await;
     match out {
         Ok(lease) => Ok((
             StatusCode::CREATED,
@@ -111,7 +99,7 @@ pub async fn reserve(
             }),
         )
             .into_response()),
-        Err(LeaseError::Conflict(conflicts)) => {
+        Err(store::Error::Lease(LeaseError::Conflict(conflicts))) => {
             let message = LeaseError::Conflict(conflicts.clone()).to_string();
             Ok((
                 StatusCode::CONFLICT,
@@ -134,8 +122,8 @@ pub async fn list_all(
 ) -> Result<Json<LeaseList>, ApiError> {
     claims.require(Scope::AgentsRead)?;
     let leases = s
-        .leases()
-        .list(None, now_ms())
+        .store()
+        .leases(None, now_ms())
         .into_iter()
         .filter(|l| {
             claims
@@ -155,7 +143,7 @@ pub async fn list(
     claims.require(Scope::AgentsRead)?;
     claims.check_binding(Some(issue.as_str()), None)?;
     Ok(Json(LeaseList {
-        leases: s.leases().list(Some(&issue), now_ms()),
+        leases: s.store().leases(Some(&issue), now_ms()),
     }))
 }
 
@@ -177,7 +165,7 @@ pub async fn check(
 ) -> Result<Json<LeaseCheck>, ApiError> {
     claims.require(Scope::AgentsRead)?;
     claims.check_binding(Some(issue.as_str()), None)?;
-    if s.leases().is_empty() {
+    if s.store().leases_empty() {
         return Ok(Json(LeaseCheck {
             path: q.path,
             blocked: false,
@@ -197,7 +185,7 @@ pub async fn check(
         }));
     };
     let holder = s
-        .leases()
+        .store()
         .exclusive_holder(&issue, &rel, q.agent.as_ref(), &alive(&s), now_ms());
     Ok(Json(LeaseCheck {
         path: rel,
@@ -221,11 +209,10 @@ async fn release_one(
 ) -> Result<Json<Released>, ApiError> {
     claims.require(Scope::AgentsWrite)?;
     claims.check_binding(Some(issue.as_str()), None)?;
-    let lease: Lease = blocking(move || {
-        s.leases()
-            .release(&issue, &lease_id, agent.as_ref(), now_ms())
-    })
-    .await??;
+    let lease: Lease = s
+        .store()
+        .release(&issue, &lease_id, agent.as_ref(), now_ms())
+        .await?;
     Ok(Json(Released {
         released: vec![lease.lease_id],
     }))
@@ -260,11 +247,10 @@ pub async fn renew(
 ) -> Result<Json<Lease>, ApiError> {
     claims.require(Scope::AgentsWrite)?;
     claims.check_binding(Some(issue.as_str()), None)?;
-    let lease = blocking(move || {
-        s.leases()
-            .renew(&issue, &lease_id, &req.agent, req.ttl_secs, now_ms())
-    })
-    .await??;
+    let lease = s
+        .store()
+        .renew(&issue, &lease_id, &req.agent, req.ttl_secs, now_ms())
+        .await?;
     Ok(Json(lease))
 }
 
@@ -278,7 +264,7 @@ pub async fn release_agent(
     claims.require(Scope::AgentsWrite)?;
     claims.check_binding(Some(issue.as_str()), None)?;
     registered(&s, &claims, &issue, &agent)?;
-    let released = blocking(move || s.leases().release_agent(&issue, &agent)).await??;
+    let released = s.store().release_agent(&issue, &agent).await?;
     Ok(Json(Released { released }))
 }
 
@@ -300,25 +286,19 @@ pub async fn inbox(
     claims.require(Scope::EventsWait)?;
     claims.check_binding(Some(issue.as_str()), None)?;
     let rec = registered(&s, &claims, &issue, &agent)?;
-    let head = s.journal().head();
-    let s2 = s.clone();
-    let (issue2, agent2) = (issue.clone(), agent.clone());
-    let delivery = blocking(move || {
-        let agent_type = rec
-            .as_ref()
-            .map(|r| &r.agent_type)
-            .or(q.agent_type.as_ref());
-        s2.inner.inbox.deliver(
-            &Recipient {
-                issue: &issue2,
-                agent: &agent2,
-                agent_type,
-                registered_at: rec.as_ref().map(|r| r.started_at.as_str()),
+    let head = s.store().head();
+    let delivery = s
+        .store()
+        .deliver(
+            InboxRequest {
+                issue: issue.clone(),
+                agent: agent.clone(),
+                agent_type: rec.as_ref().map(|r| r.agent_type.clone()).or(q.agent_type),
+                registered_at: rec.as_ref().map(|r| r.started_at.clone()),
             },
             head,
         )
-    })
-    .await??;
+        .await?;
     Ok(Json(InboxBatch {
         issue_id: issue,
         agent_id: agent,
@@ -365,7 +345,7 @@ fn snapshot(
     types: &[AgentType],
 ) -> (Vec<AgentRecord>, Vec<AgentType>, bool) {
     let agents: Vec<AgentRecord> = s
-        .journal()
+        .store()
         .agents()
         .into_iter()
         .filter(|a| a.issue_id == *issue)
@@ -407,9 +387,9 @@ pub async fn wait_all(
         .collect::<Result<Vec<_>, _>>()?;
     let timeout = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut commits = s.journal().watch_head();
+    let mut commits = s.store().watch_head();
     let mut stopping = s.inner.stopping.clone();
-    let _sub = super::journal::Subscription::new(s.journal());
+    let _sub = s.store().subscription();
     let (agents, missing, done, timed_out) = loop {
         commits.borrow_and_update();
         let (agents, missing, done) = snapshot(&s, &claims, &issue, &types);
@@ -425,28 +405,21 @@ pub async fn wait_all(
             _ = stopping.wait() => break (agents, missing, done, false),
         }
     };
-    let s2 = s.clone();
-    let issue2 = issue.clone();
-    let outcomes = blocking(move || {
-        agents
-            .into_iter()
-            .map(|a| {
-                let (result_status, summary) = s2
-                    .inner
-                    .results
-                    .get_agent(&issue2, &a.agent_type, &a.agent_id)
-                    .map_or((None, None), |j| summarize(&j));
-                AgentOutcome {
-                    agent_id: a.agent_id,
-                    agent_type: a.agent_type,
-                    status: a.status,
-                    result_status,
-                    summary,
-                }
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
+    let mut outcomes = Vec::with_capacity(agents.len());
+    for a in agents {
+        let (result_status, summary) = s
+            .store()
+            .result_of(&issue, &a.agent_type, &a.agent_id)
+            .await?
+            .map_or((None, None), |j| summarize(&j));
+        outcomes.push(AgentOutcome {
+            agent_id: a.agent_id,
+            agent_type: a.agent_type,
+            status: a.status,
+            result_status,
+            summary,
+        });
+    }
     Ok(Json(WaitAllAnswer {
         issue_id: issue,
         done,

@@ -50,6 +50,11 @@ pub enum ApiError {
     /// The results store cannot write where it must; the path is the user's own data dir.
     #[error("cannot store the result: {message}")]
     Storage { message: String },
+    /// The shared store (NATS) cannot be reached; `reason` says why.
+    #[error(
+        "the shared store is unavailable ({reason}); nothing was changed — check it with `cco doctor`, then retry"
+    )]
+    StoreUnavailable { reason: String },
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -75,9 +80,9 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Unavailable | ApiError::JournalFailed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable
+            | ApiError::JournalFailed { .. }
+            | ApiError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Storage { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,6 +106,7 @@ impl ApiError {
             ApiError::Unavailable => "unavailable",
             ApiError::JournalFailed { .. } => "journal_failed",
             ApiError::Storage { .. } => "storage_error",
+            ApiError::StoreUnavailable { .. } => "store_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -118,7 +124,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
             ApiError::DiskFull => tracing::error!("disk full: request refused"),
-            ApiError::JournalFailed { .. } | ApiError::Storage { .. } => {
+            ApiError::JournalFailed { .. }
+            | ApiError::Storage { .. }
+            | ApiError::StoreUnavailable { .. } => {
                 tracing::error!(error = %self, "storage failure")
             }
             e if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
@@ -184,6 +192,13 @@ mod tests {
                 },
                 503,
                 "journal_failed",
+            ),
+            (
+                ApiError::StoreUnavailable {
+                    reason: "connection refused".into(),
+                },
+                503,
+                "store_unavailable",
             ),
         ];
         for (e, status, code) in cases {

@@ -87,7 +87,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -345,13 +345,52 @@ impl LeaseTable {
         self.matchers.retain(|p, _| used.contains(p));
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.by_issue.values().map(Vec::len).sum()
     }
 }
 
+/// A new lease for `req` on `issue` (validated, normalized, not yet checked for conflicts).
+pub fn new_lease(
+    issue: &IssueId,
+    req: &ReserveRequest,
+    agent_type: Option<AgentType>,
+    now: u64,
+) -> Result<Lease, LeaseError> {
+    if req.paths.is_empty() || req.paths.len() > MAX_PATHS {
+        return Err(LeaseError::Invalid(format!(
+            "`paths` must name 1-{MAX_PATHS} paths or globs, e.g. [\"src/lib.rs\"]"
+        )));
+    }
+    if req.reason.len() > MAX_REASON_BYTES || req.reason.chars().any(char::is_control) {
+        return Err(LeaseError::Invalid(format!(
+            "`reason` must be at most {MAX_REASON_BYTES} bytes without control characters"
+        )));
+    }
+    let mut paths = req
+        .paths
+        .iter()
+        .map(|p| normalize(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    paths.dedup();
+    let ttl = ttl(req.ttl_secs)?;
+    let expires = now + ttl.as_millis() as u64;
+    Ok(Lease {
+        lease_id: lease_id(),
+        issue_id: issue.clone(),
+        agent_id: req.agent.clone(),
+        agent_type,
+        paths,
+        mode: req.mode,
+        reason: req.reason.clone(),
+        granted_at: rfc3339(now),
+        expires_at: rfc3339(expires),
+        expires_at_ms: expires,
+    })
+}
+
 /// The TTL a request asks for, checked.
-fn ttl(secs: Option<u64>) -> Result<Duration, LeaseError> {
+pub(crate) fn ttl(secs: Option<u64>) -> Result<Duration, LeaseError> {
     match secs {
         None => Ok(DEFAULT_TTL),
         Some(0) => Err(LeaseError::Invalid("`ttl_secs` must be at least 1".into())),
@@ -456,41 +495,12 @@ impl LeaseStore {
         agent_type: Option<AgentType>,
         now: u64,
     ) -> Result<Lease, LeaseError> {
-        if req.paths.is_empty() || req.paths.len() > MAX_PATHS {
-            return Err(LeaseError::Invalid(format!(
-                "`paths` must name 1-{MAX_PATHS} paths or globs, e.g. [\"src/lib.rs\"]"
-            )));
-        }
-        if req.reason.len() > MAX_REASON_BYTES || req.reason.chars().any(char::is_control) {
-            return Err(LeaseError::Invalid(format!(
-                "`reason` must be at most {MAX_REASON_BYTES} bytes without control characters"
-            )));
-        }
-        let mut paths = req
-            .paths
-            .iter()
-            .map(|p| normalize(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        paths.dedup();
-        let ttl = ttl(req.ttl_secs)?;
+        let lease = new_lease(issue, req, agent_type, now)?;
         let mut t = self.table.write().expect("lease lock");
-        let conflicts = t.conflicts(issue, &req.agent, req.mode, &paths, now);
+        let conflicts = t.conflicts(issue, &req.agent, req.mode, &lease.paths, now);
         if !conflicts.is_empty() {
             return Err(LeaseError::Conflict(conflicts));
         }
-        let expires = now + ttl.as_millis() as u64;
-        let lease = Lease {
-            lease_id: lease_id(),
-            issue_id: issue.clone(),
-            agent_id: req.agent.clone(),
-            agent_type,
-            paths,
-            mode: req.mode,
-            reason: req.reason.clone(),
-            granted_at: rfc3339(now),
-            expires_at: rfc3339(expires),
-            expires_at_ms: expires,
-        };
         {
             let conn = self.conn.lock().expect("lease db lock");
             let tx = conn.unchecked_transaction().map_err(db)?;

@@ -14,6 +14,7 @@ pub mod registry;
 pub mod results;
 mod routes;
 pub mod run;
+pub mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -82,16 +83,11 @@ pub struct SidecarState {
 struct Inner {
     config: SidecarConfig,
     orchestration_dir: PathBuf,
-    state_db: PathBuf,
     keys: Keys,
-    journal: journal::Journal,
-    leases: leases::LeaseStore,
-    inbox: inbox::Inbox,
-    results: results::ResultsStore,
+    store: store::Store,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
     probes: RwLock<metrics::Probes>,
-    db_bytes: std::sync::atomic::AtomicU64,
     started: Instant,
     tracker: Arc<Tracker>,
     /// Dropped last: no other sidecar writes this data while we might.
@@ -116,35 +112,23 @@ impl SidecarState {
             max_age: config.retention_age,
         };
         let lock = lock_data_dir(&paths.orchestration_dir())?;
-        let results = results::ResultsStore::open(paths.results_dir())?;
         // Results recorded as pending before a crash are written and announced now, before
         // any request is served.
-        let journal = journal::Journal::open_recovering(&paths.state_db(), retention, &mut |p| {
-            let (result, stored) = results.restore_pending(&p.json)?;
-            Ok(routes::completed_event(
-                &result,
-                &stored.path,
-                &stored.agent_path,
-            ))
-        })?;
-        // On the journal's database, which `open_recovering` has migrated.
-        let leases = leases::LeaseStore::open(&paths.state_db(), leases::now_ms())?;
-        let inbox = inbox::Inbox::open(&paths.state_db())?;
+        let store = store::Store::Sqlite(store::SqliteStore::open(
+            &paths.state_db(),
+            paths.results_dir(),
+            retention,
+        )?);
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {
                 config,
                 orchestration_dir: paths.orchestration_dir(),
-                state_db: paths.state_db(),
                 keys,
-                journal,
-                leases,
-                inbox,
-                results,
+                store,
                 context,
                 metrics: metrics::Metrics::default(),
                 probes: RwLock::new(metrics::Probes::default()),
-                db_bytes: Default::default(),
                 started: Instant::now(),
                 tracker,
                 stopping,
@@ -167,11 +151,9 @@ impl SidecarState {
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
-    pub fn journal(&self) -> &journal::Journal {
-        &self.inner.journal
-    }
-    pub fn leases(&self) -> &leases::LeaseStore {
-        &self.inner.leases
+    /// Events, results, the agent registry, leases and inbox cursors.
+    pub fn store(&self) -> &store::Store {
+        &self.inner.store
     }
     pub fn tracker(&self) -> Arc<Tracker> {
         self.inner.tracker.clone()
@@ -185,29 +167,20 @@ impl SidecarState {
             let probe = dir.join(".health-probe");
             std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe))
         };
+        let store = &self.inner.store;
         let storage = match probe_in(&self.inner.orchestration_dir)
-            .and_then(|()| probe_in(self.inner.results.dir()))
+            .and_then(|()| store.results_dir().map_or(Ok(()), probe_in))
         {
             Ok(()) => "healthy",
             Err(e) if crate::paths::is_disk_full(&e) => "disk_full",
             Err(_) => "unwritable",
         };
-        let j = &self.inner.journal;
-        let event_bus = if j.writer_alive() && j.ping() {
+        let event_bus = if store.event_bus_healthy() {
             "healthy"
         } else {
             "unhealthy"
         };
-        let db = &self.inner.state_db;
-        let wal = db.with_extension("db-wal");
-        let db_bytes = [db.as_path(), wal.as_path()]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        self.inner
-            .db_bytes
-            .store(db_bytes, std::sync::atomic::Ordering::Relaxed);
+        store.measure();
         *self.inner.probes.write().expect("probes lock") = metrics::Probes {
             storage,
             event_bus,
@@ -230,7 +203,7 @@ impl SidecarState {
 
     /// Commits what is queued and stops the journal writer.
     pub fn close(&self) {
-        self.inner.journal.close();
+        self.inner.store.close();
     }
 }
 

@@ -19,10 +19,9 @@ use serde_json::json;
 use super::context::{ContextError, ProjectRefused, check_project};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
-use super::journal::{
-    EventFilter, JournalError, JournalEvent, NewEvent, PendingResult, Subscription,
-};
-use super::results::{StoreError, pending_key};
+use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent};
+use super::results::StoreError;
+use super::store::{PutResult, Subscription};
 use super::{SERVICE, SidecarState, VERSION};
 use crate::api::sidecar::{
     AgentList, AgentState, AgentStatusUpdate, EventStats, HealthChecks, Performance,
@@ -38,7 +37,7 @@ pub const MAX_WAIT_MS: u64 = 300_000;
 /// Longest `publisher` / `topic` / `correlation_id`.
 const MAX_LABEL: usize = 256;
 /// The event a stored result publishes.
-pub const AGENT_COMPLETED: &str = "agent_completed";
+pub use super::store::AGENT_COMPLETED;
 /// The events an agent status update publishes.
 pub const AGENT_STARTED: &str = "agent_started";
 pub const AGENT_FAILED: &str = "agent_failed";
@@ -112,7 +111,7 @@ pub async fn method_not_allowed() -> Response {
 pub async fn health(State(s): State<SidecarState>) -> (StatusCode, Json<SidecarHealth>) {
     let mut probes = s.inner.probes.read().expect("probes lock").clone();
     // The last result write failed where the probe succeeded (a blocked or foreign path).
-    if probes.storage == "healthy" && s.inner.results.failing() {
+    if probes.storage == "healthy" && s.store().results_failing() {
         probes.storage = "degraded";
     }
     let healthy = probes.storage == "healthy" && probes.event_bus == "healthy";
@@ -125,8 +124,8 @@ pub async fn health(State(s): State<SidecarState>) -> (StatusCode, Json<SidecarH
             storage: probes.storage.into(),
             event_bus: probes.event_bus.into(),
             memory_usage_mb: probes.memory_mb,
-            active_agents: s.journal().agent_counts().active,
-            event_queue_size: s.journal().pending(),
+            active_agents: s.store().agent_counts().active,
+            event_queue_size: s.store().pending(),
         },
     };
     let status = if healthy {
@@ -138,15 +137,14 @@ pub async fn health(State(s): State<SidecarState>) -> (StatusCode, Json<SidecarH
 }
 
 pub async fn status(State(s): State<SidecarState>) -> Json<SidecarStatus> {
-    let j = s.journal();
-    let bytes =
-        s.inner.results.bytes() + s.inner.db_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let j = s.store();
+    let bytes = j.bytes();
     let perf = s.metrics().summary();
     Json(SidecarStatus {
         agents: j.agent_counts(),
         storage: StorageStats {
             context_cache_entries: s.inner.context.cache_entries() as u64,
-            results_stored: s.inner.results.files(),
+            results_stored: j.results_stored(),
             total_size_mb: (bytes as f64 / (1024.0 * 1024.0) * 1000.0).round() / 1000.0,
         },
         events: EventStats {
@@ -236,6 +234,7 @@ pub async fn get_context(
         }
         Err(e) => return Err(ApiError::internal(e)),
     };
+    let results = s.store().results(&issue_id).await?;
     let body = blocking(move || -> Result<String, ApiError> {
         let degraded;
         let (project_json, project_truncated) = match &project {
@@ -245,7 +244,6 @@ pub async fn get_context(
                 (degraded.as_str(), true)
             }
         };
-        let results = s.inner.results.list(&issue_id);
         let budget = s.inner.context.budget();
         let mut out = String::with_capacity(project_json.len() + 512);
         out.push_str("{\"issue_id\":\"");
@@ -277,29 +275,6 @@ pub async fn get_context(
     })
     .await??;
     Ok(json_response(StatusCode::OK, body))
-}
-
-/// The `agent_completed` event announcing a stored result (also used by recovery).
-pub fn completed_event(r: &StoredResult, path: &Path, agent_path: &Path) -> NewEvent {
-    let status = r
-        .result
-        .get("status")
-        .and_then(|s| s.as_str())
-        .unwrap_or_default();
-    NewEvent {
-        event_type: EventType::parse(AGENT_COMPLETED).expect("valid event type"),
-        publisher: r.agent_id.to_string(),
-        topic: r.issue_id.to_string(),
-        data: json!({
-            "issue_id": r.issue_id,
-            "agent_type": r.agent_type,
-            "agent_id": r.agent_id,
-            "status": status,
-            "path": path.display().to_string(),
-            "agent_path": agent_path.display().to_string(),
-        }),
-        correlation_id: None,
-    }
 }
 
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`]: it could not be embedded again in a
@@ -340,41 +315,6 @@ pub async fn store_result(
         }
     }
     check_depth("result", &sub.result)?;
-    let results = &s.inner.results;
-    // One submission of this agent at a time: the check below and the write cannot
-    // interleave with a concurrent retry.
-    let _turn = results.lock_agent(&sub.issue_id, &sub.agent_id).await;
-    // A repeat of what this agent already stored (a retried hook, a stop reported twice) is
-    // acknowledged without a second write or a second `agent_completed` — only when its
-    // event exists: a result still pending (its undo failed) is stored and announced again.
-    let existing = {
-        let (s, sub) = (s.clone(), sub.clone());
-        blocking(move || {
-            s.inner
-                .results
-                .get_agent(&sub.issue_id, &sub.agent_type, &sub.agent_id)
-        })
-        .await?
-    };
-    if let Some(json) = existing
-        && let Ok(prev) = serde_json::from_str::<StoredResult>(&json)
-        && prev.result == sub.result
-        && !s.journal().is_pending(&pending_key(&prev))
-    {
-        let body = ResultStored {
-            stored: true,
-            path: results
-                .path_of(&sub.issue_id, &sub.agent_type)
-                .display()
-                .to_string(),
-            issue_id: sub.issue_id,
-            agent_type: sub.agent_type,
-            event_id: None,
-            seq: None,
-            unchanged: true,
-        };
-        return Ok((StatusCode::OK, Json(body)).into_response());
-    }
     let stored = StoredResult {
         agent_id: sub.agent_id,
         agent_type: sub.agent_type,
@@ -382,67 +322,21 @@ pub async fn store_result(
         result: sub.result,
         stored_at: super::journal::rfc3339_now(),
     };
-    // Recorded as pending first, then written, then announced in the commit that clears the
-    // pending row: a crash anywhere is finished on the next start (`SidecarState::open`).
-    // If writing or announcing fails, the write is undone and the pending row dropped, so a
-    // 5xx means "nothing happened" and a retry is safe.
-    let key = pending_key(&stored);
-    s.journal()
-        .intend(PendingResult {
-            key: key.clone(),
-            json: serde_json::to_string(&stored).expect("results serialize"),
-        })
-        .await?;
-    let written = {
-        let (s, stored) = (s.clone(), stored.clone());
-        blocking(move || s.inner.results.store(&stored)).await?
-    };
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => {
-            forget(&s, key).await;
-            return Err(e.into());
-        }
-    };
-    let (path, agent_path) = (written.path.clone(), written.agent_path.clone());
-    let published = s
-        .journal()
-        .complete(key.clone(), completed_event(&stored, &path, &agent_path))
-        .await;
-    let event = match published {
-        Ok(event) => event,
-        Err(e) => {
-            let s2 = s.clone();
-            match blocking(move || s2.inner.results.undo(written)).await {
-                Ok(Ok(())) => forget(&s, key).await,
-                Ok(Err(undo)) => {
-                    tracing::error!(error = %undo, "cannot undo a result whose event failed; it is announced on the next start")
-                }
-                Err(undo) => {
-                    tracing::error!(error = %undo, "cannot undo a result whose event failed; it is announced on the next start")
-                }
-            }
-            return Err(e.into());
-        }
+    let (issue_id, agent_type) = (stored.issue_id.clone(), stored.agent_type.clone());
+    let (status, path, event) = match s.store().put_result(stored).await? {
+        PutResult::Unchanged { path } => (StatusCode::OK, path, None),
+        PutResult::Stored { path, event } => (StatusCode::CREATED, path, Some(event)),
     };
     let body = ResultStored {
         stored: true,
-        path: path.display().to_string(),
-        issue_id: stored.issue_id,
-        agent_type: stored.agent_type,
-        event_id: Some(event.event().event_id),
-        seq: Some(event.seq),
-        unchanged: false,
+        path,
+        issue_id,
+        agent_type,
+        event_id: event.as_ref().map(|e| e.event().event_id),
+        seq: event.as_ref().map(|e| e.seq),
+        unchanged: event.is_none(),
     };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-/// Drops a pending result whose files were not (or no longer) written; if even that fails,
-/// the next start finishes it, which a retry would have done anyway.
-async fn forget(s: &SidecarState, key: String) {
-    if let Err(e) = s.journal().forget(key.clone()).await {
-        tracing::error!(key, error = %e, "cannot drop a pending result; it is announced on the next start");
-    }
+    Ok((status, Json(body)).into_response())
 }
 
 pub async fn list_results(
@@ -452,12 +346,7 @@ pub async fn list_results(
 ) -> Result<Response, ApiError> {
     claims.require(Scope::ResultsRead)?;
     claims.check_binding(Some(issue_id.as_str()), None)?;
-    let results = if s.inner.results.is_loaded(&issue_id) {
-        s.inner.results.list(&issue_id)
-    } else {
-        let (s, id) = (s.clone(), issue_id.clone());
-        blocking(move || s.inner.results.list(&id)).await?
-    };
+    let results = s.store().results(&issue_id).await?;
     let mut out = format!("{{\"issue_id\":\"{issue_id}\",\"results\":[");
     for (i, r) in results.iter().enumerate() {
         if i > 0 {
@@ -506,7 +395,7 @@ pub async fn publish_event(
     }
     check_depth("data", &req.data)?;
     let event = s
-        .journal()
+        .store()
         .publish(NewEvent {
             event_type,
             publisher: req.publisher,
@@ -622,7 +511,7 @@ pub async fn wait_events(
     };
     let timeout = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let (events, next) = s
-        .journal()
+        .store()
         .wait(&filter, q.since, timeout, s.inner.stopping.clone())
         .await?;
     Ok(json_response(StatusCode::OK, batch_json(&events, next)))
@@ -665,19 +554,12 @@ pub async fn stream_events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let mut rx = s.journal().watch_head();
+    let mut rx = s.store().watch_head();
     rx.borrow_and_update();
-    let since = q.since.or(last_id).unwrap_or_else(|| s.journal().head());
-    let floor = s.journal().floor();
-    if since < floor {
-        return Err(JournalError::Gone { since, floor }.into());
-    }
-    let head = s.journal().head();
-    if since > head {
-        return Err(JournalError::Ahead { since, head }.into());
-    }
+    let since = q.since.or(last_id).unwrap_or_else(|| s.store().head());
+    s.store().check_cursor(since)?;
     let state = StreamState {
-        _sub: Subscription::new(s.journal()),
+        _sub: s.store().subscription(),
         s,
         since,
         filter,
@@ -704,7 +586,7 @@ pub async fn stream_events(
             }
             match st
                 .s
-                .journal()
+                .store()
                 .read(st.since, &st.filter, super::journal::MAX_EVENTS_PER_ANSWER)
                 .await
             {
@@ -772,7 +654,7 @@ pub async fn agent_status(
     });
     // A bound token may only touch records of its own issue and type: it could otherwise
     // move another issue's agent to its own and mark it failed.
-    if let Some(existing) = s.journal().agent(&agent_id) {
+    if let Some(existing) = s.store().agent(&agent_id) {
         claims
             .check_binding(
                 Some(existing.issue_id.as_str()),
@@ -786,9 +668,9 @@ pub async fn agent_status(
             })?;
     }
     let topic = update.issue_id.to_string();
-    let record = s.journal().set_agent(agent_id.clone(), update).await?;
+    let record = s.store().set_agent(agent_id.clone(), update).await?;
     if let Some(event_type) = lifecycle {
-        s.journal()
+        s.store()
             .publish(NewEvent {
                 event_type: EventType::parse(event_type).expect("valid event type"),
                 publisher: agent_id.to_string(),
@@ -808,7 +690,7 @@ pub async fn list_agents(
     claims.require(Scope::AgentsRead)?;
     // A token bound to an issue or agent type sees only those agents.
     let agents: Vec<_> = s
-        .journal()
+        .store()
         .agents()
         .into_iter()
         .filter(|a| {
@@ -877,23 +759,26 @@ mod tests {
         assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
         assert_eq!(post().await.unwrap().status(), StatusCode::OK);
         // What a failed announcement with a failed undo leaves: stored, still pending.
-        let stored = s
-            .inner
-            .results
+        #[allow(irrefutable_let_patterns)] // until the NATS backend lands
+        let super::super::store::Store::Sqlite(sq) = s.store() else {
+            unreachable!("SidecarState::open is the SQLite backend")
+        };
+        let stored = sq
+            .results_store()
             .get_agent(&sub.issue_id, &sub.agent_type, &sub.agent_id)
             .unwrap();
         let key = format!("{}/{}/{}", sub.issue_id, sub.agent_type, sub.agent_id);
-        s.journal()
-            .intend(PendingResult {
+        sq.journal()
+            .intend(crate::sidecar::journal::PendingResult {
                 key: key.clone(),
                 json: stored.to_string(),
             })
             .await
             .unwrap();
-        let head = s.journal().head();
+        let head = sq.journal().head();
         assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
-        assert_eq!(s.journal().head(), head + 1);
-        assert!(!s.journal().is_pending(&key));
+        assert_eq!(sq.journal().head(), head + 1);
+        assert!(!sq.journal().is_pending(&key));
         assert_eq!(post().await.unwrap().status(), StatusCode::OK);
         s.close();
     }
