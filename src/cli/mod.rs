@@ -13,6 +13,7 @@ pub mod leases;
 pub mod logs;
 pub mod operate;
 pub mod sidecar;
+pub mod store;
 pub mod token;
 pub mod uninstall;
 
@@ -69,6 +70,8 @@ pub enum Command {
     Events(events::Args),
     /// List the file leases agents hold; `cco leases release ID` force-releases one.
     Leases(leases::Args),
+    /// Operate the shared store: `cco store migrate` copies this machine's journal into it.
+    Store(store::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
     ///
     /// A hook reads only the ORCHESTRATOR_* environment the launcher gives Claude, never cco's
@@ -139,6 +142,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             },
         ),
         Command::Leases(args) => leases::run(config, args),
+        Command::Store(args) => store::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

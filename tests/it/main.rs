@@ -25,4 +25,5 @@ mod props;
 mod remedies;
 mod service;
 mod sidecar;
+mod store_ops;
 mod users;

@@ -77,15 +77,20 @@ impl NatsCluster {
     /// Starts [`CLUSTER_SIZE`] nodes and returns once every one reports JetStream ready;
     /// `None` when there is no `nats-server` here (outside CI only, see [`nats_server_binary`]).
     pub fn start() -> Option<NatsCluster> {
-        Self::start_nodes(CLUSTER_SIZE)
+        Self::start_nodes(CLUSTER_SIZE, true)
     }
 
     /// One JetStream server without a cluster (the fault tests stop and restart it).
     pub fn single() -> Option<NatsCluster> {
-        Self::start_nodes(1)
+        Self::start_nodes(1, true)
     }
 
-    fn start_nodes(size: usize) -> Option<NatsCluster> {
+    /// One server with JetStream off (what `cco doctor` must catch).
+    pub fn single_without_jetstream() -> Option<NatsCluster> {
+        Self::start_nodes(1, false)
+    }
+
+    fn start_nodes(size: usize, jetstream: bool) -> Option<NatsCluster> {
         let binary = nats_server_binary()?;
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..size)
@@ -114,7 +119,7 @@ impl NatsCluster {
                         client_port,
                         cluster_port,
                         monitor_port,
-                        &store,
+                        jetstream.then_some(store.as_path()),
                         &routes,
                     ),
                 )
@@ -248,6 +253,7 @@ impl NatsCluster {
     }
 
     /// The node that leads `stream`'s replicas, as a running node reports it.
+    #[allow(dead_code)] // used by the team tests once the NATS backend is in
     pub fn stream_leader(&self, stream: &str) -> Option<usize> {
         let node = self.nodes.iter().position(Node::is_running)?;
         let jsz = self.monitor(node, "/jsz?accounts=true&streams=true");
@@ -278,27 +284,25 @@ impl Drop for NatsCluster {
 }
 
 /// The node's config: loopback only, JetStream with its own store, routes to every node
-/// (a node ignores the route to itself); no cluster block without routes.
+/// (a node ignores the route to itself); no cluster block without routes, no JetStream
+/// without a store.
 fn node_config(
     name: &str,
     client: u16,
     cluster: u16,
     monitor: u16,
-    store: &Path,
+    store: Option<&Path>,
     routes: &[String],
 ) -> String {
     let mut conf = format!(
-        r#"server_name: {name}
-listen: "127.0.0.1:{client}"
-http: "127.0.0.1:{monitor}"
-jetstream {{
-  store_dir: "{store}"
-  max_memory_store: 64MB
-  max_file_store: 1GB
-}}
-"#,
-        store = store.display(),
+        "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\n"
     );
+    if let Some(store) = store {
+        conf.push_str(&format!(
+            "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n",
+            store.display()
+        ));
+    }
     if !routes.is_empty() {
         conf.push_str(&format!(
             "cluster {{\n  name: cco-test\n  listen: \"127.0.0.1:{cluster}\"\n  routes: [{}]\n}}\n",
