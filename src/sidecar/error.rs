@@ -52,7 +52,7 @@ pub enum ApiError {
     Storage { message: String },
     /// The shared store (NATS) cannot be reached; `reason` says why.
     #[error(
-        "the shared store is unavailable ({reason}); nothing was changed — check it with `cco doctor`, then retry"
+        "the shared store is unavailable ({reason}); nothing was changed — retry when it is back, and see what is wrong with `cco doctor`"
     )]
     StoreUnavailable { reason: String },
     /// The cause is logged, never sent.

@@ -348,6 +348,15 @@ impl LeaseTable {
     pub(crate) fn count(&self) -> usize {
         self.by_issue.values().map(Vec::len).sum()
     }
+
+    /// Replaces the leases of `issue` (a backend that keeps them elsewhere mirrors them).
+    pub(crate) fn set_issue(&mut self, issue: &IssueId, leases: Vec<Lease>) {
+        self.by_issue.remove(issue);
+        for l in leases {
+            self.insert(l);
+        }
+        self.prune_matchers();
+    }
 }
 
 /// A new lease for `req` on `issue` (validated, normalized, not yet checked for conflicts).

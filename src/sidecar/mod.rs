@@ -25,7 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
 use crate::auth::Keys;
-use crate::config::SidecarConfig;
+use crate::config::{SidecarConfig, StoreBackend, StoreConfig};
 use crate::paths::Paths;
 use crate::pidlock::{PidLock, PidLockError};
 use crate::roster::Roster;
@@ -107,6 +107,21 @@ impl SidecarState {
         tracker: Arc<Tracker>,
         stopping: Stopping,
     ) -> Result<SidecarState, OpenError> {
+        let store = StoreConfig::default();
+        SidecarState::open_with_store(config, &store, paths, keys, roster, tracker, stopping)
+    }
+
+    /// Opens the store `[store]` selects: SQLite under `paths`' data dir, or NATS (which
+    /// connects in the background; call from inside a Tokio runtime).
+    pub fn open_with_store(
+        config: SidecarConfig,
+        store_config: &StoreConfig,
+        paths: &Paths,
+        keys: Keys,
+        roster: Roster,
+        tracker: Arc<Tracker>,
+        stopping: Stopping,
+    ) -> Result<SidecarState, OpenError> {
         let retention = journal::Retention {
             max_events: config.retention_events,
             max_age: config.retention_age,
@@ -114,11 +129,16 @@ impl SidecarState {
         let lock = lock_data_dir(&paths.orchestration_dir())?;
         // Results recorded as pending before a crash are written and announced now, before
         // any request is served.
-        let store = store::Store::Sqlite(store::SqliteStore::open(
-            &paths.state_db(),
-            paths.results_dir(),
-            retention,
-        )?);
+        let store = match store_config.backend {
+            StoreBackend::Sqlite => store::Store::Sqlite(store::SqliteStore::open(
+                &paths.state_db(),
+                paths.results_dir(),
+                retention,
+            )?),
+            StoreBackend::Nats => {
+                store::Store::Nats(store::NatsStore::open(store_config, retention))
+            }
+        };
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
             inner: Arc::new(Inner {

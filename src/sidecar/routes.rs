@@ -759,7 +759,6 @@ mod tests {
         assert_eq!(post().await.unwrap().status(), StatusCode::CREATED);
         assert_eq!(post().await.unwrap().status(), StatusCode::OK);
         // What a failed announcement with a failed undo leaves: stored, still pending.
-        #[allow(irrefutable_let_patterns)] // until the NATS backend lands
         let super::super::store::Store::Sqlite(sq) = s.store() else {
             unreachable!("SidecarState::open is the SQLite backend")
         };

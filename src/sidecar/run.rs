@@ -35,8 +35,9 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
     let idle = config.idle_exit_after;
     crate::startup::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let state = SidecarState::open(
+        let state = SidecarState::open_with_store(
             config.sidecar.clone(),
+            &config.store,
             &paths,
             keys,
             roster,
@@ -49,6 +50,14 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
                 paths.orchestration_dir().display()
             )
         })?;
+        if let sidecar::store::Store::Nats(nats) = state.store()
+            && !nats.ready(sidecar::store::nats::STARTUP_WAIT).await
+        {
+            tracing::warn!(
+                reason = nats.unavailable_reason().unwrap_or_default(),
+                "NATS is not reachable yet; answering 503 store_unavailable until it is (`cco doctor` checks it)"
+            );
+        }
         let probes = tokio::spawn(state.clone().probe_loop());
         let app = sidecar::router(state.clone(), port);
         // Logged before READY=1, so whoever waited for it finds the line.
@@ -57,6 +66,7 @@ pub fn run(config_flag: Option<&Path>, options: RunOptions) -> anyhow::Result<()
             listener = origin.as_str(),
             pid = std::process::id(),
             data = %paths.orchestration_dir().display(),
+            store = state.store().backend(),
             max_connections = server.connection_limit(),
             idle_exit_after = %config::idle_label(idle),
             "sidecar ready"

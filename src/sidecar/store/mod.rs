@@ -6,6 +6,7 @@
 //! compile time, and the handlers' hot paths (lease checks, tail reads) stay statically
 //! dispatched and inlinable, with plain `async fn`s instead of boxed `async_trait` futures.
 
+pub mod nats;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::api::sidecar::{AgentCounts, AgentRecord, AgentStatusUpdate, StoredRes
 use crate::api::{AgentId, AgentType, EventType, IssueId};
 use crate::server::Stopping;
 
+pub use nats::NatsStore;
 pub use sqlite::SqliteStore;
 
 /// The event a stored result publishes.
@@ -79,17 +81,20 @@ pub struct InboxRequest {
 #[derive(Debug)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Nats(NatsStore),
 }
 
 /// Counts an open long poll or stream for `/status` while it lives.
 pub enum Subscription {
     Sqlite(super::journal::Subscription),
+    Nats(nats::Subscription),
 }
 
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             Store::Sqlite($s) => $e,
+            Store::Nats($s) => $e,
         }
     };
 }
@@ -98,6 +103,7 @@ impl Store {
     pub fn backend(&self) -> &'static str {
         match self {
             Store::Sqlite(_) => "sqlite",
+            Store::Nats(_) => "nats",
         }
     }
 
@@ -121,6 +127,7 @@ impl Store {
     pub fn subscription(&self) -> Subscription {
         match self {
             Store::Sqlite(s) => Subscription::Sqlite(s.subscription()),
+            Store::Nats(s) => Subscription::Nats(s.subscription()),
         }
     }
     /// A receiver that changes whenever new events are stored (here or, on NATS, anywhere).
