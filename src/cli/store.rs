@@ -16,7 +16,7 @@ use crate::api::{AgentId, AgentType, EventType, IssueId};
 use crate::config::{StoreBackend as Backend, StoreConfig};
 use crate::paths::Installation;
 use crate::sidecar::journal::{EventFilter, NewEvent, Retention};
-use crate::sidecar::store::{AGENT_COMPLETED, PutResult, SqliteStore, Store};
+use crate::sidecar::store::{AGENT_COMPLETED, NatsStore, PutResult, SqliteStore, Store};
 
 /// The marker event a copy leaves in the target after each batch and at the end.
 pub const MARKER_TYPE: &str = "store_migrated";
@@ -25,6 +25,8 @@ const MARKER_TOPIC: &str = "cco-store-migrate";
 /// The source's retention while it is copied: the largest the config allows.
 const KEEP_EVENTS: u64 = 100_000_000;
 const KEEP_AGE: std::time::Duration = std::time::Duration::from_secs(3650 * 24 * 3600);
+/// How long the command waits for a NATS target to answer.
+const TARGET_READY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Source events copied between two markers: what an interrupted copy checks again.
 const BATCH: usize = 500;
 
@@ -244,9 +246,17 @@ async fn open_target(
                 SqliteStore::open(&inst.paths.state_db(), inst.paths.results_dir(), retention)?;
             Ok((Store::Sqlite(store), Some(lock)))
         }
-        Backend::Nats => bail!(
-            "the NATS backend is not built into this cco yet — set `[store] backend = \"sqlite\"`, or update cco"
-        ),
+        Backend::Nats => {
+            let store = NatsStore::open(&inst.config.store, retention);
+            if !store.ready(TARGET_READY).await {
+                let reason = store.unavailable_reason().unwrap_or_default();
+                bail!(
+                    "cannot use NATS at {}: {reason} — `cco doctor` says what is wrong",
+                    inst.config.store.nats_servers.join(", ")
+                );
+            }
+            Ok((Store::Nats(store), None))
+        }
     }
 }
 

