@@ -701,3 +701,94 @@ async fn stream_check(
         None,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(k: u64) -> NewEvent {
+        NewEvent {
+            event_type: EventType::parse("plan").unwrap(),
+            publisher: "agent".into(),
+            topic: "issue-1".into(),
+            data: json!({"k": k}),
+            correlation_id: None,
+        }
+    }
+
+    fn retention() -> Retention {
+        Retention {
+            max_events: KEEP_EVENTS,
+            max_age: KEEP_AGE,
+        }
+    }
+
+    /// A run interrupted after copying an event but before its batch's marker: the next run
+    /// finds that event in the target and does not copy it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_copy_is_resumed_without_duplicates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src_dir = tmp.path().join("old").join("orchestration");
+        crate::paths::ensure_private_dir(&src_dir).unwrap();
+        let src = SqliteStore::open(
+            &src_dir.join("state.db"),
+            src_dir.join("results"),
+            retention(),
+        )
+        .unwrap();
+        for k in 1..=3 {
+            src.publish(event(k)).await.unwrap();
+        }
+        src.close();
+        drop(src);
+
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        let env = |k: &str| match k {
+            "HOME" => Some(home.display().to_string()),
+            _ => None,
+        };
+        let inst = Installation::load(None, &env).unwrap();
+        crate::paths::ensure_private_dir(&inst.paths.orchestration_dir()).unwrap();
+        // What the interrupted run left: event 1 under a marker, event 2 after it.
+        {
+            let dst = SqliteStore::open(
+                &inst.paths.state_db(),
+                inst.paths.results_dir(),
+                retention(),
+            )
+            .unwrap();
+            let dst = Store::Sqlite(dst);
+            dst.publish(event(1)).await.unwrap();
+            let copied = Counts {
+                events: 1,
+                ..Counts::default()
+            };
+            mark(&dst, &source_id(&src_dir), 1, &copied).await.unwrap();
+            dst.publish(event(2)).await.unwrap();
+            dst.close();
+        }
+
+        let counts = migrate(&inst, &tmp.path().join("old"), false)
+            .await
+            .unwrap();
+        assert_eq!((counts.events, counts.skipped), (1, 1), "{counts:?}");
+        let dst = SqliteStore::open(
+            &inst.paths.state_db(),
+            inst.paths.results_dir(),
+            retention(),
+        )
+        .unwrap();
+        let plans = EventFilter {
+            event_type: Some("plan".into()),
+            topic: None,
+        };
+        let (events, _) = dst.read(0, &plans, 100).await.unwrap();
+        let ks: Vec<u64> = events
+            .iter()
+            .map(|e| e.event().data["k"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ks, vec![1, 2, 3], "each source event once, in order");
+        dst.close();
+    }
+}
