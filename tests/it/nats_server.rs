@@ -39,9 +39,10 @@ pub fn nats_server_binary() -> Result<PathBuf, String> {
 /// A running nats-server; killed (and its store removed) on drop.
 pub struct NatsServer {
     child: Child,
+    bin: PathBuf,
     pub port: u16,
     /// Holds the JetStream store directory.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -60,57 +61,77 @@ impl NatsServer {
     /// Starts `bin` on `port` and waits for its ready line.
     pub fn start_with(bin: &std::path::Path, port: u16) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        // nats-server logs to stderr; the ready line is the readiness signal.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut log = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(READY_LINE)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(Ok(()));
-                }
-                log.push(line);
-            }
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(Err(log.join("\n")));
-            }
-        });
-        let started = Instant::now();
-        match rx.recv_timeout(NATS_READY_TIMEOUT) {
-            Ok(Ok(())) => {}
-            Ok(Err(log)) => {
-                let _ = child.kill();
-                panic!("nats-server on port {port} exited before it was ready:\n{log}");
-            }
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "nats-server on port {port} not ready after {:?}",
-                    started.elapsed()
-                );
-            }
-        }
+        let child = spawn_ready(bin, port, dir.path());
         NatsServer {
             child,
+            bin: bin.to_owned(),
             port,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// SIGKILLs the server and starts it again on the same port and store directory
+    /// (what a crash and a restart by its supervisor do).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_ready(&self.bin, self.port, self.dir.path());
+    }
+
+    /// SIGKILLs the server (it stays down until [`NatsServer::restart`]).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+}
+
+/// Starts nats-server with JetStream and waits for its ready line.
+fn spawn_ready(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> Child {
+    let mut child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    // nats-server logs to stderr; the ready line is the readiness signal.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut log = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(READY_LINE)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(Ok(()));
+            }
+            log.push(line);
+        }
+        if let Some(tx) = tx.take() {
+            let _ = tx.send(Err(log.join("\n")));
+        }
+    });
+    let started = Instant::now();
+    match rx.recv_timeout(NATS_READY_TIMEOUT) {
+        Ok(Ok(())) => {}
+        Ok(Err(log)) => {
+            let _ = child.kill();
+            panic!("nats-server on port {port} exited before it was ready:\n{log}");
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "nats-server on port {port} not ready after {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    child
 }
 
 impl Drop for NatsServer {

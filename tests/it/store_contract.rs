@@ -677,6 +677,117 @@ mod lib_level {
         b.close();
     }
 
+    /// NATS killed and restarted: calls fail with `Unavailable` meanwhile, then the store
+    /// reconnects by itself, cursors continue and waiters are woken again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nats_restart_reconnects_and_cursors_continue() {
+        let Some(mut server) = NatsServer::start() else {
+            return;
+        };
+        let s = nats_store(&server, &namespace());
+        ready(&s).await;
+        let event = || cco::sidecar::journal::NewEvent {
+            event_type: cco::api::EventType::parse("e").unwrap(),
+            publisher: "p".into(),
+            topic: "t".into(),
+            data: json!({}),
+            correlation_id: None,
+        };
+        let first = s.publish(event()).await.unwrap();
+        server.kill();
+        match s.publish(event()).await {
+            Err(Error::Unavailable(reason)) => assert!(!reason.is_empty()),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let second = loop {
+            match s.publish(event()).await {
+                Ok(e) => break e,
+                Err(Error::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("never reconnected: {e}"),
+            }
+        };
+        assert_eq!(second.seq, first.seq + 1, "the cursor continues");
+        let (events, _) = s
+            .read(first.seq - 1, &EventFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [first.seq, second.seq]
+        );
+        // A waiter parked now is woken by the next publish.
+        let s = Arc::new(s);
+        let (stopper, s2) = (cco::server::Stopper::default(), s.clone());
+        let stopping = stopper.subscribe();
+        let waiter = tokio::spawn(async move {
+            s2.wait(
+                &EventFilter::default(),
+                Some(second.seq),
+                Duration::from_secs(30),
+                stopping,
+            )
+            .await
+        });
+        let third = s.publish(event()).await.unwrap();
+        let (events, _) = waiter.await.unwrap().unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [third.seq]
+        );
+        s.close();
+    }
+
+    /// What `cco store migrate` writes: an event keeps its id and data, a result its body,
+    /// an agent its record; a second sidecar on the namespace sees them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn imported_events_results_and_agents_are_shared() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let Store::Nats(a) = nats_store(&server, &ns) else {
+            unreachable!()
+        };
+        assert!(a.ready(Duration::from_secs(20)).await);
+        let event: cco::api::sidecar::Event = serde_json::from_value(json!({
+            "event_id": "evt_old", "seq": 41, "event_type": "agent_completed",
+            "publisher": "r-1", "topic": "issue-2",
+            "data": {"issue_id": "issue-2", "agent_type": "tester", "agent_id": "r-1", "status": "done"},
+            "timestamp": "2026-01-01T00:00:00.000Z"
+        }))
+        .unwrap();
+        let result: cco::api::sidecar::StoredResult = serde_json::from_value(json!({
+            "agent_id": "r-1", "agent_type": "tester", "issue_id": "issue-2",
+            "result": {"status": "done"}, "stored_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let record: cco::api::sidecar::AgentRecord = serde_json::from_value(json!({
+            "agent_id": "r-1", "agent_type": "tester", "issue_id": "issue-2",
+            "status": "completed", "started_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:01:00Z"
+        }))
+        .unwrap();
+        let seq = a.import_event(event, Some(result)).await.unwrap();
+        assert_eq!(seq, 1, "seqs are the stream's");
+        a.import_agent(&record).await.unwrap();
+        a.close();
+
+        let b = nats_store(&server, &ns);
+        ready(&b).await;
+        let (events, _) = b.read(0, &EventFilter::default(), 10).await.unwrap();
+        let e = events[0].event();
+        assert_eq!((e.seq, e.event_id.as_str()), (1, "evt_old"));
+        assert_eq!(e.timestamp, "2026-01-01T00:00:00.000Z");
+        let issue = IssueId::parse("issue-2").unwrap();
+        assert_eq!(b.results(&issue).await.unwrap().len(), 1);
+        assert_eq!(b.agents(), [record]);
+        b.close();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cursor_errors_on_nats() {
         let Some(server) = NatsServer::start() else {

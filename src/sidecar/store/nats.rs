@@ -988,6 +988,44 @@ impl NatsStore {
         Ok(journal_event(env.event, seq))
     }
 
+    /// Appends an event kept elsewhere (`cco store migrate`): its id, publisher, topic,
+    /// data and timestamp stay, its seq is the stream's; an `agent_completed` carrying its
+    /// `result` is indexed like a stored one. Returns the new seq.
+    pub async fn import_event(
+        &self,
+        event: Event,
+        result: Option<StoredResult>,
+    ) -> Result<u64, Error> {
+        let h = self.handles()?;
+        let env = Envelope { event, result };
+        let seq = self.append(h, &env).await?;
+        if let Some(r) = env.result {
+            let value = serde_json::to_vec(&IndexEntry {
+                seq,
+                result: r.clone(),
+            })
+            .expect("results serialize");
+            h.results
+                .put(result_key(&r), value.into())
+                .await
+                .map_err(|e| unavailable("results index", e))?;
+            self.index_local(r, seq);
+        }
+        Ok(seq)
+    }
+
+    /// Writes an agent record kept elsewhere as it is (`cco store migrate`).
+    pub async fn import_agent(&self, record: &AgentRecord) -> Result<(), Error> {
+        let h = self.handles()?;
+        let value = serde_json::to_vec(record).expect("records serialize");
+        h.agents
+            .put(token(record.agent_id.as_str()), value.into())
+            .await
+            .map_err(|e| unavailable("agent registry", e))?;
+        self.inner.registry.apply(std::iter::once(record));
+        Ok(())
+    }
+
     pub async fn read(
         &self,
         since: u64,
@@ -995,6 +1033,8 @@ impl NatsStore {
         limit: usize,
     ) -> Result<(Vec<Arc<JournalEvent>>, u64), Error> {
         let h = self.handles()?;
+        // The stream's last sequence when this sidecar's follower lags behind `since`.
+        let mut lagging = None;
         if since > self.head() {
             // A cursor from another machine may be ahead of what this follower has seen.
             let (_, last) = self.refresh_floor(h).await?;
@@ -1002,28 +1042,35 @@ impl NatsStore {
                 return Err(JournalError::Ahead { since, head: last }.into());
             }
             self.visible(since).await;
+            if since > self.head() {
+                // Still behind (reconnecting): answer from the stream leader up to `last`.
+                lagging = Some(last);
+            }
         }
         let floor = self.floor();
         if since < floor {
             return Err(JournalError::Gone { since, floor }.into());
         }
-        if let Some(answer) = self.read_tail(since, filter, limit) {
+        if lagging.is_none()
+            && let Some(answer) = self.read_tail(since, filter, limit)
+        {
             return Ok(answer);
         }
-        // Behind the tail: from the stream leader, by sequence.
+        // Behind the tail (or ahead of the follower): from the stream leader, by sequence.
         let (floor, _) = self.refresh_floor(h).await?;
         if since < floor {
             return Err(JournalError::Gone { since, floor }.into());
         }
-        let (head, tail_start) = {
+        let (tail_head, tail_start) = {
             let t = self.inner.tail.read().expect("tail lock");
             (t.head, t.start)
         };
+        let head = lagging.unwrap_or(tail_head).max(tail_head);
         let subject = self.inner.names.filter_subject(filter);
         let mut out = Vec::new();
         let mut seq = since + 1;
         while out.len() < limit && seq <= head {
-            if seq > tail_start {
+            if seq > tail_start && tail_head >= head {
                 // The rest is in memory.
                 let from = seq - 1;
                 if let Some((more, _)) = self.read_tail(from, filter, limit - out.len()) {
