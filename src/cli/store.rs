@@ -175,6 +175,12 @@ pub async fn migrate(inst: &Installation, from: &Path, force: bool) -> anyhow::R
             counts.skipped += 1;
             continue;
         }
+        if let Store::Nats(nats) = &dst {
+            // As it is, with its own start and update times.
+            nats.import_agent(&agent).await?;
+            counts.agents += 1;
+            continue;
+        }
         let update = AgentStatusUpdate {
             status: agent.status,
             agent_type: agent.agent_type,
@@ -351,6 +357,12 @@ async fn copy_event(
     {
         *n -= 1;
         counts.skipped += 1;
+        return Ok(());
+    }
+    // NATS keeps the event's id and timestamp; SQLite gives it new ones.
+    if let Store::Nats(nats) = dst {
+        nats.import_event(e.clone(), None).await?;
+        counts.events += 1;
         return Ok(());
     }
     dst.publish(NewEvent {

@@ -216,6 +216,21 @@ fn migrate_copies_a_journal_into_a_nats_namespace_once() {
         .set("CCO_NATS_SERVERS", nats.servers_env())
         .set("CCO_STORE_NAMESPACE", "migrated");
     migrate_once(&source, &target);
+    // NATS keeps each copied event's id and timestamp.
+    let ids = |env: &Env| {
+        let _sidecar = env.start("sidecar");
+        let plans = client(env)
+            .wait(&et("plan"), Some(0), None, Duration::ZERO)
+            .unwrap();
+        plans
+            .events
+            .into_iter()
+            .map(|e| (e.event_id, e.timestamp))
+            .collect::<Vec<_>>()
+    };
+    let copied = ids(&target);
+    assert_eq!(copied.len(), 2);
+    assert_eq!(copied, ids(&source));
 }
 
 fn doctor(env: &Env) -> String {
