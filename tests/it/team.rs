@@ -356,6 +356,31 @@ fn nats_unreachable_answers_503_hooks_stay_fast_and_the_sidecar_reconnects() {
         "{answer}"
     );
 
+    // The same through the daemon's http hook, as Claude Code calls it.
+    let input = json!({
+        "session_id": "s-1", "hook_event_name": "PreToolUse", "cwd": a.project,
+        "agent_id": "alice-rust-1", "tool_name": "Edit",
+        "tool_input": {"file_path": a.project.join("src/lib.rs"), "old_string": "a", "new_string": "b"},
+    })
+    .to_string();
+    let auth = format!("Bearer {}", a.token);
+    let start = Instant::now();
+    let (status, body) = crate::common::http(
+        a.env.daemon_port,
+        "POST",
+        "/hooks/pre-tool-use",
+        &[
+            ("Authorization", &auth),
+            ("x-cco-issue", "issue-13"),
+            ("Content-Type", "application/json"),
+        ],
+        Some(&input),
+    );
+    let took = start.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(took < HOOK_FAST, "the http hook took {took:?}");
+    assert!(!body.contains("\"deny\""), "{body}");
+
     // NATS comes back on the same port with the same store: the sidecar reconnects by
     // itself, nothing stored before is lost, and the cursor continues.
     nats.restart(0);
