@@ -510,7 +510,9 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
     poll_until("the first acknowledged writes", || {
         acks.load(Ordering::SeqCst) >= KILL_AFTER_ACKS
     });
-    let victim = cluster.stream_leader(&format!("{ns}_events")).unwrap_or(0);
+    let victim = cluster
+        .stream_leader(&format!("{ns}_events"))
+        .expect("a running node names the events stream's leader");
     cluster.kill(victim);
     let mut acked = Acked::default();
     for w in writers {
@@ -552,8 +554,18 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
     let followed: BTreeSet<u64> = follower.join().unwrap().into_iter().collect();
 
     // Every acknowledged event is readable through both installations, once, in order.
-    for m in [&a, &b] {
-        let events = m.read_all("load", start);
+    for (name, m) in [("A", &a), ("B", &b)] {
+        let since_fault = Instant::now();
+        let mut events = m.read_all("load", start);
+        while events.len() <= acked.events.len() && since_fault.elapsed() < READY_WITHIN {
+            std::thread::sleep(POLL);
+            events = m.read_all("load", start);
+        }
+        eprintln!(
+            "{name} reads {} load events after {:?}",
+            events.len(),
+            since_fault.elapsed()
+        );
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
         let by_seq: BTreeMap<u64, &str> = events
@@ -561,10 +573,19 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
             .map(|e| (e.seq, e.event_id.as_str()))
             .collect();
         for (seq, id) in &acked.events {
+            let elsewhere: Vec<u64> = events
+                .iter()
+                .filter(|e| e.event_id == *id)
+                .map(|e| e.seq)
+                .collect();
             assert_eq!(
                 by_seq.get(seq),
                 Some(&id.as_str()),
-                "acknowledged event {seq} lost"
+                "acknowledged event {seq} ({id}) not readable through {name}: that id is at {elsewhere:?}; {} events read, seqs around it: {:?}",
+                events.len(),
+                seqs.iter()
+                    .filter(|s| s.abs_diff(*seq) < 4)
+                    .collect::<Vec<_>>()
             );
         }
     }
