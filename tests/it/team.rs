@@ -578,6 +578,11 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
                 .filter(|e| e.event_id == *id)
                 .map(|e| e.seq)
                 .collect();
+            if by_seq.get(seq) != Some(&id.as_str()) {
+                let log = m._sidecar.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("{name}'s sidecar log, newest first:\n{}", tail.join("\n"));
+            }
             assert_eq!(
                 by_seq.get(seq),
                 Some(&id.as_str()),
