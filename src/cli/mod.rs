@@ -15,6 +15,7 @@ pub mod leases;
 pub mod logs;
 pub mod operate;
 pub mod sidecar;
+pub mod store;
 pub mod token;
 pub mod told;
 pub mod uninstall;
@@ -78,6 +79,8 @@ pub enum Command {
     ///
     /// From Claude Code's own OpenTelemetry export, which the launcher points at the daemon.
     Cost(cost::Args),
+    /// Operate the shared store: `cco store migrate` copies this machine's journal into it.
+    Store(store::Args),
     /// Handle a Claude Code hook event (run by Claude Code through the sealed settings).
     ///
     /// A hook reads only the ORCHESTRATOR_* environment the launcher gives Claude, never cco's
@@ -150,6 +153,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         ),
         Command::Leases(args) => leases::run(config, args),
         Command::Cost(args) => cost::run(config, args),
+        Command::Store(args) => store::run(config, args),
         Command::Version => {
             println!("cco {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -65,7 +65,7 @@ pub const DATA_LOCK_FILE: &str = "sidecar.lock";
 
 /// Locks the orchestration directory for this sidecar, so a second one on the same data
 /// refuses to start instead of failing every write.
-fn lock_data_dir(dir: &std::path::Path) -> Result<PidLock, OpenError> {
+pub fn lock_data_dir(dir: &std::path::Path) -> Result<PidLock, OpenError> {
     crate::paths::ensure_private_dir(dir)?;
     PidLock::acquire(&dir.join(DATA_LOCK_FILE)).map_err(|e| match e {
         PidLockError::Held { pid, .. } => OpenError::Locked {
