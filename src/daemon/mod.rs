@@ -24,7 +24,7 @@ use crate::api::{DaemonHealth, DaemonStatus};
 use crate::config::Config;
 use crate::listen::Origin;
 use crate::paths::Paths;
-use crate::server::{GuardPort, Stopping, Tracker, guard};
+use crate::server::{GuardPort, Stopping, Tracker};
 
 pub const SERVICE: &str = "cco-daemon";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -116,7 +116,7 @@ pub fn router(state: DaemonState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .merge(mcp)
-        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
+        .layer(crate::server::GuardLayer::new(guard_state))
 }
 
 async fn health(State(state): State<DaemonState>) -> Json<DaemonHealth> {
