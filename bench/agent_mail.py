@@ -116,12 +116,17 @@ class Cco:
         return time.perf_counter() - start
 
 
-async def sender_loop(side, sender, deadline):
+async def sender_loop(side, sender, deadline, errors):
+    """Messages one sender got accepted before the deadline; its first failure ends it and is
+    kept in `errors` (one failing sender must not cancel the others mid-call)."""
     sent = 0
-    async with Session(side.url, side.headers) as s:
-        while time.perf_counter() < deadline:
-            await side.send(s, sender, sent)
-            sent += 1
+    try:
+        async with Session(side.url, side.headers) as s:
+            while time.perf_counter() < deadline:
+                await side.send(s, sender, sent)
+                sent += 1
+    except Exception as e:  # noqa: BLE001 - reported below, with its type
+        errors.append(f"{type(e).__name__}: {e}")
     return sent
 
 
@@ -133,11 +138,16 @@ async def main():
         await side.setup(s, SENDERS)
         await side.round_trip(s, -1)  # warm-up
         times = [await side.round_trip(s, n) for n in range(ROUND_TRIPS)]
+    print(f"{kind} round_trip_median_ms={statistics.median(times) * 1000:.2f} (n={len(times)})", flush=True)
+    errors = []
     start = time.perf_counter()
-    counts = await asyncio.gather(*(sender_loop(side, snd, start + SEND_SECONDS) for snd in side.senders))
+    counts = await asyncio.gather(*(sender_loop(side, snd, start + SEND_SECONDS, errors)
+                                    for snd in side.senders))
     elapsed = time.perf_counter() - start
-    print(f"{kind} round_trip_median_ms={statistics.median(times) * 1000:.2f} (n={len(times)}) "
-          f"senders={len(counts)} messages_per_s={sum(counts) / elapsed:.1f} (sent={sum(counts)} in {elapsed:.1f}s)")
+    print(f"{kind} senders={len(counts)} messages_per_s={sum(counts) / elapsed:.1f} "
+          f"(sent={sum(counts)} in {elapsed:.1f}s, failed senders={len(errors)})")
+    for e in sorted(set(errors)):
+        print(f"{kind} sender failure: {e}")
 
 
 if __name__ == "__main__":

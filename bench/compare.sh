@@ -110,7 +110,7 @@ else
     # cco's side first, through the daemon's /mcp with the same client.
     ROUND_TRIPS=${ROUND_TRIPS:-50} SENDERS=16 timeout 120 "$PY" bench/agent_mail.py cco \
       "http://127.0.0.1:$CCO_DAEMON_PORT/mcp" "$ORCHESTRATOR_TOKEN" bench-issue 2>"$TMP/am-cco.err" ||
-      { echo "cco over MCP: the driver failed:"; grep -v '^  ' "$TMP/am-cco.err" | tail -3; }
+      { echo "cco over MCP: the driver failed:"; grep -E '^[A-Za-z]*(Error|Exception)' "$TMP/am-cco.err" | head -3; }
     mkdir -p "$TMP/am"
     # The price-list fetch of LiteLLM (offline here) is skipped; no LLM calls; its own port.
     (cd "$TMP/am" && LITELLM_LOCAL_MODEL_COST_MAP=True LLM_ENABLED=false HTTP_PORT=$AM_PORT \
@@ -124,7 +124,7 @@ else
       -d "$init" "http://127.0.0.1:$AM_PORT/mcp/"; then
       AGENT_MAIL_PROJECT=$TMP/am ROUND_TRIPS=${ROUND_TRIPS:-50} SENDERS=16 timeout 300 "$PY" bench/agent_mail.py agentmail \
         "http://127.0.0.1:$AM_PORT/mcp/" 2>"$TMP/am.err" ||
-        { echo "mcp-agent-mail: the driver failed:"; grep -v '^  ' "$TMP/am.err" | tail -3; }
+        { echo "mcp-agent-mail: the driver failed:"; grep -E '^[A-Za-z]*(Error|Exception)' "$TMP/am.err" | head -3; }
     else
       # Nothing to measure without an MCP session; say so, with the earlier figures labelled.
       echo "mcp-agent-mail: not driven: POST /mcp/ initialize got no answer in 20 s (server log: $(grep -c 'POST /mcp' "$TMP/am/server.log") POSTs logged)"
