@@ -3,11 +3,14 @@
 # `command` transports side by side: the real CLI (pinned) against a scripted fake Messages
 # API, a warm daemon and sidecar, one `cco -p` session per transport whose main thread
 # delegates to a sub-agent N times (N PreToolUse, SubagentStart, SubagentStop calls).
+# Beside them the floor: plain `claude` with the same http hooks pointed at a server that
+# answers `{}` at once (bench/axum_ceiling.rs) — what Claude itself adds to any http hook.
 # Times come from Claude's --debug-file: a command hook's "finished with status 0 (N ms)",
 # an http hook's "HTTP hook POST" → "HTTP hook response" timestamps (ms resolution).
 # Usage: bench/hook_latency.sh [delegations]  (default 25; needs python3, jq, curl;
 #   CCO_TEST_CLAUDE names the CLI, default the pinned one under ~/.cache/cco-ci;
-#   CCO_BENCH_BIN a cco binary to use instead of building the release one)
+#   CCO_BENCH_BIN a cco binary to use instead of building the release one, CCO_BENCH_CEILING
+#   the axum_ceiling example beside it)
 # Targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms (warm context); PostToolUse (the
 # inbox push, nothing new) no slower than PreToolUse.
 set -euo pipefail
@@ -17,7 +20,11 @@ claude=${CCO_TEST_CLAUDE:-$HOME/.cache/cco-ci/claude-2.1.332/node_modules/.bin/c
 [ -x "$claude" ] || { echo "no Claude Code at $claude; set CCO_TEST_CLAUDE" >&2; exit 1; }
 # CCO_BENCH_BIN: a cco binary to measure instead of a fresh release build.
 cco=${CCO_BENCH_BIN:-}
-if [ -z "$cco" ]; then cargo build --release --quiet; cco=$PWD/target/release/cco; fi
+ceiling=${CCO_BENCH_CEILING:-}
+if [ -z "$cco" ]; then
+  cargo build --release --quiet --bin cco --example axum_ceiling
+  cco=$PWD/target/release/cco ceiling=$PWD/target/release/examples/axum_ceiling
+fi
 
 tmp=$(mktemp -d)
 pids=()
@@ -95,12 +102,39 @@ run_transport() {
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 \
     timeout 300 "$cco" --quiet --issue "bench-$transport" --debug-file "$dir/debug.log" -p go >/dev/null)
 }
+# The floor: plain claude, the same http hook entries (headers, allowedEnvVars, matcher) as
+# cco's settings, pointed at a server that answers `{}` without reading the input.
+run_floor() {
+  local dir=$tmp/floor port=24120 ev sub
+  mkdir -p "$dir/home" "$dir/project/src"
+  "$ceiling" "$port" 2>"$dir/ceiling.log" & pids+=($!)
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.05; done
+  local hooks='{}'
+  for ev in PreToolUse:pre-tool-use SubagentStart:subagent-start SubagentStop:subagent-stop Stop:stop; do
+    sub=${ev#*:} ev=${ev%%:*}
+    hooks=$(jq --arg ev "$ev" --arg url "http://127.0.0.1:$port/hooks/$sub" '.[$ev] = [{matcher: "*", hooks: [{
+      type: "http", url: $url, timeout: 7, allowedEnvVars: ["ORCHESTRATOR_TOKEN", "ORCHESTRATOR_ISSUE_ID"],
+      headers: {"Authorization": "Bearer ${ORCHESTRATOR_TOKEN}", "X-Cco-Issue": "${ORCHESTRATOR_ISSUE_ID}"}}]}]' <<<"$hooks")
+  done
+  jq -n --argjson h "$hooks" '{hooks: $h}' > "$dir/settings.json"
+  printf '[package]\nname = "demo"\n' > "$dir/project/Cargo.toml"
+  echo 'pub fn f() {}' > "$dir/project/src/lib.rs"
+  git -C "$dir/project" init -q -b main
+  (cd "$dir/project" && HOME=$dir/home ORCHESTRATOR_TOKEN=floor ORCHESTRATOR_ISSUE_ID=bench-floor \
+    ANTHROPIC_BASE_URL=$fake_url ANTHROPIC_API_KEY=bench \
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 \
+    timeout 300 "$claude" --settings "$dir/settings.json" \
+      --agents '{"rust-specialist": {"description": "Rust work", "prompt": "Say DONE."}}' \
+      --debug-file "$dir/debug.log" -p go >/dev/null)
+}
 run_transport http 24100
 run_transport command 24110
-# CCO_BENCH_LOGS: a directory to keep Claude's two debug logs in.
+columns=(http command)
+if [ -n "$ceiling" ]; then run_floor && columns+=(floor); else echo "no CCO_BENCH_CEILING: the floor is not measured" >&2; fi
+# CCO_BENCH_LOGS: a directory to keep Claude's debug logs in.
 if [ -n "${CCO_BENCH_LOGS:-}" ]; then
   mkdir -p "$CCO_BENCH_LOGS"
-  for t in http command; do cp "$tmp/$t/debug.log" "$CCO_BENCH_LOGS/$t.debug.log"; done
+  for t in "${columns[@]}"; do cp "$tmp/$t/debug.log" "$CCO_BENCH_LOGS/$t.debug.log"; done
 fi
 
 # Per hook event: "<event> <ms>" lines from one debug log.
@@ -119,16 +153,17 @@ times() {
 }
 median() { sort -n | awk '{a[NR]=$1} END { if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
-printf '%-14s %18s %18s\n' hook "http median (n)" "command median (n)"
+printf '%-14s' hook; printf ' %18s' "${columns[@]/%/ median (n)}"; echo
 for ev in PreToolUse PostToolUse UserPromptSubmit SubagentStart SubagentStop Stop SessionStart; do
   row="$(printf '%-14s' "$ev")"
-  for t in http command; do
+  for t in "${columns[@]}"; do
     vals=$(times "$tmp/$t/debug.log" | awk -v e="$ev" '$1 == e { print $2 }')
     cnt=$(printf '%s' "$vals" | grep -c . || true)
     row+="$(printf ' %12s ms (%2s)' "$(printf '%s\n' "$vals" | grep . | median)" "$cnt")"
   done
   echo "$row"
 done
-echo "(targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms. SessionStart is a command hook in both;"
+echo "(targets: PreToolUse median <= 3 ms, SubagentStart <= 10 ms. floor: plain claude, http hooks to a server"
+echo " answering {} at once. SessionStart is a command hook in cco's http and command runs;"
 echo " SessionEnd, also a command hook in both, runs at exit and Claude logs no duration for it.)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (the numbers mean little on a loaded machine)"

@@ -414,10 +414,6 @@ impl Server {
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<Exit> {
-        let router = router.layer(axum::middleware::from_fn_with_state(
-            self.stopper.subscribe(),
-            close_when_stopping,
-        ));
         let conns = Arc::new(Conns {
             started: Instant::now(),
             next_id: AtomicU64::new(0),
@@ -495,14 +491,19 @@ impl Server {
         });
         let (id, conn) = conns.add();
         let started = conns.started;
+        let stopping = self.stopper.subscribe();
         let service = {
             let conn = conn.clone();
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let busy = Busy::new(conn.clone(), started);
                 let router = router.clone();
+                let stopping = stopping.clone();
                 async move {
                     use tower::ServiceExt;
-                    let resp = router.oneshot(req.map(Deadlined::wrap)).await?;
+                    let mut resp = router.oneshot(req.map(Deadlined::wrap)).await?;
+                    // Here rather than as a router layer: every layer nests the routes once
+                    // more, and each request clones every level (see `GuardLayer`).
+                    close_when_stopping(&stopping, &mut resp);
                     // The connection stays busy until the body (an SSE stream, say) is done.
                     Ok::<_, std::convert::Infallible>(resp.map(|body| {
                         Body::new(body.map_frame(move |frame| {
@@ -635,19 +636,13 @@ fn refuse(mut stream: TcpStream, conns: &Arc<Conns>) {
 
 /// While stopping, every response tells the client to close the connection: it reconnects
 /// (to the successor, via the manager's socket) instead of reusing a connection we drop.
-async fn close_when_stopping(
-    State(stopping): State<Stopping>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let mut resp = next.run(req).await;
+fn close_when_stopping<B>(stopping: &Stopping, resp: &mut hyper::Response<B>) {
     if stopping.is_stopping() {
         resp.headers_mut().insert(
             header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
         );
     }
-    resp
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -678,17 +673,89 @@ pub struct GuardPort(pub u16);
 
 /// Refuses requests whose `Host` is not this machine's loopback name with our port (DNS
 /// rebinding) or that carry a foreign `Origin` (a web page). Counts accepted requests.
+/// (`axum::middleware::from_fn` form; the routers use [`GuardLayer`], which is cheaper.)
 pub async fn guard(
     State((port, tracker)): State<(GuardPort, Arc<Tracker>)>,
     req: Request,
     next: Next,
 ) -> Response {
+    match admit(&req, port, &tracker) {
+        Some(refusal) => refusal,
+        None => next.run(req).await,
+    }
+}
+
+/// The guard's decision: `Some(403)` for a request it refuses; counts the ones it admits.
+fn admit(req: &Request, port: GuardPort, tracker: &Tracker) -> Option<Response> {
     if let Err(e) = check_host_origin(req.headers(), port.0) {
         tracing::debug!(error = %e, "request refused");
-        return error_response(StatusCode::FORBIDDEN, "forbidden_host", e.to_string());
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            e.to_string(),
+        ));
     }
     tracker.count_request();
-    next.run(req).await
+    None
+}
+
+/// [`guard`] as a plain tower layer: `.layer(GuardLayer::new((GuardPort(port), tracker)))`.
+///
+/// A `from_fn` middleware boxes its future and clones the routes beneath it on every request
+/// (axum nests each route once per layer, and a call clones every level below it); this
+/// decides synchronously and calls the inner service directly (`bench/health_cost.sh`).
+#[derive(Clone)]
+pub struct GuardLayer {
+    port: GuardPort,
+    tracker: Arc<Tracker>,
+}
+
+impl GuardLayer {
+    pub fn new((port, tracker): (GuardPort, Arc<Tracker>)) -> GuardLayer {
+        GuardLayer { port, tracker }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            port: self.port,
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+/// The service [`GuardLayer`] makes.
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    port: GuardPort,
+    tracker: Arc<Tracker>,
+}
+
+impl<S> tower::Service<Request> for Guarded<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        match admit(&req, self.port, &self.tracker) {
+            Some(refusal) => Either::Left(std::future::ready(Ok(refusal))),
+            None => Either::Right(self.inner.call(req)),
+        }
+    }
 }
 
 fn loopback_authority(value: &str, port: u16) -> bool {
@@ -1000,6 +1067,43 @@ mod tests {
             .unwrap();
         assert!(done.contains("released"), "{done}");
         e.stop().await;
+    }
+
+    /// The guard as a layer: a foreign `Host` or `Origin` is a 403 in cco's error shape and is
+    /// not counted; a loopback request reaches the route and is counted.
+    #[tokio::test]
+    async fn the_guard_layer_refuses_foreign_hosts_and_counts_the_rest() {
+        use tower::ServiceExt;
+        let tracker = Arc::new(Tracker::default());
+        let app = Router::new()
+            .route("/x", axum::routing::get(|| async { "ok" }))
+            .layer(GuardLayer::new((GuardPort(3000), tracker.clone())));
+        let send = |host: &'static str, origin: Option<&'static str>| {
+            let mut req = axum::http::Request::get("/x").header(header::HOST, host);
+            if let Some(o) = origin {
+                req = req.header(header::ORIGIN, o);
+            }
+            app.clone().oneshot(req.body(Body::empty()).unwrap())
+        };
+        for (host, origin) in [
+            ("evil.com:3000", None),
+            ("127.0.0.1:3001", None),
+            ("127.0.0.1:3000", Some("http://evil.com")),
+        ] {
+            let resp = send(host, origin).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{host} {origin:?}");
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "forbidden_host");
+        }
+        assert_eq!(tracker.requests_served(), 0);
+        let resp = send("127.0.0.1:3000", Some("http://127.0.0.1:3000"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(tracker.requests_served(), 1);
     }
 
     #[tokio::test(start_paused = true)]

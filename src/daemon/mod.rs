@@ -27,7 +27,7 @@ use crate::api::{DaemonHealth, DaemonStatus};
 use crate::config::Config;
 use crate::listen::Origin;
 use crate::paths::Paths;
-use crate::server::{GuardPort, Stopping, Tracker, guard};
+use crate::server::{GuardPort, Stopping, Tracker};
 
 pub const SERVICE: &str = "cco-daemon";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -134,7 +134,7 @@ pub fn router(state: DaemonState) -> Router {
         .with_state(state)
         .merge(mcp)
         .merge(dashboard)
-        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
+        .layer(crate::server::GuardLayer::new(guard_state))
 }
 
 async fn health(State(state): State<DaemonState>) -> Json<DaemonHealth> {

@@ -2,7 +2,10 @@
 //! histogram), and the health probes `/health` reports, refreshed once a second so the
 //! hot route reads a snapshot instead of touching the disk.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -143,7 +146,83 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Middleware: times every request except the long-lived event routes.
+/// Times every request except the long-lived event routes: a plain tower layer, for the
+/// reason [`crate::server::GuardLayer`] gives.
+#[derive(Clone)]
+pub struct TimingLayer {
+    state: SidecarState,
+}
+
+impl TimingLayer {
+    pub fn new(state: SidecarState) -> TimingLayer {
+        TimingLayer { state }
+    }
+}
+
+impl<S> tower::Layer<S> for TimingLayer {
+    type Service = Timed<S>;
+
+    fn layer(&self, inner: S) -> Timed<S> {
+        Timed {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service [`TimingLayer`] makes.
+#[derive(Clone)]
+pub struct Timed<S> {
+    inner: S,
+    state: SidecarState,
+}
+
+impl<S> tower::Service<Request> for Timed<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TimedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let path = req.uri().path();
+        let long_lived = path.starts_with("/api/events/wait/") || path == "/api/events/stream";
+        TimedFuture {
+            inner: self.inner.call(req),
+            timing: (!long_lived).then(|| (self.state.clone(), Instant::now())),
+        }
+    }
+}
+
+/// The inner answer; its time is recorded when it is ready.
+pub struct TimedFuture<F> {
+    inner: F,
+    timing: Option<(SidecarState, Instant)>,
+}
+
+// axum's route futures are `Unpin`, so no pin projection is needed.
+impl<F, E> Future for TimedFuture<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let out = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        if let Some((state, start)) = self.timing.take() {
+            state.metrics().record(start.elapsed());
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// The same timing as a `from_fn` middleware (the router uses [`TimingLayer`]).
 pub async fn time_requests(
     State(state): State<SidecarState>,
     req: Request,
@@ -191,6 +270,65 @@ mod tests {
             assert!(bucket_upper(b) <= us as f64 * 1.5 + 1.0, "{us}");
             last = b;
         }
+    }
+
+    impl Metrics {
+        /// Requests recorded in the window, the current second included.
+        fn recorded(&self) -> u64 {
+            self.slots.lock().unwrap().iter().map(|s| s.count).sum()
+        }
+    }
+
+    /// The timing layer records every answered request through the real router, and leaves
+    /// the long polls out (they would swamp the averages).
+    #[tokio::test]
+    async fn the_router_times_requests_but_not_long_polls() {
+        use std::sync::Arc;
+
+        use axum::body::Body;
+        use tower::ServiceExt;
+
+        use crate::auth::Keys;
+        use crate::paths::Paths;
+        use crate::roster::Roster;
+        use crate::secret::Secret;
+        use crate::server::{Stopper, Tracker};
+
+        const PORT: u16 = 3997;
+        let dir = tempfile::tempdir().unwrap();
+        let stopper = Stopper::default();
+        let paths = Paths {
+            config_file: dir.path().join("cfg/daemon.toml"),
+            runtime_dir: dir.path().join("run"),
+            data_dir: dir.path().join("data"),
+        };
+        let state = SidecarState::open(
+            crate::config::SidecarConfig::default(),
+            &paths,
+            Keys::new(&Secret::from_bytes(vec![7; 32])).unwrap(),
+            Roster::builtin().unwrap(),
+            Arc::new(Tracker::default()),
+            stopper.subscribe(),
+        )
+        .unwrap();
+        let app = super::super::router(state.clone(), PORT);
+        let send = |path: &str| {
+            let req = axum::http::Request::get(path)
+                .header("host", format!("127.0.0.1:{PORT}"))
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        for _ in 0..3 {
+            assert_eq!(send("/health").await.unwrap().status(), 200);
+        }
+        // Unauthorized, but still a request on a long-poll route: not timed.
+        assert_eq!(
+            send("/api/events/wait/x?timeout=0").await.unwrap().status(),
+            401
+        );
+        assert_eq!(state.metrics().recorded(), 3);
+        state.close();
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::config::{SidecarConfig, StoreBackend, StoreConfig};
 use crate::paths::Paths;
 use crate::pidlock::{PidLock, PidLockError};
 use crate::roster::Roster;
-use crate::server::{GuardPort, Stopping, Tracker, guard};
+use crate::server::{GuardPort, Stopping, Tracker};
 
 pub use error::ApiError;
 pub use run::run;
@@ -298,10 +298,7 @@ pub fn router(state: SidecarState, port: u16) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::time_requests,
-        ))
+        .layer(metrics::TimingLayer::new(state.clone()))
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
+        .layer(crate::server::GuardLayer::new(guard_state))
 }
