@@ -38,6 +38,7 @@
   function link(href, text) { return el('a', { href }, text); }
   function fmtMs(ms) {
     if (ms === null || ms === undefined) return '–';
+    if (ms < 1000) return ms + ' ms';
     const s = Math.round(ms / 1000);
     if (s < 60) return s + ' s';
     const m = Math.floor(s / 60);
@@ -178,6 +179,10 @@
         kv('Started', fmtTime(agent.started_at)),
         kv('Updated', fmtTime(agent.updated_at || agent.ended_at))))));
     }
+    parts.push(el('h2', {}, 'Cost'));
+    const spend = cost ? cost.rows.get(id) : null;
+    parts.push(el('div', { class: 'card', id: 'agent-cost' }, cost === null ? na('cost not available on this sidecar')
+      : spend ? costTable([spend]) : na('no requests recorded for this agent')));
     parts.push(el('h2', {}, 'What it was told'));
     if (!r.ok) {
       parts.push(el('div', { class: 'card' }, unavailable(r)));
@@ -196,10 +201,6 @@
       const stored = r.body.result;
       parts.push(el('div', { class: 'card' }, stored ? resultBody(stored.result !== undefined ? stored.result : stored) : na('no result yet')));
     }
-    parts.push(el('h2', {}, 'Cost'));
-    const spend = cost ? cost.rows.get(id) : null;
-    parts.push(el('div', { class: 'card', id: 'agent-cost' }, cost === null ? na('cost not available on this sidecar')
-      : spend ? costTable([spend]) : na('no requests recorded for this agent')));
     show(...parts);
   }
 
@@ -227,12 +228,14 @@
     } else {
       card.append(el('p', {}, na('no context recorded')));
     }
-    if (!(t.inbox || []).length) card.append(el('p', { class: 'muted' }, 'No inbox events delivered.'));
+
     if (t.note) {
       card.append(el('h3', {}, 'Note'), el('table', { class: 'kv' }, el('tbody', {},
         kv('Size', fmtNum(t.note.bytes) + ' bytes'), kv('Hash', el('span', { class: 'mono' }, t.note.hash)))));
     }
-    if ((t.inbox || []).length) {
+    if (!(t.inbox || []).length) {
+      card.append(el('h3', {}, 'Inbox deliveries'), el('p', { class: 'muted' }, 'None delivered.'));
+    } else {
       card.append(el('h3', {}, 'Inbox deliveries'), el('table', {}, el('thead', {}, el('tr', {},
         ['Seq', 'Event', 'Topic', 'Delivered', 'Via'].map((h, i) => el('th', { class: i ? null : 'num' }, h)))), el('tbody', {}, t.inbox.map((i) =>
         el('tr', {}, el('td', { class: 'num' }, i.seq), el('td', {}, i.event_type), el('td', {}, i.topic), el('td', {}, fmtTime(i.delivered_at)), el('td', {}, i.via))))));
@@ -287,7 +290,7 @@
   function costTable(rows, total) {
     if (rows.length === 0) return na('no requests recorded yet');
     const head = ['', 'Requests', 'Input', 'Output', 'Cache read', 'Cache write', 'Cost'];
-    const row = (r, label) => el('tr', {},
+    const row = (r, label, cls) => el('tr', { class: cls },
       el('td', {}, label !== undefined ? label : String(r.key)),
       el('td', { class: 'num' }, fmtNum(r.requests)),
       el('td', { class: 'num' }, fmtNum(r.input_tokens)),
@@ -297,7 +300,7 @@
       el('td', { class: 'num' }, fmtUsd(r.cost_usd)));
     return el('table', {},
       el('thead', {}, el('tr', {}, head.map((h, i) => el('th', { class: i ? 'num' : null }, h)))),
-      el('tbody', {}, rows.map((r) => row(r)), total ? row(total, 'total') : null));
+      el('tbody', {}, rows.map((r) => row(r)), total ? row(total, 'total', 'total') : null));
   }
 
   async function viewCost() {
@@ -381,7 +384,9 @@
         eventFilter = { type: String(e.event_type), topic: eventFilter.topic };
         viewEvents();
       } }, badge(e.event_type))),
-      el('span', { class: 'mono' }, e.topic + '  ' + data));
+      el('span', { class: 'mono topic' }, e.topic),
+      // One line per event; the whole data is in the tooltip.
+      el('span', { class: 'mono data', title: data }, data));
   }
 
   // ---- routing --------------------------------------------------------------------------
