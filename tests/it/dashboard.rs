@@ -672,9 +672,9 @@ fn without_an_opener_the_link_is_printed() {
     assert!(head.contains("set-cookie: cco_dashboard="), "{head}");
 }
 
-/// A stand-in sidecar answering the views with canned JSON and `GET /api/agents/{id}` and
-/// `GET /api/cost` in the shapes the told and cost work define: the page renders what an
-/// agent was told and what it cost before those routes exist here.
+/// A stand-in sidecar answering the views, `GET /api/agents/{id}` and `GET /api/cost` with
+/// canned JSON: it shows what a real session rarely produces on demand (a truncated context,
+/// inbox deliveries, markup in a file name).
 struct FakeSidecar {
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -782,7 +782,7 @@ fn fake_answer(path: &str) -> (u16, String) {
     (200, body.to_string())
 }
 
-/// The agent page against the told and cost contracts (a stand-in sidecar).
+/// The agent page with a truncated context and inbox deliveries (a stand-in sidecar).
 #[test]
 fn the_agent_page_shows_what_it_was_told_and_its_cost() {
     let mut env = Env::new();
