@@ -454,6 +454,12 @@ fn the_dashboard_in_a_real_browser() {
         "{outcomes}"
     );
     save(&browser, &shots, "dashboard-issue.png");
+    // An issue nothing was spent on says so instead of a table of zeros.
+    browser.goto(&format!("http://127.0.0.1:{port}/#/issue/issue-quiet"));
+    assert_eq!(
+        browser.text(&browser.find("#issue-cost .na")),
+        "no requests recorded yet"
+    );
     browser.goto(&format!("http://127.0.0.1:{port}/#/health"));
     assert!(
         browser
