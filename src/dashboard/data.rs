@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::DashboardState;
+use crate::api::cost::CostBy;
 use crate::api::{AgentId, EventType, IssueId};
 use crate::auth::{Scope, TokenSpec};
-use crate::client::sidecar::{EventPageQuery, encode};
+use crate::client::sidecar::EventPageQuery;
 use crate::client::{ServiceError, SidecarClient};
 use crate::server::error_response;
 
@@ -30,8 +31,6 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(60);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The only reads the dashboard's token allows.
 const SCOPES: [Scope; 3] = [Scope::AgentsRead, Scope::ResultsRead, Scope::EventsWait];
-/// The groupings `GET /api/cost` knows.
-const COST_BY: [&str; 5] = ["agent-type", "issue", "model", "session", "agent"];
 
 /// A short-lived read-only token for the sidecar; `None` without keys (see [`no_keys`]).
 fn token(state: &DashboardState) -> Option<String> {
@@ -159,17 +158,17 @@ pub async fn events(
     call(&state, move |c| c.view_events(&query)).await
 }
 
-/// `GET /dashboard/api/agents/{id}`: what the agent was told, its result (the sidecar's
-/// `GET /api/agents/{id}`, handed on as it is).
+/// `GET /dashboard/api/agents/{id}`: the agent, what it was told, its result (the sidecar's
+/// `GET /api/agents/{id}`).
 pub async fn agent(State(state): State<DashboardState>, Path(id): Path<String>) -> Response {
     let id = match AgentId::parse(&id) {
         Ok(id) => id,
         Err(e) => return bad_request(format!("agent id: {e}")),
     };
-    call(&state, move |c| c.get_json(&format!("/api/agents/{id}"))).await
+    call(&state, move |c| c.agent(&id)).await
 }
 
-/// `GET /dashboard/api/issues/{id}`: the issue's results and leases.
+/// `GET /dashboard/api/issues/{id}`: the issue's results, leases and spend by outcome.
 pub async fn issue(State(state): State<DashboardState>, Path(id): Path<String>) -> Response {
     let id = match IssueId::parse(&id) {
         Ok(id) => id,
@@ -179,7 +178,15 @@ pub async fn issue(State(state): State<DashboardState>, Path(id): Path<String>) 
         let results = c.results(&id)?;
         // Leases are shown when the sidecar has them; results alone still make the page.
         let leases = c.leases(Some(&id)).ok();
-        Ok(json!({"issue_id": id, "results": results.results, "leases": leases}))
+        // Spend of its completed and failed agents ("cost per outcome"), when there is any.
+        let outcomes = c
+            .cost_outcomes(Some(&id))
+            .ok()
+            .and_then(|o| o.rows.into_iter().find(|r| r.issue == id.as_str()));
+        Ok(
+            json!({"issue_id": id, "results": results.results, "leases": leases,
+                  "outcomes": outcomes}),
+        )
     })
     .await
 }
@@ -190,7 +197,7 @@ pub struct CostQuery {
     issue: Option<String>,
 }
 
-/// `GET /dashboard/api/cost?by=&issue=`: the sidecar's cost table, handed on as it is.
+/// `GET /dashboard/api/cost?by=&issue=`: the sidecar's cost table (by issue when unsaid).
 pub async fn cost(
     State(state): State<DashboardState>,
     q: Result<Query<CostQuery>, QueryRejection>,
@@ -199,18 +206,26 @@ pub async fn cost(
         Ok(q) => q,
         Err(e) => return bad_request(e.body_text()),
     };
-    let by = q.by.unwrap_or_else(|| "issue".into());
-    if !COST_BY.contains(&by.as_str()) {
-        return bad_request(format!("by: use one of {}", COST_BY.join(", ")));
-    }
-    let mut path = format!("/api/cost?by={}", encode(&by));
-    if let Some(issue) = q.issue.filter(|i| !i.is_empty()) {
-        match IssueId::parse(&issue) {
-            Ok(i) => path.push_str(&format!("&issue={}", encode(i.as_str()))),
-            Err(e) => return bad_request(format!("issue: {e}")),
-        }
-    }
-    call(&state, move |c| c.get_json(&path)).await
+    let by = match q.by.as_deref() {
+        None => CostBy::Issue,
+        Some(b) => match CostBy::parse(b) {
+            Some(by) => by,
+            None => {
+                let all: Vec<&str> = CostBy::ALL.iter().map(|b| b.as_str()).collect();
+                return bad_request(format!("by: use one of {}", all.join(", ")));
+            }
+        },
+    };
+    let issue = match q
+        .issue
+        .filter(|i| !i.is_empty())
+        .map(|i| IssueId::parse(&i))
+    {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(e)) => return bad_request(format!("issue: {e}")),
+    };
+    call(&state, move |c| c.cost(issue.as_ref(), by, None)).await
 }
 
 /// `GET /dashboard/api/health`: the sidecar's health and status numbers (the daemon's own

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use super::SidecarState;
 use super::error::ApiError;
 use super::extract::{ApiQuery, RequireScope};
-use crate::api::sidecar::{AgentRecord, AgentState, StoredResult};
+use crate::api::sidecar::{AgentRecord, AgentState};
 use crate::api::views::{AgentNode, EventPage, IssueNode, TreePage};
 use crate::api::{EventType, IssueId};
 use crate::auth::{Claims, Scope};
@@ -199,20 +199,48 @@ mod storage {
     }
 
     /// The `status` of each agent's stored result, in order (`None`: no result, or none).
+    /// Each issue's results are read once: one store call per issue, not per agent.
     pub async fn result_statuses(
         s: &SidecarState,
         agents: Vec<(IssueId, AgentType, AgentId)>,
     ) -> Result<Vec<Option<String>>, ApiError> {
-        let mut out = Vec::with_capacity(agents.len());
-        for (issue, agent_type, agent) in &agents {
-            let json = s.store().result_of(issue, agent_type, agent).await?;
-            out.push(json.and_then(|json| {
-                let r = serde_json::from_str::<StoredResult>(&json).ok()?;
-                r.result.get("status")?.as_str().map(str::to_string)
-            }));
+        let mut by_issue: HashMap<IssueId, HashMap<(String, String), String>> = HashMap::new();
+        for (issue, _, _) in &agents {
+            if !by_issue.contains_key(issue) {
+                let results = s.store().results(issue).await?;
+                by_issue.insert(issue.clone(), super::statuses_of(&results));
+            }
         }
-        Ok(out)
+        Ok(agents
+            .iter()
+            .map(|(issue, agent_type, agent)| {
+                by_issue[issue]
+                    .get(&(agent_type.to_string(), agent.to_string()))
+                    .cloned()
+            })
+            .collect())
     }
+}
+
+/// (agent type, agent id) → the `status` of that agent's result, from an issue's stored
+/// results (JSON texts); results without a string `status` are left out.
+fn statuses_of(results: &[std::sync::Arc<str>]) -> HashMap<(String, String), String> {
+    // Only the keys and the status: a result's summary can be long.
+    #[derive(Deserialize)]
+    struct Head {
+        agent_id: String,
+        agent_type: String,
+        result: Status,
+    }
+    #[derive(Deserialize)]
+    struct Status {
+        status: String,
+    }
+    results
+        .iter()
+        .filter_map(|json| serde_json::from_str::<Head>(json).ok())
+        .map(|h| ((h.agent_type, h.agent_id), h.result.status))
+        .collect()
 }
 
 fn view_failed(e: rusqlite::Error) -> ApiError {
@@ -378,6 +406,35 @@ fn agent_node(a: &AgentRecord, now: SystemTime) -> AgentNode {
 mod tests {
     use super::*;
     use crate::api::{AgentId, AgentType};
+
+    #[test]
+    fn result_statuses_match_each_agent_by_type_and_id() {
+        let stored = |agent: &str, ty: &str, result: serde_json::Value| -> std::sync::Arc<str> {
+            serde_json::json!({"agent_id": agent, "agent_type": ty, "issue_id": "i-1",
+                               "result": result, "stored_at": "2026-12-01T10:00:00Z"})
+            .to_string()
+            .into()
+        };
+        let results = [
+            stored(
+                "a-1",
+                "coder",
+                serde_json::json!({"status": "success", "summary": "x"}),
+            ),
+            stored("a-2", "coder", serde_json::json!({"status": "failed"})),
+            stored("a-3", "tester", serde_json::json!({"summary": "no status"})),
+            stored("a-4", "tester", serde_json::json!(["not", "an", "object"])),
+        ];
+        let got = statuses_of(&results);
+        let status = |ty: &str, id: &str| got.get(&(ty.to_string(), id.to_string())).cloned();
+        assert_eq!(status("coder", "a-1").as_deref(), Some("success"));
+        assert_eq!(status("coder", "a-2").as_deref(), Some("failed"));
+        // Another type's agent with the same id is another result.
+        assert_eq!(status("tester", "a-1"), None);
+        assert_eq!(status("tester", "a-3"), None);
+        assert_eq!(status("tester", "a-4"), None);
+        assert_eq!(got.len(), 2);
+    }
 
     fn rec(id: &str, issue: &str, status: AgentState, started: &str, updated: &str) -> AgentRecord {
         AgentRecord {

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium through chromedriver logs in with
 //! `cco dashboard --no-open`'s link, sees an agent appear live, opens its page and the
-//! timeline, and takes the screenshots in `docs/` (`CCO_SCREENSHOTS=docs` rewrites them).
+//! timeline, sees its cost after an OTLP post, and takes the screenshots in `docs/`
+//! (`CCO_SCREENSHOTS=docs` rewrites them).
 
 use std::path::PathBuf;
 
@@ -46,6 +47,65 @@ fn screenshot_dir(env: &Env) -> PathBuf {
         _ => env.tmp.path().join("screenshots"),
     }
 }
+
+/// One `claude_code.api_request` log record as Claude Code's `http/json` exporter writes it
+/// (camelCase, times and 64-bit ints as strings); `agent` is set for a sub-agent's request.
+fn api_request(
+    session: &str,
+    seq: u64,
+    agent: Option<&str>,
+    model: &str,
+    tokens: [u64; 4],
+    cost_usd: f64,
+) -> serde_json::Value {
+    let int = |k: &str, v: u64| json!({"key": k, "value": {"intValue": v.to_string()}});
+    let text = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
+    let mut attributes = vec![
+        text("session.id", session),
+        text("event.name", "api_request"),
+        int("event.sequence", seq),
+        text("prompt.id", "prompt-1"),
+        text("model", model),
+        int("input_tokens", tokens[0]),
+        int("output_tokens", tokens[1]),
+        int("cache_read_tokens", tokens[2]),
+        int("cache_creation_tokens", tokens[3]),
+        json!({"key": "cost_usd", "value": {"doubleValue": cost_usd}}),
+        int("duration_ms", 1800 + seq * 100),
+    ];
+    match agent {
+        Some(a) => {
+            attributes.push(text("agent_id", a));
+            attributes.push(text("query_source", "agent:custom"));
+        }
+        None => attributes.push(text("query_source", "repl_main_thread")),
+    }
+    json!({"timeUnixNano": format!("{}", 1_796_143_858_000_000_000u64 + seq * 1_000_000_000),
+           "body": {"stringValue": "claude_code.api_request"}, "attributes": attributes})
+}
+
+/// Posts `records` to the daemon's `/v1/logs` as one OTLP/JSON export.
+fn export_logs(env: &Env, auth: &str, records: Vec<serde_json::Value>) {
+    let body = json!({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "claude-code"}}]},
+        "scopeLogs": [{"scope": {"name": "com.anthropic.claude_code.events"}, "logRecords": records}]}]});
+    let (status, text) = http(
+        env.daemon_port,
+        "POST",
+        "/v1/logs",
+        &[
+            ("Authorization", auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 200, "/v1/logs: {text}");
+}
+
+/// How long the daemon may take to report what an agent was told (it does so after the
+/// hook's answer left).
+const TOLD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+const TOLD_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn save(browser: &Browser, dir: &std::path::Path, name: &str) {
     let png = browser.screenshot();
@@ -121,6 +181,87 @@ fn the_dashboard_in_a_real_browser() {
         );
     }
 
+    // More of issue 43's history, and what the agents so far cost (the main threads too).
+    for (id, ty, state) in [
+        ("agent-tester-4", "tester", "started"),
+        ("agent-tester-4", "tester", "completed"),
+    ] {
+        post(
+            &format!("/api/agents/{id}/status"),
+            json!({"status": state, "agent_type": ty, "issue_id": "issue-43"}),
+        );
+    }
+    post(
+        "/api/results",
+        json!({"agent_id": "agent-tester-4", "agent_type": "tester", "issue_id": "issue-43",
+               "result": {"status": "partial", "summary": "41 of 43 parser tests pass; the two \
+               failing ones need the new tokenizer."}}),
+    );
+    const SONNET: &str = "claude-sonnet-4-5";
+    const OPUS: &str = "claude-opus-4-1";
+    export_logs(
+        &env,
+        &auth,
+        vec![
+            api_request(
+                "7f3c9a2e-demo",
+                1,
+                None,
+                OPUS,
+                [2_400, 610, 18_000, 3_100],
+                0.1284,
+            ),
+            api_request(
+                "7f3c9a2e-demo",
+                2,
+                Some("agent-planner-1"),
+                SONNET,
+                [5_200, 1_480, 42_000, 6_400],
+                0.0931,
+            ),
+            api_request(
+                "7f3c9a2e-demo",
+                3,
+                Some("agent-planner-1"),
+                SONNET,
+                [1_900, 820, 47_500, 900],
+                0.0412,
+            ),
+            api_request(
+                "b81d04f6-demo",
+                1,
+                None,
+                OPUS,
+                [1_700, 450, 9_800, 2_200],
+                0.0873,
+            ),
+            api_request(
+                "b81d04f6-demo",
+                2,
+                Some("agent-reviewer-2"),
+                SONNET,
+                [8_300, 2_050, 61_000, 7_700],
+                0.1566,
+            ),
+            api_request(
+                "b81d04f6-demo",
+                3,
+                Some("agent-tester-3"),
+                SONNET,
+                [3_100, 940, 22_000, 1_800],
+                0.0538,
+            ),
+            api_request(
+                "b81d04f6-demo",
+                4,
+                Some("agent-tester-4"),
+                SONNET,
+                [4_400, 1_210, 35_000, 2_600],
+                0.0774,
+            ),
+        ],
+    );
+
     // Log in with the one-time link; the code leaves the address bar.
     let out = env.run(["dashboard", "--no-open"]);
     assert!(
@@ -173,10 +314,8 @@ fn the_dashboard_in_a_real_browser() {
         json!(true)
     );
     let shots = screenshot_dir(&env);
-    save(&browser, &shots, "dashboard-tree.png");
 
-    // The agent's page: its record; what it was told shows "not available" until the
-    // sidecar has `GET /api/agents/{id}`.
+    // The agent's page: its record, what it was told, its result.
     browser.click(&browser.find(r##"a[href="#/agent/agent-planner-1"]"##));
     let id = browser.find("#agent-id");
     assert_eq!(browser.text(&id), "agent-planner-1");
@@ -197,7 +336,78 @@ fn the_dashboard_in_a_real_browser() {
         json!(0),
         "a result's markup is never parsed"
     );
+
+    // The new agent: what the hook told it (the daemon reports it to the sidecar after
+    // answering), and, after Claude Code's OTLP export, its tokens and cost.
+    let client = cco::client::SidecarClient::new(env.sidecar_port).with_token(token.clone());
+    let coder = cco::api::AgentId::parse("agent-coder-7").unwrap();
+    let start = std::time::Instant::now();
+    let told = loop {
+        if let Some(c) = client.agent(&coder).unwrap().told.context {
+            break c;
+        }
+        assert!(
+            start.elapsed() < TOLD_WITHIN,
+            "what agent-coder-7 was told was not recorded within {TOLD_WITHIN:?}"
+        );
+        std::thread::sleep(TOLD_POLL);
+    };
+    export_logs(
+        &env,
+        &auth,
+        vec![
+            api_request(
+                "7f3c9a2e-demo",
+                4,
+                Some("agent-coder-7"),
+                SONNET,
+                [12_345, 3_210, 80_000, 9_000],
+                0.4217,
+            ),
+            api_request(
+                "7f3c9a2e-demo",
+                5,
+                Some("agent-coder-7"),
+                SONNET,
+                [2_000, 655, 91_000, 1_200],
+                0.0850,
+            ),
+        ],
+    );
+    post(
+        "/api/results",
+        json!({"agent_id": "agent-coder-7", "agent_type": "backend-dev", "issue_id": "issue-42",
+               "result": {"status": "success", "summary": "Split src/parser.rs into lexer.rs and \
+               grammar.rs; the CLI calls grammar::parse. cargo test: 212 passed."}}),
+    );
+    post(
+        "/api/agents/agent-coder-7/status",
+        json!({"status": "completed", "agent_type": "backend-dev", "issue_id": "issue-42"}),
+    );
+    browser.goto(&format!("http://127.0.0.1:{port}/#/agent/agent-coder-7"));
+    browser.find("#told table");
+    let shown = browser.text(&browser.find("#told"));
+    let context = format!("{} bytes of {}", group(told.bytes), group(told.budget));
+    assert!(
+        shown.contains(&context),
+        "{context:?} missing from: {shown}"
+    );
+    assert!(shown.contains(&told.hash), "{shown}");
+    let spend = browser.text(&browser.find("#agent-cost table"));
+    for number in ["2", "14,345", "3,865", "171,000", "10,200", "$0.5067"] {
+        assert!(spend.contains(number), "{number:?} missing from: {spend}");
+    }
+    browser.find("pre.summary");
     save(&browser, &shots, "dashboard-agent.png");
+
+    // The tree shows its tokens and cost too.
+    browser.goto(&format!("http://127.0.0.1:{port}/#/"));
+    let row = browser.text(&browser.find(r#"tr[data-agent="agent-coder-7"]"#));
+    assert!(
+        row.contains("18,210") && row.contains("$0.5067") && row.contains("success"),
+        "input + output tokens, cost, result: {row}"
+    );
+    save(&browser, &shots, "dashboard-tree.png");
 
     // The timeline, newest first, and live.
     browser.goto(&format!("http://127.0.0.1:{port}/#/events"));
@@ -219,22 +429,36 @@ fn the_dashboard_in_a_real_browser() {
     );
     assert_eq!(shown, json!("4,1"), "only the session_started events");
 
-    // The issue page, health and cost render (cost says "not available" until the sidecar
-    // has `GET /api/cost`).
+    // The issue page: results, leases and what its agent types and outcomes cost.
     post(
         "/api/leases/issue-42",
         json!({"agent": "agent-coder-7", "paths": ["src/parser.rs"], "reason": "splitting the parser"}),
     );
     browser.goto(&format!("http://127.0.0.1:{port}/#/issue/issue-42"));
-    assert!(
-        browser
-            .text(&browser.find("pre.summary"))
-            .contains("<b>and</b>")
-    );
+    browser.find("pre.summary");
     let page = browser.text(&browser.find("main"));
+    assert!(page.contains("<b>and</b>"), "results stay text: {page}");
     assert!(
         page.contains("src/parser.rs") && page.contains("splitting the parser"),
         "{page}"
+    );
+    let by_type = browser.text(&browser.find("#issue-cost table"));
+    assert!(
+        by_type.contains("backend-dev") && by_type.contains("$0.5067"),
+        "{by_type}"
+    );
+    let outcomes = browser.text(&browser.find("#issue-outcomes table"));
+    // planner-1 and coder-7 completed: 0.0931 + 0.0412 + 0.4217 + 0.0850.
+    assert!(
+        outcomes.contains("completed agents (2)") && outcomes.contains("$0.6410"),
+        "{outcomes}"
+    );
+    save(&browser, &shots, "dashboard-issue.png");
+    // An issue nothing was spent on says so instead of a table of zeros.
+    browser.goto(&format!("http://127.0.0.1:{port}/#/issue/issue-quiet"));
+    assert_eq!(
+        browser.text(&browser.find("#issue-cost .na")),
+        "no requests recorded yet"
     );
     browser.goto(&format!("http://127.0.0.1:{port}/#/health"));
     assert!(
@@ -242,8 +466,22 @@ fn the_dashboard_in_a_real_browser() {
             .text(&browser.find("#sidecar-health"))
             .contains("orchestration-sidecar")
     );
+    // The cost view: the new agent's spend under its issue and its agent type.
     browser.goto(&format!("http://127.0.0.1:{port}/#/cost"));
-    browser.find("main h2");
+    let by_issue = browser.text(&browser.find("#cost-issue table"));
+    // issue-42: its main thread 0.1284, planner 0.1343, coder 0.5067.
+    assert!(
+        by_issue.contains("issue-42") && by_issue.contains("$0.7694"),
+        "{by_issue}"
+    );
+    let by_type = browser.text(&browser.find("#cost-agent-type table"));
+    let backend = by_type
+        .lines()
+        .find(|l| l.contains("backend-dev"))
+        .unwrap_or_else(|| panic!("no backend-dev row: {by_type}"));
+    assert!(backend.contains("$0.5067"), "{backend}");
+    assert!(by_type.contains("orchestrator"), "{by_type}");
+    save(&browser, &shots, "dashboard-cost.png");
     // Nothing the page did broke its own policy or threw.
     let console = browser.console();
     let broken: Vec<&String> = console
@@ -268,6 +506,19 @@ fn the_dashboard_in_a_real_browser() {
         "{head}"
     );
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+}
+
+/// `n` with thousands separators, as the page shows numbers (en-US).
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The sidecar's paged views (no browser): a bound token sees only its issue, pages are
@@ -427,9 +678,9 @@ fn without_an_opener_the_link_is_printed() {
     assert!(head.contains("set-cookie: cco_dashboard="), "{head}");
 }
 
-/// A stand-in sidecar answering the views with canned JSON and `GET /api/agents/{id}` and
-/// `GET /api/cost` in the shapes the told and cost work define: the page renders what an
-/// agent was told and what it cost before those routes exist here.
+/// A stand-in sidecar answering the views, `GET /api/agents/{id}` and `GET /api/cost` with
+/// canned JSON: it shows what a real session rarely produces on demand (a truncated context,
+/// inbox deliveries, markup in a file name).
 struct FakeSidecar {
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -537,7 +788,7 @@ fn fake_answer(path: &str) -> (u16, String) {
     (200, body.to_string())
 }
 
-/// The agent page against the told and cost contracts (a stand-in sidecar).
+/// The agent page with a truncated context and inbox deliveries (a stand-in sidecar).
 #[test]
 fn the_agent_page_shows_what_it_was_told_and_its_cost() {
     let mut env = Env::new();

@@ -38,6 +38,7 @@
   function link(href, text) { return el('a', { href }, text); }
   function fmtMs(ms) {
     if (ms === null || ms === undefined) return '–';
+    if (ms < 1000) return ms + ' ms';
     const s = Math.round(ms / 1000);
     if (s < 60) return s + ' s';
     const m = Math.floor(s / 60);
@@ -49,7 +50,8 @@
     const d = new Date(t);
     return isNaN(d) ? String(t) : d.toLocaleString();
   }
-  function fmtUsd(x) { return typeof x === 'number' ? '$' + x.toFixed(4) : '–'; }
+  // Cents are enough from a dollar up; below it, four places keep small requests visible.
+  function fmtUsd(x) { return typeof x === 'number' ? '$' + x.toFixed(Math.abs(x) >= 1 ? 2 : 4) : '–'; }
   function fmtNum(x) { return typeof x === 'number' ? x.toLocaleString() : '–'; }
   function json(v) { return el('pre', {}, JSON.stringify(v, null, 2)); }
   function show(...nodes) { main.replaceChildren(...nodes); }
@@ -177,6 +179,10 @@
         kv('Started', fmtTime(agent.started_at)),
         kv('Updated', fmtTime(agent.updated_at || agent.ended_at))))));
     }
+    parts.push(el('h2', {}, 'Cost'));
+    const spend = cost ? cost.rows.get(id) : null;
+    parts.push(el('div', { class: 'card', id: 'agent-cost' }, cost === null ? na('cost not available on this sidecar')
+      : spend ? costTable([spend]) : na('no requests recorded for this agent')));
     parts.push(el('h2', {}, 'What it was told'));
     if (!r.ok) {
       parts.push(el('div', { class: 'card' }, unavailable(r)));
@@ -195,18 +201,14 @@
       const stored = r.body.result;
       parts.push(el('div', { class: 'card' }, stored ? resultBody(stored.result !== undefined ? stored.result : stored) : na('no result yet')));
     }
-    parts.push(el('h2', {}, 'Cost'));
-    const spend = cost ? cost.rows.get(id) : null;
-    parts.push(el('div', { class: 'card' }, cost === null ? na('cost not available on this sidecar')
-      : spend ? costTable([spend]) : na('no requests recorded for this agent')));
     show(...parts);
   }
 
   function kv(k, v) { return el('tr', {}, el('td', {}, k), el('td', {}, v)); }
 
   function told(t) {
-    if (!t) return el('div', { class: 'card' }, na('nothing recorded'));
-    const card = el('div', { class: 'card' });
+    if (!t) return el('div', { class: 'card', id: 'told' }, na('nothing recorded'));
+    const card = el('div', { class: 'card', id: 'told' });
     const ctx = t.context;
     if (ctx) {
       card.append(el('table', { class: 'kv' }, el('tbody', {},
@@ -214,19 +216,28 @@
         kv('Hash', el('span', { class: 'mono' }, ctx.hash)),
         kv('At', fmtTime(ctx.at)))));
       if ((ctx.files || []).length) {
-        card.append(el('h3', {}, 'Files'), el('table', {}, el('tbody', {}, ctx.files.map((f) =>
+        card.append(el('h3', {}, 'Files'), el('table', {}, el('thead', {}, el('tr', {},
+          el('th', {}, 'Path'), el('th', { class: 'num' }, 'Bytes'), el('th', {}, 'Hash'))), el('tbody', {}, ctx.files.map((f) =>
           el('tr', {}, el('td', { class: 'mono' }, f.path), el('td', { class: 'num' }, fmtNum(f.bytes)), el('td', { class: 'mono' }, f.hash))))));
       }
       if ((ctx.results || []).length) {
-        card.append(el('h3', {}, 'Earlier results'), el('table', {}, el('tbody', {}, ctx.results.map((x) =>
+        card.append(el('h3', {}, 'Earlier results'), el('table', {}, el('thead', {}, el('tr', {},
+          el('th', {}, 'Issue'), el('th', {}, 'Agent type'), el('th', {}, 'Hash'))), el('tbody', {}, ctx.results.map((x) =>
           el('tr', {}, el('td', {}, x.issue_id), el('td', {}, x.agent_type), el('td', { class: 'mono' }, x.hash))))));
       }
     } else {
       card.append(el('p', {}, na('no context recorded')));
     }
-    if (t.note) card.append(el('h3', {}, 'Note'), json(t.note));
-    if ((t.inbox || []).length) {
-      card.append(el('h3', {}, 'Inbox deliveries'), el('table', {}, el('tbody', {}, t.inbox.map((i) =>
+
+    if (t.note) {
+      card.append(el('h3', {}, 'Note'), el('table', { class: 'kv' }, el('tbody', {},
+        kv('Size', fmtNum(t.note.bytes) + ' bytes'), kv('Hash', el('span', { class: 'mono' }, t.note.hash)))));
+    }
+    if (!(t.inbox || []).length) {
+      card.append(el('h3', {}, 'Inbox deliveries'), el('p', { class: 'muted' }, 'None delivered.'));
+    } else {
+      card.append(el('h3', {}, 'Inbox deliveries'), el('table', {}, el('thead', {}, el('tr', {},
+        ['Seq', 'Event', 'Topic', 'Delivered', 'Via'].map((h, i) => el('th', { class: i ? null : 'num' }, h)))), el('tbody', {}, t.inbox.map((i) =>
         el('tr', {}, el('td', { class: 'num' }, i.seq), el('td', {}, i.event_type), el('td', {}, i.topic), el('td', {}, fmtTime(i.delivered_at)), el('td', {}, i.via))))));
     }
     return card;
@@ -259,7 +270,15 @@
         el('td', {}, link('#/agent/' + encodeURIComponent(l.agent_id), l.agent_id)), el('td', {}, l.reason || ''),
         el('td', {}, 'until ' + fmtTime(l.expires_at))))))));
     parts.push(el('h2', {}, 'Cost by agent type'));
-    parts.push(el('div', { class: 'card' }, cost ? costTable([...cost.rows.values()], cost.total) : na('cost not available on this sidecar')));
+    parts.push(el('div', { class: 'card', id: 'issue-cost' }, cost ? costTable([...cost.rows.values()], cost.total) : na('cost not available on this sidecar')));
+    const o = r.body.outcomes;
+    if (o) {
+      // Cost per outcome: what the agents that completed, failed or still run spent.
+      const spend = (label, x) => Object.assign({ key: label + (x.agents !== undefined ? ' (' + x.agents + ')' : '') }, x);
+      parts.push(el('h2', {}, 'Cost by outcome'), el('div', { class: 'card', id: 'issue-outcomes' }, costTable([
+        spend('completed agents', o.completed), spend('failed agents', o.failed),
+        spend('active agents', o.active), spend('orchestrator', o.orchestrator)], o.total)));
+    }
     show(...parts);
   }
 
@@ -269,8 +288,9 @@
   }
 
   function costTable(rows, total) {
+    if (rows.length === 0) return na('no requests recorded yet');
     const head = ['', 'Requests', 'Input', 'Output', 'Cache read', 'Cache write', 'Cost'];
-    const row = (r, label) => el('tr', {},
+    const row = (r, label, cls) => el('tr', { class: cls },
       el('td', {}, label !== undefined ? label : String(r.key)),
       el('td', { class: 'num' }, fmtNum(r.requests)),
       el('td', { class: 'num' }, fmtNum(r.input_tokens)),
@@ -280,7 +300,7 @@
       el('td', { class: 'num' }, fmtUsd(r.cost_usd)));
     return el('table', {},
       el('thead', {}, el('tr', {}, head.map((h, i) => el('th', { class: i ? 'num' : null }, h)))),
-      el('tbody', {}, rows.map((r) => row(r)), total ? row(total, 'total') : null));
+      el('tbody', {}, rows.map((r) => row(r)), total ? row(total, 'total', 'total') : null));
   }
 
   async function viewCost() {
@@ -290,7 +310,7 @@
     const parts = [el('h1', {}, 'Cost')];
     groups.forEach(([, title], i) => {
       const r = results[i];
-      parts.push(el('h2', {}, title), el('div', { class: 'card' },
+      parts.push(el('h2', {}, title), el('div', { class: 'card', id: 'cost-' + groups[i][0] },
         r.ok ? costTable(r.body.rows || [], r.body.total) : unavailable(r)));
     });
     show(...parts);
@@ -364,7 +384,9 @@
         eventFilter = { type: String(e.event_type), topic: eventFilter.topic };
         viewEvents();
       } }, badge(e.event_type))),
-      el('span', { class: 'mono' }, e.topic + '  ' + data));
+      el('span', { class: 'mono topic' }, e.topic),
+      // One line per event; the whole data is in the tooltip.
+      el('span', { class: 'mono data', title: data }, data));
   }
 
   // ---- routing --------------------------------------------------------------------------
