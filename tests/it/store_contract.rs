@@ -812,4 +812,118 @@ mod lib_level {
         cursor_errors(&s).await;
         s.close();
     }
+
+    /// Events to list newest first: every third is a `note` on topic `t`.
+    const LISTED: u64 = 200;
+
+    async fn publish_listed(s: &Store) -> Vec<u64> {
+        ready(s).await;
+        let mut seqs = Vec::new();
+        for i in 0..LISTED {
+            let (ty, topic) = if i % 3 == 0 {
+                ("note", "t")
+            } else {
+                ("other", "u")
+            };
+            let e = s
+                .publish(cco::sidecar::journal::NewEvent {
+                    event_type: cco::api::EventType::parse(ty).unwrap(),
+                    publisher: "p".into(),
+                    topic: topic.into(),
+                    data: json!({"i": i}),
+                    correlation_id: None,
+                })
+                .await
+                .unwrap();
+            seqs.push(e.seq);
+        }
+        seqs
+    }
+
+    /// The listing from `s`, paged by `limit` through `before` as the dashboard does.
+    async fn listed(s: &Store, filter: &EventFilter, before: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut before = before;
+        loop {
+            let page = s.newest(before, filter, limit).await.unwrap();
+            let seqs: Vec<u64> = page.iter().map(|(seq, _)| *seq).collect();
+            for (seq, json) in &page {
+                let v: Value = serde_json::from_str(json.get()).unwrap();
+                assert_eq!(v["seq"].as_u64(), Some(*seq), "{v}");
+            }
+            out.extend(&seqs);
+            if seqs.len() < limit {
+                return out;
+            }
+            before = *seqs.last().unwrap();
+        }
+    }
+
+    /// Newest first, filtered, paged: the same answer whether read where it was written or
+    /// (NATS) by another handle whose memory holds none of it.
+    async fn newest_first(writer: &Store, reader: &Store, all: &[u64]) {
+        ready(reader).await;
+        let every = EventFilter::default();
+        let notes = EventFilter {
+            event_type: Some("note".into()),
+            topic: None,
+        };
+        let on_t = EventFilter {
+            event_type: None,
+            topic: Some("t".into()),
+        };
+        let want_all: Vec<u64> = all.iter().rev().copied().collect();
+        let want_notes: Vec<u64> = all
+            .iter()
+            .rev()
+            .copied()
+            .filter(|s| (s - all[0]) % 3 == 0)
+            .collect();
+        for s in [writer, reader] {
+            let page = s.newest(u64::MAX, &every, 10).await.unwrap();
+            assert_eq!(
+                page.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+                want_all[..10]
+            );
+            assert_eq!(listed(s, &every, u64::MAX, 7).await, want_all);
+            assert_eq!(listed(s, &notes, u64::MAX, 5).await, want_notes);
+            assert_eq!(listed(s, &on_t, u64::MAX, 500).await, want_notes);
+            // Strictly below `before`.
+            let before = all[100];
+            let below: Vec<u64> = want_notes.iter().copied().filter(|q| *q < before).collect();
+            assert_eq!(listed(s, &notes, before, 4).await, below);
+            assert!(s.newest(all[0], &every, 10).await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newest_first_listing_on_nats_from_memory_and_from_the_stream() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let a = nats_store(&server, &ns);
+        let all = publish_listed(&a).await;
+        // Opened after the publishes: its tail is empty, so every page walks the stream.
+        let b = nats_store(&server, &ns);
+        newest_first(&a, &b, &all).await;
+        a.close();
+        b.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newest_first_listing_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Sqlite(
+            SqliteStore::open(
+                &dir.path().join("orchestration/state.db"),
+                dir.path().join("orchestration/results"),
+                RETENTION,
+            )
+            .unwrap(),
+        );
+        let all = publish_listed(&s).await;
+        newest_first(&s, &s, &all).await;
+        s.close();
+    }
 }

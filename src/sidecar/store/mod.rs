@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::error::ApiError;
@@ -170,6 +171,17 @@ impl Store {
         stopping: Stopping,
     ) -> Result<(Vec<Arc<JournalEvent>>, u64), Error> {
         each!(self, s => s.wait(filter, since, timeout, stopping).await)
+    }
+
+    /// Matching events with seq < `before`, newest first, at most `limit` (the dashboard's
+    /// paged listing). On NATS the walk back is bounded by `nats::NEWEST_SCAN_SPAN`.
+    pub async fn newest(
+        &self,
+        before: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<RawValue>)>, Error> {
+        each!(self, s => s.newest(before, filter, limit).await)
     }
 
     // --- agent registry -----------------------------------------------------------------

@@ -67,6 +67,15 @@ pub const FLOOR_REFRESH: Duration = Duration::from_secs(1);
 /// How long `cco sidecar run` waits for NATS before it serves anyway (answering 503
 /// `store_unavailable` until NATS is back).
 pub const STARTUP_WAIT: Duration = Duration::from_secs(3);
+/// The newest-first listing reads the stream backwards in windows of sequences, starting
+/// at least this wide…
+pub const NEWEST_MIN_WINDOW: u64 = 64;
+/// …doubling while a window holds too few matches, up to this width (each match in a window
+/// is one direct get, so this bounds what one window can cost beyond the page).
+pub const NEWEST_MAX_WINDOW: u64 = 4096;
+/// How many sequences below the in-memory tail one listing page examines at most: a filter
+/// that matches nothing that far back ends the page early instead of walking the stream.
+pub const NEWEST_SCAN_SPAN: u64 = 1 << 20;
 /// Lifecycle events an inbox never delivers.
 const LIFECYCLE: [&str; 3] = ["agent_started", "agent_completed", "agent_failed"];
 
@@ -1112,6 +1121,83 @@ impl NatsStore {
             head
         };
         Ok((out, next))
+    }
+
+    /// Matching events with seq < `before`, newest first, at most `limit`: from the
+    /// in-memory tail, then from the stream leader in windows walking backwards (inside a
+    /// window, forward direct gets by the filter's subject, so the leader skips what does not
+    /// match), until the page is full, the floor is reached or `NEWEST_SCAN_SPAN` sequences
+    /// below the tail were examined.
+    pub async fn newest(
+        &self,
+        before: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<RawValue>)>, Error> {
+        let h = self.handles()?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The newest sequence still to look at.
+        let mut hi = before.saturating_sub(1).min(self.head());
+        {
+            let t = self.inner.tail.read().expect("tail lock");
+            if hi > t.start {
+                for e in t.events.iter().rev().filter(|e| e.seq <= hi) {
+                    if matches(filter, e) {
+                        out.push((e.seq, e.json.clone()));
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                hi = t.start;
+            }
+        }
+        let subject = self.inner.names.filter_subject(filter);
+        let mut window = (limit as u64).clamp(NEWEST_MIN_WINDOW, NEWEST_MAX_WINDOW);
+        let mut scanned = 0u64;
+        while out.len() < limit && hi > self.floor() && scanned < NEWEST_SCAN_SPAN {
+            // The window (lo, hi].
+            let lo = hi.saturating_sub(window).max(self.floor());
+            let mut found = Vec::new();
+            let mut seq = lo + 1;
+            while seq <= hi {
+                let msg = match h
+                    .stream
+                    .raw_message_builder()
+                    .sequence(seq)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(unavailable("reading the event stream", e)),
+                };
+                if msg.sequence > hi {
+                    break;
+                }
+                seq = msg.sequence + 1;
+                if let Ok(env) = serde_json::from_slice::<Envelope>(&msg.payload) {
+                    let e = journal_event(env.event, msg.sequence);
+                    if matches(filter, &e) {
+                        found.push(e);
+                    }
+                }
+            }
+            for e in found.iter().rev() {
+                if out.len() == limit {
+                    break;
+                }
+                out.push((e.seq, e.json.clone()));
+            }
+            scanned += hi - lo;
+            hi = lo;
+            window = (window * 2).min(NEWEST_MAX_WINDOW);
+        }
+        Ok(out)
     }
 
     /// The answer from memory when `since` is inside the tail.

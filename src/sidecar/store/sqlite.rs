@@ -108,6 +108,27 @@ impl SqliteStore {
     ) -> Result<(Vec<Arc<JournalEvent>>, u64), Error> {
         Ok(self.journal.read(since, filter, limit).await?)
     }
+    pub async fn newest(
+        &self,
+        before: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<serde_json::value::RawValue>)>, Error> {
+        let reader = self.journal.reader();
+        let filter = filter.clone();
+        blocking(move || {
+            let conn = reader.lock().expect("reader lock");
+            crate::sidecar::views::newest_events(
+                &conn,
+                before,
+                filter.event_type.as_deref(),
+                filter.topic.as_deref(),
+                limit,
+            )
+        })
+        .await?
+        .map_err(|e| Error::Journal(e.into()))
+    }
     pub async fn wait(
         &self,
         filter: &EventFilter,
