@@ -926,4 +926,165 @@ mod lib_level {
         newest_first(&s, &s, &all).await;
         s.close();
     }
+
+    fn cost_record(
+        key: &str,
+        session: &str,
+        agent: Option<&str>,
+        cost: f64,
+        ts: u64,
+    ) -> cco::api::cost::CostRecord {
+        serde_json::from_value(json!({
+            "key": key, "session_id": session, "agent_id": agent, "model": "claude-test",
+            "input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 2,
+            "cache_creation_tokens": 1, "cost_usd": cost, "duration_ms": 30, "timestamp_ms": ts
+        }))
+        .unwrap()
+    }
+
+    /// Polls (bounded) until `done` holds: another handle's mirror follows its watcher.
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{what} never became visible");
+    }
+
+    async fn cost_report(
+        s: &Store,
+        by: cco::api::cost::CostBy,
+        since: Option<u64>,
+    ) -> Vec<(String, u64, f64)> {
+        use cco::sidecar::cost::{Directory, report};
+        let groups = s.cost_groups(since).await.unwrap();
+        let dir = Directory::new(s.agents(), s.cost_session_issues().await.unwrap());
+        report(&groups, &dir, by, |_| true)
+            .rows
+            .into_iter()
+            .map(|r| (r.key, r.sums.requests, r.sums.cost_usd))
+            .collect()
+    }
+
+    /// Cost records through `writer`, read through `reader` (on NATS another handle on the
+    /// namespace: another machine): a retried export counts once wherever it is retried;
+    /// the report joins records to agent types and to the session's issue.
+    async fn cost_contract(writer: &Store, reader: &Store) {
+        use cco::api::cost::CostBy;
+        ready(writer).await;
+        ready(reader).await;
+        writer
+            .publish(cco::sidecar::journal::NewEvent {
+                event_type: cco::api::EventType::parse("session_started").unwrap(),
+                publisher: "session".into(),
+                topic: "issue-7".into(),
+                data: json!({"session_id": "s-1", "issue_id": "issue-7"}),
+                correlation_id: None,
+            })
+            .await
+            .unwrap();
+        let agent = AgentId::parse("a-1").unwrap();
+        writer
+            .set_agent(
+                agent.clone(),
+                cco::api::sidecar::AgentStatusUpdate {
+                    status: cco::api::sidecar::AgentState::Completed,
+                    agent_type: cco::api::AgentType::parse("rust-specialist").unwrap(),
+                    issue_id: IssueId::parse("issue-7").unwrap(),
+                    message: None,
+                },
+            )
+            .await
+            .unwrap();
+        let records = vec![
+            cost_record("s-1#1", "s-1", None, 0.5, 1_000),
+            cost_record("s-1#2", "s-1", Some("a-1"), 2.0, 1_000),
+            cost_record("s-1#3", "s-1", Some("a-1"), 1.0, 1_000),
+            cost_record("s-2#1", "s-2", None, 4.0, 1_000),
+        ];
+        let got = writer.cost_insert(records.clone()).await.unwrap();
+        assert_eq!((got.stored, got.duplicates), (4, 0));
+        let got = writer.cost_insert(records.clone()).await.unwrap();
+        assert_eq!((got.stored, got.duplicates), (0, 4), "a retry counts once");
+        let got = reader.cost_insert(records[..2].to_vec()).await.unwrap();
+        assert_eq!(
+            (got.stored, got.duplicates),
+            (0, 2),
+            "a retry elsewhere counts once too"
+        );
+        eventually("the agent", || reader.agent(&agent).is_some()).await;
+
+        let by_type = cost_report(reader, CostBy::AgentType, None).await;
+        assert_eq!(
+            by_type,
+            [
+                ("orchestrator".to_string(), 2, 4.5),
+                ("rust-specialist".to_string(), 2, 3.0)
+            ]
+        );
+        let by_issue = cost_report(reader, CostBy::Issue, None).await;
+        assert_eq!(
+            by_issue,
+            [
+                ("session-s-2".to_string(), 1, 4.0),
+                ("issue-7".to_string(), 3, 3.5)
+            ]
+        );
+
+        // A record stored on the other handle is in this one's report.
+        let late = cost_record("s-1#4", "s-1", Some("a-1"), 0.25, 2_000);
+        let got = reader.cost_insert(vec![late]).await.unwrap();
+        assert_eq!((got.stored, got.duplicates), (1, 0));
+        let mut seen = false;
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen {
+                let groups = writer.cost_groups(Some(1_500)).await.unwrap();
+                seen = groups.len() == 1 && groups[0].sums.requests == 1;
+                if !seen {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the other handle's record never arrived");
+        let by_type = cost_report(writer, CostBy::AgentType, None).await;
+        assert_eq!(by_type[1], ("rust-specialist".to_string(), 3, 3.25));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cost_records_on_nats_are_shared_and_counted_once() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let a = nats_store(&server, &ns);
+        let b = nats_store(&server, &ns);
+        cost_contract(&a, &b).await;
+        a.close();
+        b.close();
+        // A sidecar started later mirrors every record and remembers the session's issue.
+        let c = nats_store(&server, &ns);
+        ready(&c).await;
+        let groups = c.cost_groups(None).await.unwrap();
+        assert_eq!(groups.iter().map(|g| g.sums.requests).sum::<u64>(), 5);
+        assert_eq!(c.cost_session_issues().await.unwrap()["s-1"], "issue-7");
+        c.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cost_records_on_sqlite_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Sqlite(
+            SqliteStore::open(
+                &dir.path().join("orchestration/state.db"),
+                dir.path().join("orchestration/results"),
+                RETENTION,
+            )
+            .unwrap(),
+        );
+        cost_contract(&s, &s).await;
+        s.close();
+    }
 }
