@@ -365,6 +365,63 @@ contract!(exclusive_leases_exclude, "", |w: &World, _| {
     assert_eq!(all["leases"].as_array().unwrap().len(), 1, "{all}");
 });
 
+contract!(cost_and_the_event_listing_over_http, "", |w: &World, _| {
+    let record = |key: &str, cost: f64| {
+        json!({"key": key, "session_id": "s-9", "model": "claude-test", "input_tokens": 10,
+            "output_tokens": 5, "cache_read_tokens": 0, "cache_creation_tokens": 0,
+            "cost_usd": cost, "duration_ms": 30, "timestamp_ms": 1_000})
+    };
+    let body = json!({"records": [record("s-9#1", 0.5), record("s-9#2", 0.25)]});
+    let (status, got) = w.api("POST", "/api/cost/records", Some(body.clone()));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (got["stored"].as_u64(), got["duplicates"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let (_, got) = w.api("POST", "/api/cost/records", Some(body));
+    assert_eq!(
+        (got["stored"].as_u64(), got["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let (status, report) = w.api("GET", "/api/cost?by=issue", None);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rows"][0]["key"], "session-s-9", "{report}");
+    assert_eq!(report["total"]["requests"], 2, "{report}");
+    assert_eq!(report["total"]["cost_usd"], 0.75, "{report}");
+    let (status, outcomes) = w.api("GET", "/api/cost/outcomes", None);
+    assert_eq!(status, 200, "{outcomes}");
+    assert_eq!(
+        outcomes["rows"][0]["orchestrator"]["requests"], 2,
+        "{outcomes}"
+    );
+
+    // The dashboard's newest-first listing, paged by `before`.
+    let seqs: Vec<u64> = (0..5).map(|_| w.publish("note", "t", "p")).collect();
+    let (status, page) = w.api("GET", "/api/views/events?type=note&limit=3", None);
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [seqs[4], seqs[3], seqs[2]]);
+    let before = page["next_before"].as_u64().unwrap();
+    let (_, page) = w.api(
+        "GET",
+        &format!("/api/views/events?type=note&limit=3&before={before}"),
+        None,
+    );
+    let listed: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [seqs[1], seqs[0]]);
+    assert!(page["next_before"].is_null(), "{page}");
+});
+
 contract!(inbox_delivers_each_event_once, "", |w: &World, _| {
     let (code, _) = w.api(
         "POST",
