@@ -934,7 +934,7 @@ mod lib_level {
             .iter()
             .rev()
             .copied()
-            .filter(|s| (s - all[0]) % 3 == 0)
+            .filter(|s| (s - all[0]).is_multiple_of(3))
             .collect();
         for s in [writer, reader] {
             let page = s.newest(u64::MAX, &every, 10).await.unwrap();
