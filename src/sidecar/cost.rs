@@ -1,7 +1,8 @@
 //! Cost accounting: Claude Code's `claude_code.api_request` records (forwarded by the daemon
-//! from its OTLP export) stored in the journal's SQLite (table `cost_records`, idempotent on
-//! the record's key), and joined to agents, sessions and issues when asked — never at insert,
-//! so a record that arrives before its agent's SubagentStart hook still joins.
+//! from its OTLP export) stored through the store seam — the journal's SQLite (`CostStore`,
+//! table `cost_records`) or NATS (`ns_cost`), idempotent on the record's key — and joined to
+//! agents, sessions and issues when asked, never at insert, so a record that arrives before
+//! its agent's SubagentStart hook still joins.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -455,15 +456,6 @@ pub struct OutcomesQuery {
     issue: Option<IssueId>,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
-}
-
 /// A token bound to an issue (or agent type) sees only that issue's (type's) records.
 fn visible<'a>(claims: &'a Claims, issue: Option<&IssueId>) -> impl Fn(&Owner) -> bool + use<'a> {
     let wanted = issue.map(|i| i.to_string());
@@ -477,8 +469,7 @@ fn visible<'a>(claims: &'a Claims, issue: Option<&IssueId>) -> impl Fn(&Owner) -
 
 async fn directory(s: &SidecarState) -> Result<Directory, ApiError> {
     let agents = s.store().agents();
-    let store = s.clone();
-    let sessions = blocking(move || store.cost().session_issues()).await?;
+    let sessions = s.store().cost_session_issues().await?;
     Ok(Directory::new(agents, sessions))
 }
 
@@ -499,8 +490,7 @@ pub async fn store_records(
     for (i, r) in body.records.iter().enumerate() {
         check(r).map_err(|e| ApiError::BadRequest(format!("records[{i}]: {e}")))?;
     }
-    let store = s.clone();
-    let out = blocking(move || store.cost().insert(&body.records)).await?;
+    let out = s.store().cost_insert(body.records).await?;
     Ok(Json(out))
 }
 
@@ -528,8 +518,7 @@ pub async fn get_report(
         .transpose()
         .map_err(ApiError::BadRequest)?;
     let dir = directory(&s).await?;
-    let store = s.clone();
-    let groups = blocking(move || store.cost().groups(since)).await?;
+    let groups = s.store().cost_groups(since).await?;
     Ok(Json(report(
         &groups,
         &dir,
@@ -546,8 +535,7 @@ pub async fn get_outcomes(
 ) -> Result<Json<CostOutcomes>, ApiError> {
     claims.require(Scope::AgentsRead)?;
     let dir = directory(&s).await?;
-    let store = s.clone();
-    let groups = blocking(move || store.cost().groups(None)).await?;
+    let groups = s.store().cost_groups(None).await?;
     Ok(Json(outcomes(
         &groups,
         &dir,

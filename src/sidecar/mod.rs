@@ -88,8 +88,7 @@ struct Inner {
     orchestration_dir: PathBuf,
     keys: Keys,
     store: store::Store,
-    /// Cost and "what each agent was told" stay in the local `state.db` on either backend.
-    cost: cost::CostStore,
+    /// "What each agent was told" stays in the local `state.db` on either backend.
     told: told::ToldStore,
     context: context::ContextBroker,
     metrics: metrics::Metrics,
@@ -151,7 +150,6 @@ impl SidecarState {
             let db = paths.state_db();
             journal::schema::migrate(&mut journal::schema::open_conn(&db)?, &db)?;
         }
-        let cost = cost::CostStore::open(&paths.state_db())?;
         let told = told::ToldStore::open(&paths.state_db())?;
         let context = context::ContextBroker::new(roster, config.context_budget_bytes);
         let state = SidecarState {
@@ -160,7 +158,6 @@ impl SidecarState {
                 orchestration_dir: paths.orchestration_dir(),
                 keys,
                 store,
-                cost,
                 told,
                 context,
                 metrics: metrics::Metrics::default(),
@@ -187,15 +184,12 @@ impl SidecarState {
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.inner.metrics
     }
-    /// Events, results, the agent registry, leases and inbox cursors.
+    /// Events, results, the agent registry, leases, inbox cursors and cost records.
     pub fn store(&self) -> &store::Store {
         &self.inner.store
     }
     pub fn tracker(&self) -> Arc<Tracker> {
         self.inner.tracker.clone()
-    }
-    pub fn cost(&self) -> &cost::CostStore {
-        &self.inner.cost
     }
 
     /// Runs the health probes (blocking): write and remove a probe file, query the journal,

@@ -153,7 +153,6 @@ pub async fn events(
 mod storage {
     use super::*;
     use crate::api::{AgentId, AgentType};
-    use crate::sidecar::store::Store;
 
     pub fn agents(s: &SidecarState) -> Vec<AgentRecord> {
         s.store().agents()
@@ -171,31 +170,11 @@ mod storage {
         topic: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(u64, Box<RawValue>)>, ApiError> {
-        let reader = match s.store() {
-            Store::Sqlite(sq) => sq.journal().reader(),
-            // A stream read backwards is not what JetStream offers; the page says so.
-            Store::Nats(_) => {
-                return Err(ApiError::NotFound(
-                    "the newest-first event listing needs the SQLite store; on NATS follow \
-                     `cco events -f` or the live timeline"
-                        .to_string(),
-                ));
-            }
+        let filter = crate::sidecar::journal::EventFilter {
+            event_type: event_type.map(str::to_string),
+            topic: topic.map(str::to_string),
         };
-        let (event_type, topic) = (event_type.map(str::to_string), topic.map(str::to_string));
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().expect("reader lock");
-            newest_events(
-                &conn,
-                before,
-                event_type.as_deref(),
-                topic.as_deref(),
-                limit,
-            )
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable)?
-        .map_err(view_failed)
+        Ok(s.store().newest(before, &filter, limit).await?)
     }
 
     /// The `status` of each agent's stored result, in order (`None`: no result, or none).
@@ -241,14 +220,6 @@ fn statuses_of(results: &[std::sync::Arc<str>]) -> HashMap<(String, String), Str
         .filter_map(|json| serde_json::from_str::<Head>(json).ok())
         .map(|h| ((h.agent_type, h.agent_id), h.result.status))
         .collect()
-}
-
-fn view_failed(e: rusqlite::Error) -> ApiError {
-    ApiError::JournalFailed {
-        reason: e
-            .sqlite_error()
-            .map_or_else(|| "database error".to_string(), |f| f.to_string()),
-    }
 }
 
 /// Events with seq < `before`, newest first. One statement per filter combination, so that

@@ -365,6 +365,63 @@ contract!(exclusive_leases_exclude, "", |w: &World, _| {
     assert_eq!(all["leases"].as_array().unwrap().len(), 1, "{all}");
 });
 
+contract!(cost_and_the_event_listing_over_http, "", |w: &World, _| {
+    let record = |key: &str, cost: f64| {
+        json!({"key": key, "session_id": "s-9", "model": "claude-test", "input_tokens": 10,
+            "output_tokens": 5, "cache_read_tokens": 0, "cache_creation_tokens": 0,
+            "cost_usd": cost, "duration_ms": 30, "timestamp_ms": 1_000})
+    };
+    let body = json!({"records": [record("s-9#1", 0.5), record("s-9#2", 0.25)]});
+    let (status, got) = w.api("POST", "/api/cost/records", Some(body.clone()));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (got["stored"].as_u64(), got["duplicates"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let (_, got) = w.api("POST", "/api/cost/records", Some(body));
+    assert_eq!(
+        (got["stored"].as_u64(), got["duplicates"].as_u64()),
+        (Some(0), Some(2))
+    );
+    let (status, report) = w.api("GET", "/api/cost?by=issue", None);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rows"][0]["key"], "session-s-9", "{report}");
+    assert_eq!(report["total"]["requests"], 2, "{report}");
+    assert_eq!(report["total"]["cost_usd"], 0.75, "{report}");
+    let (status, outcomes) = w.api("GET", "/api/cost/outcomes", None);
+    assert_eq!(status, 200, "{outcomes}");
+    assert_eq!(
+        outcomes["rows"][0]["orchestrator"]["requests"], 2,
+        "{outcomes}"
+    );
+
+    // The dashboard's newest-first listing, paged by `before`.
+    let seqs: Vec<u64> = (0..5).map(|_| w.publish("note", "t", "p")).collect();
+    let (status, page) = w.api("GET", "/api/views/events?type=note&limit=3", None);
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [seqs[4], seqs[3], seqs[2]]);
+    let before = page["next_before"].as_u64().unwrap();
+    let (_, page) = w.api(
+        "GET",
+        &format!("/api/views/events?type=note&limit=3&before={before}"),
+        None,
+    );
+    let listed: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [seqs[1], seqs[0]]);
+    assert!(page["next_before"].is_null(), "{page}");
+});
+
 contract!(inbox_delivers_each_event_once, "", |w: &World, _| {
     let (code, _) = w.api(
         "POST",
@@ -810,6 +867,281 @@ mod lib_level {
             .unwrap(),
         );
         cursor_errors(&s).await;
+        s.close();
+    }
+
+    /// Events to list newest first: every third is a `note` on topic `t`.
+    const LISTED: u64 = 200;
+
+    async fn publish_listed(s: &Store) -> Vec<u64> {
+        ready(s).await;
+        let mut seqs = Vec::new();
+        for i in 0..LISTED {
+            let (ty, topic) = if i % 3 == 0 {
+                ("note", "t")
+            } else {
+                ("other", "u")
+            };
+            let e = s
+                .publish(cco::sidecar::journal::NewEvent {
+                    event_type: cco::api::EventType::parse(ty).unwrap(),
+                    publisher: "p".into(),
+                    topic: topic.into(),
+                    data: json!({"i": i}),
+                    correlation_id: None,
+                })
+                .await
+                .unwrap();
+            seqs.push(e.seq);
+        }
+        seqs
+    }
+
+    /// The listing from `s`, paged by `limit` through `before` as the dashboard does.
+    async fn listed(s: &Store, filter: &EventFilter, before: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut before = before;
+        loop {
+            let page = s.newest(before, filter, limit).await.unwrap();
+            let seqs: Vec<u64> = page.iter().map(|(seq, _)| *seq).collect();
+            for (seq, json) in &page {
+                let v: Value = serde_json::from_str(json.get()).unwrap();
+                assert_eq!(v["seq"].as_u64(), Some(*seq), "{v}");
+            }
+            out.extend(&seqs);
+            if seqs.len() < limit {
+                return out;
+            }
+            before = *seqs.last().unwrap();
+        }
+    }
+
+    /// Newest first, filtered, paged: the same answer whether read where it was written or
+    /// (NATS) by another handle whose memory holds none of it.
+    async fn newest_first(writer: &Store, reader: &Store, all: &[u64]) {
+        ready(reader).await;
+        let every = EventFilter::default();
+        let notes = EventFilter {
+            event_type: Some("note".into()),
+            topic: None,
+        };
+        let on_t = EventFilter {
+            event_type: None,
+            topic: Some("t".into()),
+        };
+        let want_all: Vec<u64> = all.iter().rev().copied().collect();
+        let want_notes: Vec<u64> = all
+            .iter()
+            .rev()
+            .copied()
+            .filter(|s| (s - all[0]).is_multiple_of(3))
+            .collect();
+        for s in [writer, reader] {
+            let page = s.newest(u64::MAX, &every, 10).await.unwrap();
+            assert_eq!(
+                page.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+                want_all[..10]
+            );
+            assert_eq!(listed(s, &every, u64::MAX, 7).await, want_all);
+            assert_eq!(listed(s, &notes, u64::MAX, 5).await, want_notes);
+            assert_eq!(listed(s, &on_t, u64::MAX, 500).await, want_notes);
+            // Strictly below `before`.
+            let before = all[100];
+            let below: Vec<u64> = want_notes.iter().copied().filter(|q| *q < before).collect();
+            assert_eq!(listed(s, &notes, before, 4).await, below);
+            assert!(s.newest(all[0], &every, 10).await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newest_first_listing_on_nats_from_memory_and_from_the_stream() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let a = nats_store(&server, &ns);
+        let all = publish_listed(&a).await;
+        // Opened after the publishes: its tail is empty, so every page walks the stream.
+        let b = nats_store(&server, &ns);
+        newest_first(&a, &b, &all).await;
+        a.close();
+        b.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn newest_first_listing_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Sqlite(
+            SqliteStore::open(
+                &dir.path().join("orchestration/state.db"),
+                dir.path().join("orchestration/results"),
+                RETENTION,
+            )
+            .unwrap(),
+        );
+        let all = publish_listed(&s).await;
+        newest_first(&s, &s, &all).await;
+        s.close();
+    }
+
+    fn cost_record(
+        key: &str,
+        session: &str,
+        agent: Option<&str>,
+        cost: f64,
+        ts: u64,
+    ) -> cco::api::cost::CostRecord {
+        serde_json::from_value(json!({
+            "key": key, "session_id": session, "agent_id": agent, "model": "claude-test",
+            "input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 2,
+            "cache_creation_tokens": 1, "cost_usd": cost, "duration_ms": 30, "timestamp_ms": ts
+        }))
+        .unwrap()
+    }
+
+    /// Polls (bounded) until `done` holds: another handle's mirror follows its watcher.
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{what} never became visible");
+    }
+
+    async fn cost_report(
+        s: &Store,
+        by: cco::api::cost::CostBy,
+        since: Option<u64>,
+    ) -> Vec<(String, u64, f64)> {
+        use cco::sidecar::cost::{Directory, report};
+        let groups = s.cost_groups(since).await.unwrap();
+        let dir = Directory::new(s.agents(), s.cost_session_issues().await.unwrap());
+        report(&groups, &dir, by, |_| true)
+            .rows
+            .into_iter()
+            .map(|r| (r.key, r.sums.requests, r.sums.cost_usd))
+            .collect()
+    }
+
+    /// Cost records through `writer`, read through `reader` (on NATS another handle on the
+    /// namespace: another machine): a retried export counts once wherever it is retried;
+    /// the report joins records to agent types and to the session's issue.
+    async fn cost_contract(writer: &Store, reader: &Store) {
+        use cco::api::cost::CostBy;
+        ready(writer).await;
+        ready(reader).await;
+        writer
+            .publish(cco::sidecar::journal::NewEvent {
+                event_type: cco::api::EventType::parse("session_started").unwrap(),
+                publisher: "session".into(),
+                topic: "issue-7".into(),
+                data: json!({"session_id": "s-1", "issue_id": "issue-7"}),
+                correlation_id: None,
+            })
+            .await
+            .unwrap();
+        let agent = AgentId::parse("a-1").unwrap();
+        writer
+            .set_agent(
+                agent.clone(),
+                cco::api::sidecar::AgentStatusUpdate {
+                    status: cco::api::sidecar::AgentState::Completed,
+                    agent_type: cco::api::AgentType::parse("rust-specialist").unwrap(),
+                    issue_id: IssueId::parse("issue-7").unwrap(),
+                    message: None,
+                },
+            )
+            .await
+            .unwrap();
+        let records = vec![
+            cost_record("s-1#1", "s-1", None, 0.5, 1_000),
+            cost_record("s-1#2", "s-1", Some("a-1"), 2.0, 1_000),
+            cost_record("s-1#3", "s-1", Some("a-1"), 1.0, 1_000),
+            cost_record("s-2#1", "s-2", None, 4.0, 1_000),
+        ];
+        let got = writer.cost_insert(records.clone()).await.unwrap();
+        assert_eq!((got.stored, got.duplicates), (4, 0));
+        let got = writer.cost_insert(records.clone()).await.unwrap();
+        assert_eq!((got.stored, got.duplicates), (0, 4), "a retry counts once");
+        let got = reader.cost_insert(records[..2].to_vec()).await.unwrap();
+        assert_eq!(
+            (got.stored, got.duplicates),
+            (0, 2),
+            "a retry elsewhere counts once too"
+        );
+        eventually("the agent", || reader.agent(&agent).is_some()).await;
+
+        let by_type = cost_report(reader, CostBy::AgentType, None).await;
+        assert_eq!(
+            by_type,
+            [
+                ("orchestrator".to_string(), 2, 4.5),
+                ("rust-specialist".to_string(), 2, 3.0)
+            ]
+        );
+        let by_issue = cost_report(reader, CostBy::Issue, None).await;
+        assert_eq!(
+            by_issue,
+            [
+                ("session-s-2".to_string(), 1, 4.0),
+                ("issue-7".to_string(), 3, 3.5)
+            ]
+        );
+
+        // A record stored on the other handle is in this one's report.
+        let late = cost_record("s-1#4", "s-1", Some("a-1"), 0.25, 2_000);
+        let got = reader.cost_insert(vec![late]).await.unwrap();
+        assert_eq!((got.stored, got.duplicates), (1, 0));
+        let mut seen = false;
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen {
+                let groups = writer.cost_groups(Some(1_500)).await.unwrap();
+                seen = groups.len() == 1 && groups[0].sums.requests == 1;
+                if !seen {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the other handle's record never arrived");
+        let by_type = cost_report(writer, CostBy::AgentType, None).await;
+        assert_eq!(by_type[1], ("rust-specialist".to_string(), 3, 3.25));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cost_records_on_nats_are_shared_and_counted_once() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ns = namespace();
+        let a = nats_store(&server, &ns);
+        let b = nats_store(&server, &ns);
+        cost_contract(&a, &b).await;
+        a.close();
+        b.close();
+        // A sidecar started later mirrors every record and remembers the session's issue.
+        let c = nats_store(&server, &ns);
+        ready(&c).await;
+        let groups = c.cost_groups(None).await.unwrap();
+        assert_eq!(groups.iter().map(|g| g.sums.requests).sum::<u64>(), 5);
+        assert_eq!(c.cost_session_issues().await.unwrap()["s-1"], "issue-7");
+        c.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cost_records_on_sqlite_are_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::Sqlite(
+            SqliteStore::open(
+                &dir.path().join("orchestration/state.db"),
+                dir.path().join("orchestration/results"),
+                RETENTION,
+            )
+            .unwrap(),
+        );
+        cost_contract(&s, &s).await;
         s.close();
     }
 }

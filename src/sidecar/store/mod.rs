@@ -1,5 +1,6 @@
 //! The storage seam: everything the sidecar keeps — the event journal (seq cursors, long-poll
-//! wake, SSE tail, retention floor), results, the agent registry, leases and inbox cursors —
+//! wake, SSE tail, retention floor), results, the agent registry, leases, inbox cursors and
+//! cost records —
 //! behind one [`Store`], embedded SQLite + files ([`sqlite`]) or NATS JetStream ([`nats`]).
 //!
 //! `Store` is an enum, not a trait object: there are exactly two backends, both known at
@@ -9,17 +10,21 @@
 pub mod nats;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use super::cost::Group;
 use super::error::ApiError;
 use super::inbox::{Delivery, Limits};
 use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent};
 use super::leases::LeaseError;
 use super::results;
+use crate::api::cost::{CostRecord, CostRecordsStored};
 use crate::api::leases::{Lease, ReserveRequest};
 use crate::api::sidecar::{AgentCounts, AgentRecord, AgentStatusUpdate, StoredResult};
 use crate::api::{AgentId, AgentType, EventType, IssueId};
@@ -172,6 +177,17 @@ impl Store {
         each!(self, s => s.wait(filter, since, timeout, stopping).await)
     }
 
+    /// Matching events with seq < `before`, newest first, at most `limit` (the dashboard's
+    /// paged listing). On NATS the walk back is bounded by `nats::NEWEST_SCAN_SPAN`.
+    pub async fn newest(
+        &self,
+        before: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<RawValue>)>, Error> {
+        each!(self, s => s.newest(before, filter, limit).await)
+    }
+
     // --- agent registry -----------------------------------------------------------------
 
     pub fn agent(&self, id: &AgentId) -> Option<AgentRecord> {
@@ -295,6 +311,22 @@ impl Store {
         limits: Limits,
     ) -> Result<Delivery, Error> {
         each!(self, s => s.deliver(to, head, limits).await)
+    }
+
+    // --- cost records -------------------------------------------------------------------
+
+    /// Stores the records whose key is new; a record seen before (a retried export, from
+    /// any machine on NATS) counts as a duplicate and is left as it was.
+    pub async fn cost_insert(&self, records: Vec<CostRecord>) -> Result<CostRecordsStored, Error> {
+        each!(self, s => s.cost_insert(records).await)
+    }
+    /// The records made at or after `since_ms`, summed per (session, agent, model).
+    pub async fn cost_groups(&self, since_ms: Option<u64>) -> Result<Vec<Group>, Error> {
+        each!(self, s => s.cost_groups(since_ms).await)
+    }
+    /// The issue each costed (or started) session belongs to.
+    pub async fn cost_session_issues(&self) -> Result<HashMap<String, String>, Error> {
+        each!(self, s => s.cost_session_issues().await)
     }
 
     // --- lifecycle ----------------------------------------------------------------------

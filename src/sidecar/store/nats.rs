@@ -1,6 +1,6 @@
 //! The NATS JetStream backend: a team's sidecars share one namespace `ns` — events in the
 //! stream `ns_events` (subjects `ns.events.<type>.<topic>`, cursors are its sequences) and
-//! the KV buckets `ns_results`, `ns_agents`, `ns_leases` and `ns_inbox`.
+//! the KV buckets `ns_results`, `ns_agents`, `ns_leases`, `ns_inbox` and `ns_cost`.
 //!
 //! - **Events**: a publish is answered only after JetStream acknowledged it (stored, and
 //!   replicated when the stream is). One ordered consumer per sidecar follows the whole
@@ -17,6 +17,16 @@
 //!   change is a compare-and-set on the key's revision, so two sidecars can never both grant
 //!   conflicting (exclusive) leases. The registry and inbox cursors are KV keys too (the
 //!   cursor advances by compare-and-set: each event is delivered once).
+//! - **Cost records**: the KV bucket `ns_cost`, one key per record (`r.<record key>`),
+//!   written with `create` — a compare-and-set on "no revision yet" — so a retried export,
+//!   from this machine or another, counts once whenever it comes (a stream's `Nats-Msg-Id`
+//!   de-duplication would only cover its window). The session → issue map shares the
+//!   bucket (`s.<session>` → issue, from the newest `session_started` event when a session
+//!   first costs, so the join outlives the event's retention). Every sidecar mirrors the
+//!   bucket in memory (a watcher, like the registry's), at most `MAX_COST_RECORDS_MIRRORED`
+//!   records, loaded at start like the other mirrors (bounded by `INITIAL_SYNC_TIMEOUT`),
+//!   and sums the mirror into the same groups the SQLite query returns: a report over 100k
+//!   records reads no network (about 0.25 s in a debug build).
 //! - **Unreachable NATS**: start-up does not fail — connecting and creating the stream and
 //!   buckets retry in the background — and every call answers `Unavailable` (503
 //!   `store_unavailable`, with the reason) until NATS is back; the client reconnects itself.
@@ -34,11 +44,13 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::{Error, InboxRequest, PutResult, completed_event};
+use crate::api::cost::{CostRecord, CostRecordsStored, CostSums};
 use crate::api::leases::{Lease, ReserveRequest};
 use crate::api::sidecar::{AgentCounts, AgentRecord, AgentStatusUpdate, Event, StoredResult};
 use crate::api::{AgentId, AgentType, IssueId};
 use crate::config::StoreConfig;
 use crate::server::Stopping;
+use crate::sidecar::cost::Group;
 use crate::sidecar::inbox::{Delivery, Limits};
 use crate::sidecar::journal::{
     EventFilter, JournalError, JournalEvent, MAX_EVENTS_PER_ANSWER, NewEvent, Retention,
@@ -67,6 +79,24 @@ pub const FLOOR_REFRESH: Duration = Duration::from_secs(1);
 /// How long `cco sidecar run` waits for NATS before it serves anyway (answering 503
 /// `store_unavailable` until NATS is back).
 pub const STARTUP_WAIT: Duration = Duration::from_secs(3);
+/// The newest-first listing reads the stream backwards in windows of sequences, starting
+/// at least this wide…
+pub const NEWEST_MIN_WINDOW: u64 = 64;
+/// …doubling while a window holds too few matches, up to this width (each match in a window
+/// is one direct get, so this bounds what one window can cost beyond the page).
+pub const NEWEST_MAX_WINDOW: u64 = 4096;
+/// How many sequences below the in-memory tail one listing page examines at most: a filter
+/// that matches nothing that far back ends the page early instead of walking the stream.
+pub const NEWEST_SCAN_SPAN: u64 = 1 << 20;
+/// Most cost records one sidecar mirrors in memory (about 300 bytes each); past it new
+/// records are still stored in `ns_cost` but left out of this sidecar's reports (logged).
+pub const MAX_COST_RECORDS_MIRRORED: usize = 1_000_000;
+/// Record writes one `POST /api/cost/records` keeps in flight at once.
+pub const COST_WRITES_IN_FLIGHT: usize = 64;
+/// How many of the newest `session_started` events name the sessions' issues.
+pub const COST_SESSIONS_SCANNED: usize = 1000;
+/// The event the SessionStart hook publishes.
+const SESSION_STARTED: &str = "session_started";
 /// Lifecycle events an inbox never delivers.
 const LIFECYCLE: [&str; 3] = ["agent_started", "agent_completed", "agent_failed"];
 
@@ -180,6 +210,42 @@ struct Handles {
     agents: kv::Store,
     leases: kv::Store,
     inbox: kv::Store,
+    cost: kv::Store,
+}
+
+/// This sidecar's copy of `ns_cost`.
+#[derive(Debug, Default)]
+struct CostMirror {
+    /// By record key.
+    records: HashMap<String, CostRecord>,
+    /// Session id → issue id.
+    sessions: HashMap<String, String>,
+    /// A record was left out (the mirror is full); logged once.
+    overflowed: bool,
+}
+
+impl CostMirror {
+    fn add(&mut self, r: CostRecord) {
+        if self.records.len() >= MAX_COST_RECORDS_MIRRORED && !self.records.contains_key(&r.key) {
+            if !self.overflowed {
+                self.overflowed = true;
+                tracing::warn!(
+                    max = MAX_COST_RECORDS_MIRRORED,
+                    "store: more cost records than this sidecar mirrors; reports leave the newest out"
+                );
+            }
+            return;
+        }
+        self.records.insert(r.key.clone(), r);
+    }
+}
+
+fn cost_record_key(key: &str) -> String {
+    format!("r.{}", token(key))
+}
+
+fn cost_session_key(session: &str) -> String {
+    format!("s.{}", token(session))
 }
 
 type Turn = Arc<tokio::sync::Mutex<()>>;
@@ -204,6 +270,7 @@ struct Inner {
     leases: RwLock<LeaseTable>,
     lease_count: AtomicUsize,
     results: RwLock<HashMap<IssueId, IssueResults>>,
+    cost: RwLock<CostMirror>,
     turns: Mutex<HashMap<(IssueId, AgentId), Turn>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -365,7 +432,7 @@ async fn set_up(
         .await
         .map_err(|e| format!("cannot create or open stream {}: {e}", names.stream()))?;
     let mut buckets = Vec::new();
-    for what in ["results", "agents", "leases", "inbox"] {
+    for what in ["results", "agents", "leases", "inbox", "cost"] {
         let bucket = names.bucket(what);
         let store = match js.get_key_value(&bucket).await {
             Ok(s) => s,
@@ -382,8 +449,8 @@ async fn set_up(
         };
         buckets.push(store);
     }
-    let [results, agents, leases, inbox]: [kv::Store; 4] =
-        buckets.try_into().expect("four buckets");
+    let [results, agents, leases, inbox, cost]: [kv::Store; 5] =
+        buckets.try_into().expect("five buckets");
     Ok(Handles {
         client,
         js,
@@ -392,6 +459,7 @@ async fn set_up(
         agents,
         leases,
         inbox,
+        cost,
     })
 }
 
@@ -447,6 +515,7 @@ impl NatsStore {
                 leases: RwLock::new(LeaseTable::default()),
                 lease_count: AtomicUsize::new(0),
                 results: RwLock::new(HashMap::new()),
+                cost: RwLock::new(CostMirror::default()),
                 turns: Mutex::new(HashMap::new()),
                 stop: watch::Sender::new(false),
                 tasks: Mutex::new(Vec::new()),
@@ -527,9 +596,14 @@ impl NatsStore {
             }
             self.pause(&mut backoff).await;
         };
-        // The mirrors of the registry, leases and results: one watcher per bucket for the
+        // The mirrors of the registry, leases, results and cost records: one watcher per bucket for the
         // sidecar's life; serving starts once each has delivered the existing keys.
-        for which in [Bucket::Agents, Bucket::Leases, Bucket::Results] {
+        for which in [
+            Bucket::Agents,
+            Bucket::Leases,
+            Bucket::Results,
+            Bucket::Cost,
+        ] {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let s = self.clone();
             let h = handles.clone();
@@ -776,6 +850,7 @@ impl NatsStore {
             Bucket::Agents => h.agents.clone(),
             Bucket::Leases => h.leases.clone(),
             Bucket::Results => h.results.clone(),
+            Bucket::Cost => h.cost.clone(),
         };
         let mut stop = self.inner.stop.subscribe();
         let mut backoff = RETRY_MIN;
@@ -855,6 +930,20 @@ impl NatsStore {
                     tracing::warn!(key = %entry.key, error = %e, "store: skipping a result index entry that does not parse")
                 }
             },
+            Bucket::Cost => {
+                if let Some(session) = entry.key.strip_prefix("s.").and_then(untoken) {
+                    let issue = String::from_utf8_lossy(&entry.value).into_owned();
+                    let mut m = self.inner.cost.write().expect("cost lock");
+                    m.sessions.insert(session, issue);
+                } else {
+                    match serde_json::from_slice::<CostRecord>(&entry.value) {
+                        Ok(r) => self.inner.cost.write().expect("cost lock").add(r),
+                        Err(e) => {
+                            tracing::warn!(key = %entry.key, error = %e, "store: skipping a cost record that does not parse")
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1112,6 +1201,83 @@ impl NatsStore {
             head
         };
         Ok((out, next))
+    }
+
+    /// Matching events with seq < `before`, newest first, at most `limit`: from the
+    /// in-memory tail, then from the stream leader in windows walking backwards (inside a
+    /// window, forward direct gets by the filter's subject, so the leader skips what does not
+    /// match), until the page is full, the floor is reached or `NEWEST_SCAN_SPAN` sequences
+    /// below the tail were examined.
+    pub async fn newest(
+        &self,
+        before: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<RawValue>)>, Error> {
+        let h = self.handles()?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // The newest sequence still to look at.
+        let mut hi = before.saturating_sub(1).min(self.head());
+        {
+            let t = self.inner.tail.read().expect("tail lock");
+            if hi > t.start {
+                for e in t.events.iter().rev().filter(|e| e.seq <= hi) {
+                    if matches(filter, e) {
+                        out.push((e.seq, e.json.clone()));
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                hi = t.start;
+            }
+        }
+        let subject = self.inner.names.filter_subject(filter);
+        let mut window = (limit as u64).clamp(NEWEST_MIN_WINDOW, NEWEST_MAX_WINDOW);
+        let mut scanned = 0u64;
+        while out.len() < limit && hi > self.floor() && scanned < NEWEST_SCAN_SPAN {
+            // The window (lo, hi].
+            let lo = hi.saturating_sub(window).max(self.floor());
+            let mut found = Vec::new();
+            let mut seq = lo + 1;
+            while seq <= hi {
+                let msg = match h
+                    .stream
+                    .raw_message_builder()
+                    .sequence(seq)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(unavailable("reading the event stream", e)),
+                };
+                if msg.sequence > hi {
+                    break;
+                }
+                seq = msg.sequence + 1;
+                if let Ok(env) = serde_json::from_slice::<Envelope>(&msg.payload) {
+                    let e = journal_event(env.event, msg.sequence);
+                    if matches(filter, &e) {
+                        found.push(e);
+                    }
+                }
+            }
+            for e in found.iter().rev() {
+                if out.len() == limit {
+                    break;
+                }
+                out.push((e.seq, e.json.clone()));
+            }
+            scanned += hi - lo;
+            hi = lo;
+            window = (window * 2).min(NEWEST_MAX_WINDOW);
+        }
+        Ok(out)
     }
 
     /// The answer from memory when `since` is inside the tail.
@@ -1627,6 +1793,136 @@ impl NatsStore {
 
     // --- lifecycle ----------------------------------------------------------------------
 
+    // --- cost records -------------------------------------------------------------------
+
+    pub async fn cost_insert(&self, records: Vec<CostRecord>) -> Result<CostRecordsStored, Error> {
+        let h = self.handles()?;
+        let writes: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|r| {
+                let value = serde_json::to_vec(r).expect("cost records serialize");
+                (cost_record_key(&r.key), value)
+            })
+            .collect();
+        let bucket = h.cost.clone();
+        // In order, so that each answer pairs with its record.
+        let created: Vec<Result<bool, Error>> = futures_util::stream::iter(writes)
+            .map(move |(key, value)| {
+                let bucket = bucket.clone();
+                async move {
+                    match bucket.create(&key, value.into()).await {
+                        Ok(_) => Ok(true),
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(unavailable("storing a cost record", e)),
+                    }
+                }
+            })
+            .buffered(COST_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = CostRecordsStored::default();
+        let mut new_sessions = Vec::new();
+        let mut failed = None;
+        {
+            let mut m = self.inner.cost.write().expect("cost lock");
+            for (r, created) in records.into_iter().zip(created) {
+                match created {
+                    // Mirrored now: a report right after the answer counts it.
+                    Ok(true) => {
+                        out.stored += 1;
+                        if !m.sessions.contains_key(&r.session_id) {
+                            new_sessions.push(r.session_id.clone());
+                        }
+                        m.add(r);
+                    }
+                    Ok(false) => out.duplicates += 1,
+                    Err(e) => failed = Some(e),
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // What was stored stays; the retry counts it as duplicates.
+            return Err(e);
+        }
+        new_sessions.sort_unstable();
+        new_sessions.dedup();
+        if !new_sessions.is_empty() {
+            self.remember_sessions(h, &new_sessions).await?;
+        }
+        Ok(out)
+    }
+
+    /// The issues of the newest `session_started` events, by session (the newest wins).
+    async fn started_sessions(&self) -> Result<HashMap<String, String>, Error> {
+        let filter = EventFilter {
+            event_type: Some(SESSION_STARTED.to_string()),
+            topic: None,
+        };
+        let started = self
+            .newest(u64::MAX, &filter, COST_SESSIONS_SCANNED)
+            .await?;
+        let mut out = HashMap::new();
+        // Oldest first, so that a resumed session's newest issue wins.
+        for (_, json) in started.iter().rev() {
+            let Ok(e) = serde_json::from_str::<Event>(json.get()) else {
+                continue;
+            };
+            if let (Some(s), Some(i)) = (
+                e.data.get("session_id").and_then(|v| v.as_str()),
+                e.data.get("issue_id").and_then(|v| v.as_str()),
+            ) {
+                out.insert(s.to_string(), i.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps the issue of each of `sessions` in `ns_cost`, so the join outlives the
+    /// retention of its `session_started` event.
+    async fn remember_sessions(&self, h: &Handles, sessions: &[String]) -> Result<(), Error> {
+        let started = self.started_sessions().await?;
+        for s in sessions {
+            let Some(issue) = started.get(s) else {
+                continue;
+            };
+            h.cost
+                .put(cost_session_key(s), issue.clone().into_bytes().into())
+                .await
+                .map_err(|e| unavailable("storing a session's issue", e))?;
+            let mut m = self.inner.cost.write().expect("cost lock");
+            m.sessions.insert(s.clone(), issue.clone());
+        }
+        Ok(())
+    }
+
+    pub async fn cost_groups(&self, since_ms: Option<u64>) -> Result<Vec<Group>, Error> {
+        self.handles()?;
+        let since = since_ms.unwrap_or(0);
+        let m = self.inner.cost.read().expect("cost lock");
+        let mut sums: HashMap<(&str, Option<&str>, &str), CostSums> = HashMap::new();
+        for r in m.records.values().filter(|r| r.timestamp_ms >= since) {
+            sums.entry((&r.session_id, r.agent_id.as_deref(), &r.model))
+                .or_default()
+                .add(r);
+        }
+        Ok(sums
+            .into_iter()
+            .map(|((session, agent, model), sums)| Group {
+                session_id: session.to_string(),
+                agent_id: agent.map(str::to_string),
+                model: model.to_string(),
+                sums,
+            })
+            .collect())
+    }
+
+    pub async fn cost_session_issues(&self) -> Result<HashMap<String, String>, Error> {
+        let started = self.started_sessions().await?;
+        let mut out = self.inner.cost.read().expect("cost lock").sessions.clone();
+        out.extend(started);
+        Ok(out)
+    }
+
     pub fn results_dir(&self) -> Option<&Path> {
         None
     }
@@ -1672,6 +1968,7 @@ enum Bucket {
     Agents,
     Leases,
     Results,
+    Cost,
 }
 
 impl Bucket {
@@ -1680,6 +1977,7 @@ impl Bucket {
             Bucket::Agents => "agents",
             Bucket::Leases => "leases",
             Bucket::Results => "results",
+            Bucket::Cost => "cost",
         }
     }
 }

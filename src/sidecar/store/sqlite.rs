@@ -10,16 +10,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Error, InboxRequest, PutResult, completed_event};
+use crate::api::cost::{CostRecord, CostRecordsStored};
 use crate::api::leases::{Lease, ReserveRequest};
 use crate::api::sidecar::{AgentCounts, AgentRecord, AgentStatusUpdate, StoredResult};
 use crate::api::{AgentId, AgentType, IssueId};
 use crate::server::Stopping;
+use crate::sidecar::cost::{CostStore, Group};
 use crate::sidecar::inbox::{Delivery, Inbox, Limits, Recipient};
 use crate::sidecar::journal::{
     self, EventFilter, Journal, JournalError, JournalEvent, NewEvent, PendingResult,
 };
 use crate::sidecar::leases::{self, LeaseStore};
 use crate::sidecar::results::{ResultsStore, pending_key};
+use std::collections::HashMap;
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -28,6 +31,7 @@ pub struct SqliteStore {
     inbox: Arc<Inbox>,
     results: Arc<ResultsStore>,
     state_db: PathBuf,
+    cost: Arc<CostStore>,
     /// `state.db` and its WAL, measured by the health probes (not per request).
     db_bytes: AtomicU64,
 }
@@ -58,7 +62,9 @@ impl SqliteStore {
         // On the journal's database, which `open_recovering` has migrated.
         let leases = LeaseStore::open(state_db, leases::now_ms())?;
         let inbox = Inbox::open(state_db)?;
+        let cost = CostStore::open(state_db)?;
         Ok(SqliteStore {
+            cost: Arc::new(cost),
             journal,
             leases: Arc::new(leases),
             inbox: Arc::new(inbox),
@@ -107,6 +113,27 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<(Vec<Arc<JournalEvent>>, u64), Error> {
         Ok(self.journal.read(since, filter, limit).await?)
+    }
+    pub async fn newest(
+        &self,
+        before: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<(u64, Box<serde_json::value::RawValue>)>, Error> {
+        let reader = self.journal.reader();
+        let filter = filter.clone();
+        blocking(move || {
+            let conn = reader.lock().expect("reader lock");
+            crate::sidecar::views::newest_events(
+                &conn,
+                before,
+                filter.event_type.as_deref(),
+                filter.topic.as_deref(),
+                limit,
+            )
+        })
+        .await?
+        .map_err(|e| Error::Journal(e.into()))
     }
     pub async fn wait(
         &self,
@@ -339,6 +366,19 @@ impl SqliteStore {
         })
         .await?
         .map_err(Error::from)
+    }
+
+    pub async fn cost_insert(&self, records: Vec<CostRecord>) -> Result<CostRecordsStored, Error> {
+        let cost = self.cost.clone();
+        Ok(blocking(move || cost.insert(&records)).await??)
+    }
+    pub async fn cost_groups(&self, since_ms: Option<u64>) -> Result<Vec<Group>, Error> {
+        let cost = self.cost.clone();
+        Ok(blocking(move || cost.groups(since_ms)).await??)
+    }
+    pub async fn cost_session_issues(&self) -> Result<HashMap<String, String>, Error> {
+        let cost = self.cost.clone();
+        Ok(blocking(move || cost.session_issues()).await??)
     }
 
     pub fn results_dir(&self) -> Option<&Path> {
