@@ -254,6 +254,29 @@ impl NatsCluster {
         assert_eq!(status, 200, "{path} on {}: {body}", self.nodes[i].name);
         serde_json::from_str(&body).unwrap()
     }
+
+    /// Deletes every consumer of `stream` on the server (what a sidecar's follower sees
+    /// when the node holding its ordered consumer dies): returns how many there were.
+    pub fn delete_consumers(&self, stream: &str) -> usize {
+        let url = self.servers_env();
+        let stream = stream.to_string();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                use futures_util::StreamExt;
+                let client = async_nats::connect(url).await.unwrap();
+                let js = async_nats::jetstream::new(client);
+                let mut s = js.get_stream(&stream).await.unwrap();
+                let names: Vec<String> = s.consumer_names().map(|n| n.unwrap()).collect().await;
+                for n in &names {
+                    s.delete_consumer(n).await.unwrap();
+                }
+                let _ = s.info().await.unwrap();
+                names.len()
+            })
+    }
 }
 
 impl Drop for NatsCluster {

@@ -32,6 +32,12 @@ const KILL_RUN_WRITERS: usize = 16;
 const KILL_AFTER_ACKS: usize = 200;
 /// Bound of the whole node-kill run: a store that stops answering fails the test.
 const KILL_RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// How stale a sidecar's view of the stream may be once its follower lost its consumer:
+/// reads go to the stream leader after one stream-info refresh (1 s). The client
+/// library alone would notice only after two missed idle heartbeats (10 s).
+const FOLLOWER_LOST_WITHIN: Duration = Duration::from_secs(4);
+/// How long the catch-up read after the node-kill run may retry: re-election, not more.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(5);
 /// The most a hook may take while NATS is down: it must never block Claude.
 const HOOK_FAST: Duration = Duration::from_secs(3);
 
@@ -557,7 +563,7 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
     for (name, m) in [("A", &a), ("B", &b)] {
         let since_fault = Instant::now();
         let mut events = m.read_all("load", start);
-        while events.len() <= acked.events.len() && since_fault.elapsed() < READY_WITHIN {
+        while events.len() <= acked.events.len() && since_fault.elapsed() < CATCH_UP_WITHIN {
             std::thread::sleep(POLL);
             events = m.read_all("load", start);
         }
@@ -568,6 +574,15 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
         );
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+        // `Nats-Msg-Id` = event id: the sidecar's own retry of a publish is stored once.
+        let ids: BTreeSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids.len(), events.len(), "an event id stored twice");
+        // A writer's retry after a 503 is a new request, a new event id: counted, allowed.
+        let ks: BTreeSet<String> = events.iter().map(|e| e.data["k"].to_string()).collect();
+        eprintln!(
+            "{name}: {} events stored twice by a writer's retry of a 503",
+            events.len() - ks.len()
+        );
         let by_seq: BTreeMap<u64, &str> = events
             .iter()
             .map(|e| (e.seq, e.event_id.as_str()))
@@ -623,4 +638,81 @@ fn a_node_killed_during_1000_writes_loses_no_acknowledged_one() {
     }
     // The killed node comes back and catches up.
     cluster.restart(victim);
+}
+
+/// Issue 13 (node kill): a sidecar whose follower lost its consumer (the node holding it
+/// died) answered reads with "nothing new" from memory and let its waiters sleep until
+/// the client library noticed (10 s, or never). Now reads go to the stream leader and
+/// waiters wake as soon as the sidecar knows the stream is ahead of its follower.
+#[test]
+fn a_follower_that_lost_its_consumer_neither_hides_events_nor_lets_waiters_sleep() {
+    let Some(nats) = NatsCluster::single() else {
+        return;
+    };
+    let ns = namespace("lost");
+    let a = Machine::new("alice", &nats.servers_env(), &ns, 1);
+    let b = Machine::new("bob", &nats.servers_env(), &ns, 1);
+    let since = b.head();
+    let waiter = {
+        let c = b.client();
+        std::thread::spawn(move || {
+            c.wait(&et("lost"), Some(since), None, READY_WITHIN)
+                .unwrap()
+        })
+    };
+    wait_parked(&b, 1);
+    let deleted = nats.delete_consumers(&format!("{ns}_events"));
+    assert!(deleted >= 2, "both sidecars follow the stream: {deleted}");
+
+    let sent = Instant::now();
+    let e = a
+        .client()
+        .publish(
+            &et("lost"),
+            &PublishRequest {
+                publisher: "alice".into(),
+                topic: "t".into(),
+                data: json!({}),
+                correlation_id: None,
+            },
+        )
+        .unwrap();
+    let mut read = b.read_all("lost", since);
+    while read.is_empty() && sent.elapsed() < FOLLOWER_LOST_WITHIN {
+        std::thread::sleep(POLL);
+        read = b.read_all("lost", since);
+    }
+    assert_eq!(
+        read.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+        [e.event_id.as_str()],
+        "B reads the event within {FOLLOWER_LOST_WITHIN:?} (after {:?})",
+        sent.elapsed()
+    );
+    let batch = waiter.join().unwrap();
+    assert_eq!(batch.events.len(), 1, "the waiter on B got the event");
+    assert_eq!(batch.events[0].event_id, e.event_id);
+    assert!(
+        sent.elapsed() < FOLLOWER_LOST_WITHIN,
+        "the waiter on B woke within {FOLLOWER_LOST_WITHIN:?}, not when the library noticed: {:?}",
+        sent.elapsed()
+    );
+    // The follower is recreated: new events reach B's memory again, and B keeps reading.
+    let f = b
+        .client()
+        .publish(
+            &et("lost"),
+            &PublishRequest {
+                publisher: "bob".into(),
+                topic: "t".into(),
+                data: json!({}),
+                correlation_id: None,
+            },
+        )
+        .unwrap();
+    let ids: Vec<String> = b
+        .read_all("lost", since)
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, [e.event_id, f.event_id]);
 }

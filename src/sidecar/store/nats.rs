@@ -7,7 +7,12 @@
 //!   stream: it keeps the newest events in memory (the tail most reads are served from) and
 //!   wakes this sidecar's waiters whichever machine published. Older reads fetch from the
 //!   stream leader by sequence; 410 `cursor_expired` / `cursor_ahead` come from the stream's
-//!   first and last sequence.
+//!   first and last sequence. When the follower is behind the stream's known last sequence
+//!   (a leader change), reads go to the leader — events or 503, never a silent empty page —
+//!   and a follower that stops receiving is recreated after [`FOLLOW_STALL`].
+//!   Each publish carries `Nats-Msg-Id` = the event id assigned before publishing, so the
+//!   retry of one publish (an acknowledgement lost while a leader moves) is stored once;
+//!   an HTTP client that repeats its request sends a new event, with a new id.
 //! - **Results**: the `agent_completed` message is an envelope carrying the stored result —
 //!   the source of truth. `ns_results` (key `issue.type.agent` → `{seq, result}`) is the
 //!   index, written after the publish is acknowledged and repaired from the stream at every
@@ -33,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -97,6 +102,15 @@ pub const COST_WRITES_IN_FLIGHT: usize = 64;
 pub const COST_SESSIONS_SCANNED: usize = 1000;
 /// The event the SessionStart hook publishes.
 const SESSION_STARTED: &str = "session_started";
+/// How often the follower checks that it keeps up with the stream.
+pub const FOLLOW_CHECK: Duration = Duration::from_millis(250);
+/// How long the follower may stay behind the stream's known last sequence without
+/// receiving anything before it is recreated: after a stream leader is killed the
+/// client library's own recovery of an ordered consumer can take 10 s or hang.
+pub const FOLLOW_STALL: Duration = Duration::from_secs(1);
+/// How long one publish is retried (same `Nats-Msg-Id`, so JetStream stores it once)
+/// before the caller gets 503: covers a stream leader election.
+pub const PUBLISH_RETRY_WITHIN: Duration = Duration::from_secs(8);
 /// Lifecycle events an inbox never delivers.
 const LIFECYCLE: [&str; 3] = ["agent_started", "agent_completed", "agent_failed"];
 
@@ -262,6 +276,13 @@ struct Inner {
     tail: RwLock<Tail>,
     head_tx: watch::Sender<u64>,
     floor: AtomicU64,
+    /// The stream's last sequence as last heard from the server (stream info, publish
+    /// acknowledgements): when it is above the tail's head, the follower lags and reads go
+    /// to the stream leader instead of answering "nothing new" from memory.
+    stream_last: AtomicU64,
+    /// The follower is behind `stream_last` and did not advance between two checks (a
+    /// moment behind is normal: every publish is acknowledged before it is delivered).
+    follower_behind: AtomicBool,
     /// The stream's `max_messages` (the count retention every sidecar sees at once).
     max_messages: AtomicU64,
     subscribers: Arc<AtomicU64>,
@@ -508,6 +529,8 @@ impl NatsStore {
                 tail: RwLock::new(Tail::default()),
                 head_tx: watch::Sender::new(0),
                 floor: AtomicU64::new(0),
+                stream_last: AtomicU64::new(0),
+                follower_behind: AtomicBool::new(false),
                 max_messages: AtomicU64::new(u64::MAX),
                 subscribers: Arc::new(AtomicU64::new(0)),
                 pending: AtomicU64::new(0),
@@ -666,6 +689,7 @@ impl NatsStore {
             }
         }
         self.inner.floor.store(floor, Ordering::Release);
+        self.inner.stream_last.fetch_max(last, Ordering::AcqRel);
         self.inner.head_tx.send_replace(last);
         self.repair_index(h, floor, last).await
     }
@@ -732,6 +756,10 @@ impl NatsStore {
                 return;
             }
             let start = self.inner.tail.read().expect("tail lock").head + 1;
+            if self.inner.stream_last.load(Ordering::Acquire) >= start {
+                // No consumer delivers until this one is created: reads go to the leader.
+                self.inner.follower_behind.store(true, Ordering::Release);
+            }
             let consumer = h
                 .stream
                 .create_consumer(consumer::push::OrderedConfig {
@@ -759,9 +787,23 @@ impl NatsStore {
                 }
             };
             backoff = RETRY_MIN;
+            let mut check = tokio::time::interval(FOLLOW_CHECK);
+            // Since when, and at which head, the follower is behind the stream.
+            let mut behind: Option<(tokio::time::Instant, u64)> = None;
             loop {
                 let next = tokio::select! {
                     m = messages.next() => m,
+                    _ = check.tick() => {
+                        if self.follower_stalled(&mut behind) {
+                            tracing::warn!(
+                                head = self.head(),
+                                last = self.inner.stream_last.load(Ordering::Acquire),
+                                "store: the event stream follower stopped receiving; recreating it"
+                            );
+                            break;
+                        }
+                        continue;
+                    }
                     _ = stop.wait_for(|s| *s) => return,
                 };
                 match next {
@@ -778,6 +820,31 @@ impl NatsStore {
                 }
             }
             self.pause(&mut backoff).await;
+        }
+    }
+
+    /// Whether the follower has been behind the stream's known last sequence, without
+    /// advancing, for [`FOLLOW_STALL`]; `behind` carries the state between checks.
+    fn follower_stalled(&self, behind: &mut Option<(tokio::time::Instant, u64)>) -> bool {
+        let head = self.head();
+        if self.inner.stream_last.load(Ordering::Acquire) <= head {
+            *behind = None;
+            self.inner.follower_behind.store(false, Ordering::Release);
+            return false;
+        }
+        match *behind {
+            Some((since, at)) if at == head => {
+                if !self.inner.follower_behind.swap(true, Ordering::AcqRel) {
+                    // Wake the waiters: their reads now go to the stream leader.
+                    self.inner.head_tx.send_modify(|_| {});
+                }
+                since.elapsed() >= FOLLOW_STALL
+            }
+            _ => {
+                *behind = Some((tokio::time::Instant::now(), head));
+                self.inner.follower_behind.store(false, Ordering::Release);
+                false
+            }
         }
     }
 
@@ -837,6 +904,7 @@ impl NatsStore {
         let last = info.state.last_sequence;
         let floor = info.state.first_sequence.saturating_sub(1).min(last);
         self.inner.floor.fetch_max(floor, Ordering::AcqRel);
+        self.inner.stream_last.fetch_max(last, Ordering::AcqRel);
         Ok((self.floor(), last))
     }
 
@@ -1015,19 +1083,41 @@ impl NatsStore {
             .subject(&env.event.event_type, &env.event.topic);
         let payload = serde_json::to_vec(env).expect("events serialize");
         let mut headers = async_nats::HeaderMap::new();
-        // JetStream drops a retried publish with the same id (its duplicate window).
+        // JetStream drops a retried publish with the same id (its duplicate window) and
+        // answers with the first one's sequence: a publish stored but acknowledged late
+        // (a leader moving) is retried below without being stored twice.
         headers.insert("Nats-Msg-Id", env.event.event_id.as_str());
         self.inner.pending.fetch_add(1, Ordering::Relaxed);
-        let acked = async {
-            h.js.publish_with_headers(subject, headers, payload.into())
-                .await
-                .map_err(|e| unavailable("publish", e))?
-                .await
-                .map_err(|e| unavailable("publish acknowledgement", e))
-        }
-        .await;
+        let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_WITHIN;
+        let mut backoff = RETRY_MIN;
+        let acked = loop {
+            let once = async {
+                h.js.publish_with_headers(subject.clone(), headers.clone(), payload.clone().into())
+                    .await
+                    .map_err(|e| unavailable("publish", e))?
+                    .await
+                    .map_err(|e| unavailable("publish acknowledgement", e))
+            }
+            .await;
+            match once {
+                // Only while connected (a leader moving): with NATS gone, 503 at once.
+                Err(e)
+                    if tokio::time::Instant::now() + backoff < deadline
+                        && h.client.connection_state()
+                            == async_nats::connection::State::Connected
+                        && !self.stopped() =>
+                {
+                    tracing::debug!(error = %e, "store: retrying a publish with the same message id");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                other => break other,
+            }
+        };
         self.inner.pending.fetch_sub(1, Ordering::Relaxed);
-        Ok(acked?.sequence)
+        let seq = acked?.sequence;
+        self.inner.stream_last.fetch_max(seq, Ordering::AcqRel);
+        Ok(seq)
     }
 
     // --- events -------------------------------------------------------------------------
@@ -1139,6 +1229,15 @@ impl NatsStore {
         let floor = self.floor();
         if since < floor {
             return Err(JournalError::Gone { since, floor }.into());
+        }
+        let known_last = self.inner.stream_last.load(Ordering::Acquire);
+        if lagging.is_none()
+            && self.inner.follower_behind.load(Ordering::Acquire)
+            && known_last > self.head()
+        {
+            // The stream holds events this follower has not received (it is recreating
+            // after a leader change): "nothing new" from memory would be a silent gap.
+            lagging = Some(known_last);
         }
         if lagging.is_none()
             && let Some(answer) = self.read_tail(since, filter, limit)
