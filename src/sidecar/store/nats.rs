@@ -1087,6 +1087,14 @@ impl NatsStore {
         // answers with the first one's sequence: a publish stored but acknowledged late
         // (a leader moving) is retried below without being stored twice.
         headers.insert("Nats-Msg-Id", env.event.event_id.as_str());
+        // Not connected: the client would buffer the message and send it on reconnect,
+        // storing an event whose caller was told 503. Refuse before it is written.
+        if h.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(unavailable(
+                "publish",
+                "NATS is not connected, the event was not stored",
+            ));
+        }
         self.inner.pending.fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + PUBLISH_RETRY_WITHIN;
         let mut backoff = RETRY_MIN;
