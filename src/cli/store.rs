@@ -55,6 +55,9 @@ pub struct MigrateArgs {
     pub force: bool,
 }
 
+/// Cost records sent to the target in one insert.
+const COST_CHUNK: usize = 1000;
+
 /// What one run copied, and what it found already there.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -62,6 +65,8 @@ pub struct Counts {
     pub results: u64,
     pub agents: u64,
     pub leases: u64,
+    /// Cost records (Claude Code's api_request records) new to the target.
+    pub cost_records: u64,
     /// Found in the target already (an earlier run), not copied again.
     pub skipped: u64,
 }
@@ -86,11 +91,12 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     println!(
         "{}",
         inert::line(&format!(
-            "migrated {} events, {} results, {} agents, {} leases from {} into {target} ({} already there)",
+            "migrated {} events, {} results, {} agents, {} leases, {} cost records from {} into {target} ({} already there)",
             counts.events,
             counts.results,
             counts.agents,
             counts.leases,
+            counts.cost_records,
             from.display(),
             counts.skipped
         ))
@@ -221,6 +227,14 @@ pub async fn migrate(inst: &Installation, from: &Path, force: bool) -> anyhow::R
                 )
             })?;
         counts.leases += 1;
+    }
+    // Cost records are keyed (session, event sequence): inserting one the target has is a
+    // no-op counted as a duplicate, so a re-run copies none twice.
+    let records = crate::sidecar::cost::CostStore::open(&state_db)?.records(None)?;
+    for chunk in records.chunks(COST_CHUNK) {
+        let stored = dst.cost_insert(chunk.to_vec()).await?;
+        counts.cost_records += stored.stored;
+        counts.skipped += stored.duplicates;
     }
     // A run that found everything there already leaves no marker: it changed nothing.
     if counts
@@ -450,7 +464,7 @@ async fn mark(dst: &Store, source: &str, through: u64, counts: &Counts) -> anyho
 /// How long doctor waits for one NATS server or one JetStream answer.
 const DOCTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The KV buckets the sidecar keeps in a namespace (each is a stream `KV_<ns>_<name>`).
-const BUCKETS: [&str; 4] = ["results", "agents", "leases", "inbox"];
+const BUCKETS: [&str; 5] = ["results", "agents", "leases", "inbox", "cost"];
 
 use crate::cli::doctor::{Check, Level};
 

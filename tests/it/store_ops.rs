@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cco::api::cost::{CostBy, CostRecord, CostRecords};
 use cco::api::leases::{LeaseMode, ReserveRequest};
 use cco::api::sidecar::{AgentState, AgentStatusUpdate, PublishRequest, ResultSubmission};
 use cco::api::{AgentId, AgentType, EventType, IssueId};
@@ -85,6 +86,26 @@ fn source() -> Env {
         )
         .unwrap();
     assert!(lease.granted);
+    // Two requests of rust-1's (Claude Code's api_request records, as the daemon forwards).
+    let records = (1..=2)
+        .map(|n| CostRecord {
+            key: format!("session-a#{n}"),
+            session_id: "session-a".into(),
+            prompt_id: None,
+            agent_id: Some("rust-1".into()),
+            query_source: None,
+            model: "claude-test".into(),
+            input_tokens: 100 * n,
+            output_tokens: 10,
+            cache_read_tokens: 0,
+            cache_creation_tokens: 0,
+            cost_usd: 0.25,
+            duration_ms: 5,
+            timestamp_ms: 1_700_000_000_000 + n,
+        })
+        .collect();
+    let stored = c.store_cost_records(&CostRecords { records }).unwrap();
+    assert_eq!(stored.stored, 2);
     assert!(sidecar.terminate().success());
     env
 }
@@ -141,6 +162,9 @@ fn assert_migrated(target: &Env) {
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert_eq!(leases[0].paths, vec!["src/lib.rs".to_string()]);
     assert_eq!(leases[0].agent_id.as_str(), "rust-1");
+    let cost = c.cost(None, CostBy::Agent, None).unwrap();
+    assert_eq!(cost.total.requests, 2, "{cost:?}");
+    assert_eq!(cost.total.input_tokens, 300, "{cost:?}");
 }
 
 /// Migrates `source` into `target` twice (the second copies nothing) and checks the result.
@@ -148,13 +172,13 @@ fn migrate_once(source: &Env, target: &Env) {
     let (ok, out, err) = migrate(target, source, &[]);
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("migrated 3 events, 2 results, 2 agents, 1 leases"),
+        out.contains("migrated 3 events, 2 results, 2 agents, 1 leases, 2 cost records"),
         "{out}"
     );
     let (ok, out, err) = migrate(target, source, &[]);
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("migrated 0 events, 0 results, 0 agents, 0 leases"),
+        out.contains("migrated 0 events, 0 results, 0 agents, 0 leases, 0 cost records"),
         "a second run copies nothing: {out}"
     );
     assert_migrated(target);
