@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 pub use ids::{AgentId, AgentType, EventType, IdError, IssueId};
 
+/// The agent id of a main session (a caller that does not name itself): its inbox, its
+/// leases and what it publishes are kept under this id.
+pub const MAIN_AGENT: &str = "main";
+
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`, plus the
 /// structured fields a client acts on (never parsed out of `message`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

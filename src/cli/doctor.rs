@@ -16,18 +16,7 @@ use crate::secret::{Secret, SecretError};
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-pub struct Check {
-    pub level: Level,
-    pub what: String,
-    pub fix: Option<String>,
-}
+pub use super::check::{Check, Level};
 
 fn ok(what: impl Into<String>) -> Check {
     Check {

@@ -2,6 +2,7 @@
 //! not a cco subcommand goes to Claude Code through the launcher.
 
 pub mod agents;
+pub mod check;
 pub mod cost;
 pub mod daemon;
 pub mod dashboard;

@@ -466,7 +466,7 @@ const DOCTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The KV buckets the sidecar keeps in a namespace (each is a stream `KV_<ns>_<name>`).
 const BUCKETS: [&str; 5] = ["results", "agents", "leases", "inbox", "cost"];
 
-use crate::cli::doctor::{Check, Level};
+use crate::cli::check::{Check, Level};
 
 fn check(level: Level, what: String, fix: Option<String>) -> Check {
     Check { level, what, fix }

@@ -24,11 +24,6 @@ pub const MAX_HOOK_BODY: usize = hook::MAX_STDIN as usize;
 /// Claude's timeout for the hook is set seconds above it (`daemon::runtime`).
 const HANDLER_GRACE: Duration = Duration::from_millis(500);
 
-/// The URL path of an event's http hook.
-pub fn path(event: Event) -> String {
-    format!("/hooks/{}", event.subcommand())
-}
-
 pub async fn handle(
     State(state): State<DaemonState>,
     Path(name): Path<String>,
@@ -41,7 +36,7 @@ pub async fn handle(
             "not_found",
             format!(
                 "no hook event {name:?}; the daemon serves {}",
-                Event::ALL.map(path).join(", ")
+                Event::ALL.map(Event::http_path).join(", ")
             ),
         );
     };

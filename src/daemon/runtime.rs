@@ -53,7 +53,7 @@ fn hook_entry(config: &Config, exe: &str, event: Event) -> Value {
     if config.hooks.transport == HookTransport::Http && !COMMAND_ONLY.contains(&event) {
         return json!({
             "type": "http",
-            "url": format!("http://127.0.0.1:{}{}", config.daemon.port, crate::daemon::hooks::path(event)),
+            "url": format!("http://127.0.0.1:{}{}", config.daemon.port, event.http_path()),
             "headers": {
                 "Authorization": "Bearer ${ORCHESTRATOR_TOKEN}",
                 "X-Cco-Issue": "${ORCHESTRATOR_ISSUE_ID}",
@@ -93,8 +93,7 @@ pub fn settings(config: &Config, exe: &Path) -> Value {
     })
 }
 
-/// The server name Claude Code shows cco's tools under (`mcp__cco__publish`, …).
-pub const MCP_SERVER_NAME: &str = "cco";
+pub use crate::mcp::MCP_SERVER_NAME;
 
 /// The `--mcp-config` file: cco's MCP server on the daemon's port. The headers are Claude
 /// Code's `${VAR}` expansions of the launcher's environment, so no secret is written here.

@@ -17,7 +17,7 @@ pub const PUSH_MAX_BYTES: usize = 2 * 1024;
 /// Longest event data shown in a push, in characters.
 const PUSH_DATA_CHARS: usize = 300;
 /// The agent id the main session's inbox is kept under (as the MCP tools name it).
-pub const MAIN_AGENT: &str = crate::mcp::tools::MAIN_AGENT;
+pub use crate::api::MAIN_AGENT;
 
 /// Who the hook speaks for: Claude Code's hook input names the sub-agent (`agent_id`,
 /// `agent_type`) in every event a sub-agent fires; without them it is the main session.
@@ -40,7 +40,8 @@ pub fn pending(
     agent_type: Option<&AgentType>,
     via: &str,
 ) -> Result<Option<String>, HookError> {
-    let batch = env.sidecar.inbox(issue, agent, agent_type, via)?;
+    let limits = (PUSH_MAX_EVENTS, PUSH_MAX_BYTES);
+    let batch = env.sidecar.inbox(issue, agent, agent_type, via, limits)?;
     Ok(render(&batch.events, batch.more))
 }
 

@@ -53,6 +53,11 @@ impl Event {
         Event::SessionEnd,
     ];
 
+    /// The URL path of the event's http hook on the daemon.
+    pub fn http_path(self) -> String {
+        format!("/hooks/{}", self.subcommand())
+    }
+
     /// The event's name in Claude Code's settings and hook input.
     pub fn claude_name(self) -> &'static str {
         match self {

@@ -145,15 +145,15 @@ impl Sidecar {
     }
 
     /// The events addressed to `agent` since its last delivery, as few as a push carries;
-    /// `via` names the hook that delivers them.
+    /// `via` names the hook that delivers them, `limits` caps them (events, bytes).
     pub fn inbox(
         &self,
         issue: &IssueId,
         agent: &AgentId,
         agent_type: Option<&AgentType>,
         via: &str,
+        limits: (usize, usize),
     ) -> Result<InboxBatch, HookError> {
-        let limits = (super::inbox::PUSH_MAX_EVENTS, super::inbox::PUSH_MAX_BYTES);
         self.call(
             || format!("GET /api/inbox/{issue}/{agent}"),
             |c| c.inbox_within(issue, agent, agent_type, Some(limits), Some(via)),

@@ -2,6 +2,9 @@
 //! coordinate with (`mcp__cco__publish`, `wait`, `inbox`, `reserve`, `release`, …). It sits
 //! behind the daemon's Host/Origin guard and the same JWT as `/api`; the sidecar owns state.
 
+/// The server name Claude Code shows cco's tools under (`mcp__cco__publish`, …).
+pub const MCP_SERVER_NAME: &str = "cco";
+
 pub mod tools;
 
 use std::fmt;

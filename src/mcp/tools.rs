@@ -32,8 +32,7 @@ pub const DEFAULT_WAIT_MS: u64 = 30_000;
 /// thread, which the daemon's exit waits for, so this bounds how long a pending `wait` can
 /// hold a stop (each slice costs one loopback request).
 pub const WAIT_SLICE: Duration = Duration::from_secs(1);
-/// The publisher of events from a caller that does not name itself (the main session).
-pub const MAIN_AGENT: &str = "main";
+pub use crate::api::MAIN_AGENT;
 
 /// The tools, one handler per daemon; cheap to clone (rmcp makes one per request).
 #[derive(Clone)]
@@ -564,10 +563,7 @@ fn text_result(result: Result<Value, ToolError>) -> CallToolResult {
 impl ServerHandler for CcoTools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_server_info(
-            Implementation::new(
-                crate::daemon::runtime::MCP_SERVER_NAME,
-                env!("CARGO_PKG_VERSION"),
-            ),
+            Implementation::new(super::MCP_SERVER_NAME, env!("CARGO_PKG_VERSION")),
         )
     }
 
