@@ -1128,6 +1128,33 @@ impl NatsStore {
         Ok(seq)
     }
 
+    /// The first event stored at or after `seq` on `subject`, read from the stream leader:
+    /// its sequence and the event (`None` when its payload does not decode), or `None` past
+    /// the stream's end.
+    async fn stored_from(
+        &self,
+        h: &Handles,
+        seq: u64,
+        subject: &str,
+    ) -> Result<Option<(u64, Option<Arc<JournalEvent>>)>, Error> {
+        let msg = match h
+            .stream
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(subject.to_string())
+            .send()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(None),
+            Err(e) => return Err(unavailable("reading the event stream", e)),
+        };
+        let event = serde_json::from_slice::<Envelope>(&msg.payload)
+            .ok()
+            .map(|env| journal_event(env.event, msg.sequence));
+        Ok(Some((msg.sequence, event)))
+    }
+
     // --- events -------------------------------------------------------------------------
 
     pub fn head(&self) -> u64 {
@@ -1274,28 +1301,14 @@ impl NatsStore {
                     break;
                 }
             }
-            let msg = match h
-                .stream
-                .raw_message_builder()
-                .sequence(seq)
-                .next_by_subject(subject.clone())
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(unavailable("reading the event stream", e)),
+            let Some((at, event)) = self.stored_from(h, seq, &subject).await? else {
+                break;
             };
-            if msg.sequence > head {
+            if at > head {
                 break;
             }
-            seq = msg.sequence + 1;
-            if let Ok(env) = serde_json::from_slice::<Envelope>(&msg.payload) {
-                let e = journal_event(env.event, msg.sequence);
-                if matches(filter, &e) {
-                    out.push(e);
-                }
-            }
+            seq = at + 1;
+            out.extend(event.filter(|e| matches(filter, e)));
         }
         let floor = self.floor();
         if since < floor {
@@ -1351,28 +1364,14 @@ impl NatsStore {
             let mut found = Vec::new();
             let mut seq = lo + 1;
             while seq <= hi {
-                let msg = match h
-                    .stream
-                    .raw_message_builder()
-                    .sequence(seq)
-                    .next_by_subject(subject.clone())
-                    .send()
-                    .await
-                {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-                    Err(e) => return Err(unavailable("reading the event stream", e)),
+                let Some((at, event)) = self.stored_from(h, seq, &subject).await? else {
+                    break;
                 };
-                if msg.sequence > hi {
+                if at > hi {
                     break;
                 }
-                seq = msg.sequence + 1;
-                if let Ok(env) = serde_json::from_slice::<Envelope>(&msg.payload) {
-                    let e = journal_event(env.event, msg.sequence);
-                    if matches(filter, &e) {
-                        found.push(e);
-                    }
-                }
+                seq = at + 1;
+                found.extend(event.filter(|e| matches(filter, e)));
             }
             for e in found.iter().rev() {
                 if out.len() == limit {
