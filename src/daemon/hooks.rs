@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use super::DaemonState;
 use crate::api::IssueId;
 use crate::hook::{self, Event, HookEnv};
-use crate::policy::Policy;
 use crate::server::error_response;
 
 /// The header that carries `${ORCHESTRATOR_ISSUE_ID}` (empty when the launcher set none).
@@ -117,9 +116,8 @@ pub async fn handle(
         agent_type = input["agent_type"].as_str().unwrap_or("-"),
         "hook input"
     );
-    let policy = Policy::from_json(&super::runtime::hooks_policy(&s.config));
     let env = HookEnv::new(
-        policy,
+        s.policy.clone(),
         s.config.sidecar.port,
         Some(token.to_string()),
         issue,

@@ -39,6 +39,8 @@ pub struct DaemonState {
 
 struct Inner {
     config: Config,
+    /// The hook policy the config seals, parsed once (every http hook decides with it).
+    policy: crate::policy::Policy,
     paths: Paths,
     origin: Origin,
     /// The port the listener really has: the Host check and `/status` use it.
@@ -68,6 +70,7 @@ impl DaemonState {
     ) -> Self {
         DaemonState {
             inner: Arc::new(Inner {
+                policy: crate::policy::Policy::from_json(&runtime::hooks_policy(&config)),
                 config,
                 paths,
                 origin,
