@@ -58,6 +58,40 @@ const ORCHESTRATION_TOOLS: [&str; 4] = ["Agent", "Task", "SubagentHandback", "To
 /// Tools that create, update or delete files.
 const CUD_TOOLS: [&str; 4] = ["Write", "Edit", "MultiEdit", "NotebookEdit"];
 
+/// The files a tool call writes that cco can name, as the call gives them (absolute, or
+/// relative to the session's directory): the edit tools' `file_path` / `notebook_path`; for
+/// `Bash`, redirection targets and the file operands of `rm`, `mv`, `cp`, `tee`, `sed -i`
+/// and the like (`shell::classify`). A command can write files it does not name (a build,
+/// a script, a `cd` before a relative path): those are not seen.
+pub fn written_paths(tool: &str, input: &Value) -> Vec<String> {
+    if CUD_TOOLS.contains(&tool) {
+        let path = input["file_path"]
+            .as_str()
+            .or(input["notebook_path"].as_str());
+        return path.map(str::to_string).into_iter().collect();
+    }
+    match (tool, input["command"].as_str()) {
+        ("Bash", Some(command)) => shell::classify(command).paths,
+        _ => Vec::new(),
+    }
+}
+
+/// Claude Code's `PreToolUse` matcher for `policy`: the tools cco may answer for — the
+/// ones that write (the lease check, and `ask` under `require_cud_confirmation`) and, with
+/// `auto_allow_read`, the ones it may allow. Claude runs no hook for any other tool, so a
+/// call cco has no opinion on costs nothing.
+pub fn pre_tool_use_matcher(policy: &Policy) -> String {
+    let mut tools: Vec<&str> = CUD_TOOLS.to_vec();
+    tools.push("Bash");
+    if policy.auto_allow_read {
+        tools.extend(FILE_READ_TOOLS);
+        tools.extend(LISTING_TOOLS);
+        tools.push("Grep");
+        tools.extend(ORCHESTRATION_TOOLS);
+    }
+    tools.join("|")
+}
+
 /// Read-only programs and the only flags cco accepts for them (single letters, combinable).
 /// No git: `git diff`/`show`/`status` run commands a repository configures (textconv,
 /// fsmonitor). No rg/sort/uniq/tree/file: each has a flag that runs code or writes a file.

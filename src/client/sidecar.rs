@@ -2,8 +2,8 @@
 //! the `api` types the servers use, errors are decoded `ErrorBody`s, and the check that the
 //! port belongs to this user is made once per client, before any token leaves.
 
-use std::cell::OnceCell;
 use std::io::{self, BufRead, Read};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -99,7 +99,7 @@ struct Local {
     timeout: Duration,
     deadline: Option<Instant>,
     /// Another user's uid on the port, looked up on first use.
-    foreign: OnceCell<Option<u32>>,
+    foreign: OnceLock<Option<u32>>,
 }
 
 impl Local {
@@ -118,7 +118,7 @@ impl Local {
             port,
             timeout: DEFAULT_TIMEOUT,
             deadline: None,
-            foreign: OnceCell::new(),
+            foreign: OnceLock::new(),
         }
     }
 

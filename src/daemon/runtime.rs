@@ -74,8 +74,15 @@ pub fn settings(config: &Config, exe: &Path) -> Value {
     if config.hooks.enabled {
         for event in Event::ALL {
             let mut group = json!({ "hooks": [hook_entry(config, &exe, event)] });
-            if matches!(event, Event::PreToolUse | Event::PostToolUse) {
-                group["matcher"] = json!("*");
+            match event {
+                // Only the tools the policy may answer for: any other call costs no hook.
+                Event::PreToolUse => {
+                    let policy = crate::policy::Policy::from_json(&hooks_policy(config));
+                    group["matcher"] = json!(crate::policy::pre_tool_use_matcher(&policy));
+                }
+                // The inbox push follows every tool call.
+                Event::PostToolUse => group["matcher"] = json!("*"),
+                _ => {}
             }
             hooks.insert(event.claude_name().into(), json!([group]));
         }
@@ -184,7 +191,26 @@ mod tests {
             .as_str()
             .unwrap();
         assert_eq!(cmd, "'/opt/my cco/cco' hook subagent-start");
-        assert_eq!(s["hooks"]["PreToolUse"][0]["matcher"], "*");
+        // PreToolUse runs only for the tools the policy may answer for.
+        let matcher = s["hooks"]["PreToolUse"][0]["matcher"].as_str().unwrap();
+        let tools: Vec<&str> = matcher.split('|').collect();
+        for t in [
+            "Edit",
+            "Write",
+            "MultiEdit",
+            "NotebookEdit",
+            "Bash",
+            "Read",
+            "Agent",
+        ] {
+            assert!(tools.contains(&t), "{t} missing from {matcher}");
+        }
+        assert!(!tools.contains(&"WebFetch"), "{matcher}");
+        let mut writes_only = command.clone();
+        writes_only.hooks.auto_allow_read = false;
+        let m =
+            settings(&writes_only, Path::new("/x"))["hooks"]["PreToolUse"][0]["matcher"].clone();
+        assert_eq!(m, "Write|Edit|MultiEdit|NotebookEdit|Bash");
         // Every tool call may carry the inbox back: PostToolUse sees them all.
         assert_eq!(s["hooks"]["PostToolUse"][0]["matcher"], "*");
         assert!(!s.to_string().contains("TOKEN"));

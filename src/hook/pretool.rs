@@ -40,38 +40,73 @@ pub fn handle(env: &HookEnv, input: &Value) -> Option<Value> {
     }
 }
 
-/// Tools that write the file named by `file_path` / `notebook_path`.
-const EDIT_TOOLS: [&str; 4] = ["Edit", "Write", "MultiEdit", "NotebookEdit"];
+/// Most written paths of one tool call checked against the leases (one sidecar call each).
+const MAX_LEASE_CHECKS: usize = 8;
 
-/// Why an edit is refused: another running agent holds the file exclusively. A sidecar
-/// that cannot answer refuses nothing (hooks never break Claude); the cause is logged.
+/// Why a write is refused: another running agent holds a file it writes exclusively — an
+/// edit tool's file, or a file a Bash command names as written (`policy::written_paths`).
+/// A sidecar that cannot answer refuses nothing (hooks never break Claude); the cause is
+/// logged.
 fn lease_denial(env: &HookEnv, input: &Value, tool: &str, cwd: &Path) -> Option<String> {
-    if !EDIT_TOOLS.contains(&tool) {
+    let paths = crate::policy::written_paths(tool, &input["tool_input"]);
+    if paths.is_empty() {
         return None;
     }
-    let ti = &input["tool_input"];
-    let path = ti["file_path"].as_str().or(ti["notebook_path"].as_str())?;
-    // The sidecar takes absolute paths relative to the session token's project.
-    let abs = cwd.join(path);
     let issue = super::input::issue_of(env.issue.as_ref(), input);
     let agent = input["agent_id"]
         .as_str()
         .and_then(|a| AgentId::parse(a).ok());
-    match env
-        .sidecar
-        .lease_check(&issue, abs.to_str()?, agent.as_ref())
-    {
-        Ok(check) => check.holder.filter(|_| check.blocked).map(|l| {
-            crate::api::inert::line(&format!(
-                "{} is leased: {}. Edit another file, or call mcp__cco__wait (e.g. for the holder's agent_completed) or coordinate via mcp__cco__publish, then retry",
-                check.path,
-                crate::sidecar::leases::describe(&l)
-            ))
-            .into_owned()
-        }),
-        Err(e) => {
-            env.log(super::Event::PreToolUse, &format!("lease check: {e}"));
-            None
+    let verb = if tool == "Bash" { "Write" } else { "Edit" };
+    paths.iter().take(MAX_LEASE_CHECKS).find_map(|path| {
+        // The sidecar takes absolute paths relative to the session token's project.
+        let abs = lexical(&cwd.join(path));
+        match env
+            .sidecar
+            .lease_check(&issue, abs.to_str()?, agent.as_ref())
+        {
+            Ok(check) => check.holder.filter(|_| check.blocked).map(|l| {
+                crate::api::inert::line(&format!(
+                    "{} is leased: {}. {verb} another file, or call mcp__cco__wait (e.g. for the holder's agent_completed) or coordinate via mcp__cco__publish, then retry",
+                    check.path,
+                    crate::sidecar::leases::describe(&l)
+                ))
+                .into_owned()
+            }),
+            Err(e) => {
+                env.log(super::Event::PreToolUse, &format!("lease check: {e}"));
+                None
+            }
         }
+    })
+}
+
+/// `path` with `.` and `..` folded away without touching the file system (a command's
+/// `src/../src/lib.rs` is the leased `src/lib.rs`).
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_folded_lexically() {
+        assert_eq!(
+            lexical(Path::new("/p/./src/../src/lib.rs")),
+            Path::new("/p/src/lib.rs")
+        );
+        assert_eq!(lexical(Path::new("/../etc")), Path::new("/etc"));
     }
 }

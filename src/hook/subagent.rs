@@ -24,42 +24,23 @@ pub fn start(env: &HookEnv, input: &Value, issue: &IssueId) -> Result<Value, Hoo
     let session = input::session_id(input);
     let agent_type = input::agent_type_of(input);
     let agent_id = input::agent_id_of(input, &agent_type);
-    let register = env.sidecar.agent_status(
-        &agent_id,
-        &AgentStatusUpdate {
-            status: AgentState::Started,
-            agent_type: agent_type.clone(),
-            issue_id: issue.clone(),
-            message: Some(format!("session {session}")),
-        },
-    );
-    // Without the project part (refused, e.g. a session in the home directory, or
-    // failed), the agent still gets what earlier agents produced for the issue.
-    let text = match env.sidecar.context(issue, &agent_type) {
-        Ok(ctx) => render_context(
-            Some(&ctx.project),
-            &ctx.previous_results,
-            ctx.truncated,
-            issue,
-            &agent_type,
-            CONTEXT_BUDGET,
-        ),
-        Err(e) => {
-            env.log(
-                Event::SubagentStart,
-                &format!("{e}; sending the issue's results only"),
-            );
-            let results = env.sidecar.results(issue)?;
-            render_context(
-                None,
-                &results.results,
-                false,
-                issue,
-                &agent_type,
-                CONTEXT_BUDGET,
-            )
-        }
+    let update = AgentStatusUpdate {
+        status: AgentState::Started,
+        agent_type: agent_type.clone(),
+        issue_id: issue.clone(),
+        message: Some(format!("session {session}")),
     };
+    // The registration (a durable commit) and the context are independent: the answer
+    // waits for the slower of the two, not for their sum.
+    let (register, text) = std::thread::scope(|scope| {
+        let register = scope.spawn(|| env.sidecar.agent_status(&agent_id, &update));
+        let text = context_text(env, issue, &agent_type);
+        let register = register
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (register, text)
+    });
+    let text = text?;
     register?;
     let mut text = format!(
         "{}\n{text}",
@@ -80,6 +61,41 @@ pub fn start(env: &HookEnv, input: &Value, issue: &IssueId) -> Result<Value, Hoo
         "hookEventName": "SubagentStart",
         "additionalContext": crate::api::inert::block(&text),
     }}))
+}
+
+/// The context for `agent_type` on `issue`, rendered. Without the project part (refused,
+/// e.g. a session in the home directory, or failed), the agent still gets what earlier
+/// agents produced for the issue.
+fn context_text(
+    env: &HookEnv,
+    issue: &IssueId,
+    agent_type: &AgentType,
+) -> Result<String, HookError> {
+    Ok(match env.sidecar.context(issue, agent_type) {
+        Ok(ctx) => render_context(
+            Some(&ctx.project),
+            &ctx.previous_results,
+            ctx.truncated,
+            issue,
+            agent_type,
+            CONTEXT_BUDGET,
+        ),
+        Err(e) => {
+            env.log(
+                Event::SubagentStart,
+                &format!("{e}; sending the issue's results only"),
+            );
+            let results = env.sidecar.results(issue)?;
+            render_context(
+                None,
+                &results.results,
+                false,
+                issue,
+                agent_type,
+                CONTEXT_BUDGET,
+            )
+        }
+    })
 }
 
 /// What a sub-agent must know to coordinate: who it is (the `agent` argument of cco's

@@ -1,6 +1,8 @@
 //! What a Bash command may create, update or delete, as far as cco can see without running
 //! it: a small POSIX-shell lexer (quotes, escapes, substitutions, redirections) and a table
 //! of programs and their writing forms. What it cannot see is reported as `Opaque`.
+//! [`classify`] also names the files a command writes where it can: redirection targets and
+//! the file operands of the programs in [`PATH_WRITERS`] (for the lease check).
 
 /// What running a command may do to files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +39,13 @@ struct Word {
     dynamic: bool,
 }
 
-/// One simple command: its words, and whether it redirects output into a file.
+/// One simple command: its words, whether it redirects output into a file, and the files
+/// it redirects into whose names are static.
 #[derive(Debug, Default)]
 struct Simple {
     words: Vec<Word>,
     writes_file: bool,
+    targets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,12 +78,24 @@ impl<'a> Lexer<'a> {
         let Some(w) = self.word.take() else { return };
         match std::mem::replace(&mut self.redirect, Redirect::None) {
             Redirect::None => self.current.words.push(w),
-            Redirect::Out => self.current.writes_file |= writes_target(&w),
+            Redirect::Out => self.target(w),
             Redirect::OutDup => {
                 let fd = w.text == "-" || w.text.bytes().all(|b| b.is_ascii_digit());
-                self.current.writes_file |= !fd && writes_target(&w);
+                if !fd {
+                    self.target(w);
+                }
             }
             Redirect::In => {}
+        }
+    }
+
+    /// A file the current command redirects its output into.
+    fn target(&mut self, w: Word) {
+        if writes_target(&w) {
+            self.current.writes_file = true;
+            if !w.dynamic {
+                self.current.targets.push(w.text);
+            }
         }
     }
 
@@ -303,10 +319,32 @@ fn lex(cmd: &str) -> Option<(Vec<Simple>, Vec<String>)> {
 
 /// What running `cmd` may do to files, as far as cco can see.
 pub fn effect(cmd: &str) -> Effect {
-    effect_at(cmd, 0)
+    classify(cmd).effect
 }
 
-fn effect_at(cmd: &str, depth: usize) -> Effect {
+/// What a command does to files, and which files it writes where cco can name them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub effect: Effect,
+    /// Files written, as written in the command (relative to its working directory):
+    /// static redirection targets and the file operands of [`PATH_WRITERS`]; at most
+    /// [`MAX_PATHS`]. A command may write others cco cannot name (a build, a script).
+    pub paths: Vec<String>,
+}
+
+/// Most paths [`classify`] names for one command.
+pub const MAX_PATHS: usize = 16;
+
+/// [`effect`], with the files written that cco can name.
+pub fn classify(cmd: &str) -> Seen {
+    let mut paths = Vec::new();
+    let effect = effect_at(cmd, 0, &mut paths);
+    paths.dedup();
+    paths.truncate(MAX_PATHS);
+    Seen { effect, paths }
+}
+
+fn effect_at(cmd: &str, depth: usize, paths: &mut Vec<String>) -> Effect {
     if depth > MAX_DEPTH {
         return Effect::Opaque;
     }
@@ -315,13 +353,14 @@ fn effect_at(cmd: &str, depth: usize) -> Effect {
     };
     let mut effect = Effect::Unseen;
     for inner in &nested {
-        effect = effect.max(effect_at(inner, depth + 1));
+        effect = effect.max(effect_at(inner, depth + 1, paths));
     }
-    for c in &commands {
+    for c in commands {
         if c.writes_file {
             effect = effect.max(Effect::Writes);
         }
-        effect = effect.max(simple_effect(&c.words, depth));
+        paths.extend(c.targets);
+        effect = effect.max(simple_effect(&c.words, depth, paths));
     }
     effect
 }
@@ -457,7 +496,7 @@ fn has_long(args: &[&str], names: &[&str]) -> bool {
     })
 }
 
-fn simple_effect(words: &[Word], depth: usize) -> Effect {
+fn simple_effect(words: &[Word], depth: usize, paths: &mut Vec<String>) -> Effect {
     let mut i = 0;
     // Leading assignments (`x=rm`) and reserved words.
     while let Some(w) = words.get(i) {
@@ -472,10 +511,10 @@ fn simple_effect(words: &[Word], depth: usize) -> Effect {
             break;
         }
     }
-    command_effect(&words[i..], depth)
+    command_effect(&words[i..], depth, paths)
 }
 
-fn command_effect(words: &[Word], depth: usize) -> Effect {
+fn command_effect(words: &[Word], depth: usize, paths: &mut Vec<String>) -> Effect {
     let Some((first, rest)) = words.split_first() else {
         return Effect::Unseen;
     };
@@ -505,7 +544,7 @@ fn command_effect(words: &[Word], depth: usize) -> Effect {
                 break;
             }
         }
-        return command_effect(&rest[j.min(rest.len())..], depth);
+        return command_effect(&rest[j.min(rest.len())..], depth, paths);
     }
     if SHELLS.contains(&program) {
         return match args
@@ -513,7 +552,7 @@ fn command_effect(words: &[Word], depth: usize) -> Effect {
             .position(|a| short_flags(a).is_some_and(|f| f.contains('c')))
         {
             Some(p) => match rest.get(p + 1) {
-                Some(script) if !script.dynamic => effect_at(&script.text, depth + 1),
+                Some(script) if !script.dynamic => effect_at(&script.text, depth + 1, paths),
                 _ => Effect::Opaque,
             },
             None => Effect::Opaque,
@@ -521,20 +560,24 @@ fn command_effect(words: &[Word], depth: usize) -> Effect {
     }
     if matches!(program, "eval" | "source" | "." | "trap") {
         return match program {
-            "eval" if rest.iter().all(|w| !w.dynamic) => effect_at(&args.join(" "), depth + 1),
+            "eval" if rest.iter().all(|w| !w.dynamic) => {
+                effect_at(&args.join(" "), depth + 1, paths)
+            }
             _ => Effect::Opaque,
         };
     }
     if program == "perl" && (has_short(&args, 'i') || has_long(&args, &["-i"])) {
+        paths.extend(written_operands(program, rest));
         return Effect::Writes;
     }
     if INTERPRETERS.contains(&program) {
         if let Some(p) = args.iter().position(|a| *a == "-m") {
-            return command_effect(&rest[(p + 1).min(rest.len())..], depth);
+            return command_effect(&rest[(p + 1).min(rest.len())..], depth, paths);
         }
         return Effect::Opaque;
     }
     if WRITING_PROGRAMS.contains(&program) {
+        paths.extend(written_operands(program, rest));
         return Effect::Writes;
     }
     let writes = match program {
@@ -593,10 +636,98 @@ fn command_effect(words: &[Word], depth: usize) -> Effect {
         },
     };
     if writes {
+        if program == "sed" {
+            paths.extend(written_operands(program, rest));
+        }
         Effect::Writes
     } else {
         Effect::Unseen
     }
+}
+
+/// Programs whose file operands cco names as written, and how to find them:
+/// `(program, short options that take a value, which operands)`.
+const PATH_WRITERS: &[(&str, &str, Operands)] = &[
+    ("rm", "", Operands::All),
+    ("rmdir", "", Operands::All),
+    ("unlink", "", Operands::All),
+    ("shred", "nsu", Operands::All),
+    ("touch", "dtr", Operands::All),
+    ("truncate", "sr", Operands::All),
+    ("tee", "", Operands::All),
+    ("mkdir", "m", Operands::All),
+    // The source goes too.
+    ("mv", "St", Operands::All),
+    ("cp", "St", Operands::Last),
+    ("install", "gmoSt", Operands::Last),
+    ("ln", "St", Operands::Last),
+    ("chmod", "", Operands::AfterFirst),
+    ("chown", "", Operands::AfterFirst),
+    ("chgrp", "", Operands::AfterFirst),
+    ("sed", "lef", Operands::AfterScript),
+    ("perl", "eEIMmx", Operands::AfterScript),
+];
+
+/// Which operands of a [`PATH_WRITERS`] program it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    All,
+    /// The destination (or the `-t DIR` value).
+    Last,
+    /// All but the first (a mode or an owner).
+    AfterFirst,
+    /// All but the first, unless a script option (`-e`, `-f`) gave the script.
+    AfterScript,
+}
+
+/// The static file operands `program` writes, as [`PATH_WRITERS`] says.
+fn written_operands(program: &str, rest: &[Word]) -> Vec<String> {
+    let Some(&(_, valued, which)) = PATH_WRITERS.iter().find(|(p, _, _)| *p == program) else {
+        return Vec::new();
+    };
+    let mut operands: Vec<&Word> = Vec::new();
+    let mut target_dir = None;
+    let mut script_given = false;
+    let mut options = true;
+    let mut words = rest.iter();
+    while let Some(w) = words.next() {
+        if options && w.text == "--" {
+            options = false;
+        } else if let Some(letters) = short_flags(&w.text).filter(|_| options) {
+            // A valued option's value is the rest of the word, or the next word.
+            if let Some((at, c)) = letters.char_indices().find(|(_, c)| valued.contains(*c)) {
+                let value = if at + c.len_utf8() < letters.len() {
+                    None
+                } else {
+                    words.next()
+                };
+                script_given |= matches!(c, 'e' | 'E' | 'f');
+                if c == 't' {
+                    target_dir = value;
+                }
+            }
+        } else if !(options && w.text.starts_with("--")) {
+            operands.push(w);
+        }
+    }
+    let chosen: Vec<&Word> = match which {
+        Operands::All => operands,
+        Operands::Last => target_dir
+            .into_iter()
+            .chain(operands.last().copied())
+            .take(1)
+            .collect(),
+        Operands::AfterFirst => operands.into_iter().skip(1).collect(),
+        Operands::AfterScript => operands
+            .into_iter()
+            .skip(usize::from(!script_given))
+            .collect(),
+    };
+    chosen
+        .into_iter()
+        .filter(|w| !w.dynamic && !w.text.is_empty())
+        .map(|w| w.text.clone())
+        .collect()
 }
 
 fn git_effect(args: &[&str]) -> Effect {
@@ -671,6 +802,40 @@ fn git_effect(args: &[&str]) -> Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The files a command names as written: what the lease check asks about.
+    #[test]
+    fn written_files_are_named_where_the_command_names_them() {
+        for (cmd, paths) in [
+            ("echo x > src/lib.rs", &["src/lib.rs"][..]),
+            ("cat a >> log.txt 2>&1", &["log.txt"]),
+            ("echo x > /dev/null", &[]),
+            ("rm -rf build src/old.rs", &["build", "src/old.rs"]),
+            ("rm -- -weird", &["-weird"]),
+            ("mv a.rs b.rs", &["a.rs", "b.rs"]),
+            ("cp -r src/a.rs src/b.rs", &["src/b.rs"]),
+            ("cp -t dest a b", &["dest"]),
+            ("ln -s target link", &["link"]),
+            ("chmod +x run.sh", &["run.sh"]),
+            ("chown -R me:me dir", &["dir"]),
+            ("sed -i 's/a/b/' src/lib.rs", &["src/lib.rs"]),
+            ("sed -i -e s/a/b/ -e s/c/d/ a b", &["a", "b"]),
+            ("sed -ni.bak p f", &["f"]),
+            ("perl -pi -e 's/a/b/' f", &["f"]),
+            ("echo x | tee -a out.log", &["out.log"]),
+            ("touch a && sh -c 'rm b'", &["a", "b"]),
+            ("sudo -u root truncate -s 0 big.log", &["big.log"]),
+            ("ls > $OUT", &[]),
+            ("rm $F", &[]),
+            ("cargo build", &[]),
+            ("cat src/lib.rs", &[]),
+        ] {
+            let seen = classify(cmd);
+            assert_eq!(seen.paths, paths, "{cmd}");
+        }
+        let many: String = (0..40).map(|i| format!("f{i} ")).collect();
+        assert_eq!(classify(&format!("rm {many}")).paths.len(), MAX_PATHS);
+    }
 
     #[test]
     fn writing_commands_are_seen_through_quoting_and_wrappers() {

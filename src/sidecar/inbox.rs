@@ -20,6 +20,9 @@ pub const MAX_INBOX_EVENTS: usize = 20;
 /// Most bytes of event JSON one delivery carries (at least one event is always delivered).
 pub const MAX_INBOX_BYTES: usize = 16 * 1024;
 
+/// Most events past an agent's durable cursor that an empty delivery leaves unwritten.
+pub const UNWRITTEN_SPAN: u64 = 4096;
+
 /// How much one delivery may carry: at least one event, at most `max_events` and
 /// `max_bytes` of event JSON (the first event always goes, whatever its size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +123,13 @@ impl Inbox {
                 |r| r.get(0),
             )
             .optional()?;
-        let cursor = match saved {
+        let stored = match saved {
             Some(s) => s as u64,
             None => first_cursor(&tx, to.registered_at, head)?,
         };
-        let cursor = cursor.min(head);
+        // A cursor known in memory only (an empty delivery left unwritten, below) is as good.
+        let known = self.known.lock().expect("inbox cache").get(&key).copied();
+        let cursor = stored.max(known.unwrap_or(0)).min(head);
         let ty = to.agent_type.map(|t| t.as_str());
         let matching = "FROM events WHERE seq > ?1 AND seq <= ?2
                AND (topic = ?3 OR topic = ?4 OR topic = ?5)
@@ -133,6 +138,7 @@ impl Inbox {
         let mut events = Vec::new();
         let mut last = cursor;
         let mut bytes = 0;
+        let mut matched = 0usize;
         {
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT seq, json {matching} ORDER BY seq LIMIT ?6"
@@ -146,6 +152,7 @@ impl Inbox {
                 limits.max_events as i64
             ])?;
             while let Some(r) = rows.next()? {
+                matched += 1;
                 let (seq, json): (i64, String) = (r.get(0)?, r.get(1)?);
                 if !events.is_empty() && bytes + json.len() > limits.max_bytes {
                     break;
@@ -173,6 +180,20 @@ impl Inbox {
         )?;
         // Everything up to `head` was looked at unless some were left for the next call.
         let next = if more > 0 { last } else { head };
+        if matched == 0 && saved.is_some() && head.saturating_sub(stored) <= UNWRITTEN_SPAN {
+            // Nothing addressed to it: moving the durable cursor would cost a commit (an
+            // fsync) on every tool call after any event, and losing that move costs only a
+            // rescan of events that are not its mail. Kept in memory; written once the
+            // rescan would grow past `UNWRITTEN_SPAN`. (An agent's first cursor is always
+            // written: where it starts may depend on the head at that moment.)
+            drop(tx);
+            self.known.lock().expect("inbox cache").insert(key, next);
+            return Ok(Delivery {
+                events,
+                more: 0,
+                cursor: next,
+            });
+        }
         tx.execute(
             "INSERT INTO inbox_cursors(issue_id, agent_id, seq) VALUES (?1, ?2, ?3)
              ON CONFLICT(issue_id, agent_id) DO UPDATE SET seq = excluded.seq",
@@ -264,6 +285,57 @@ mod tests {
         let again = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
         let seqs: Vec<u64> = again.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [5]);
+        j.close();
+    }
+
+    /// Nothing addressed to the agent: no commit (no fsync on the hook path), and after a
+    /// restart the next delivery is still exactly its mail.
+    #[tokio::test]
+    async fn an_empty_delivery_writes_nothing_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("o").join("state.db");
+        let keep = Retention {
+            max_events: 1000,
+            max_age: Duration::from_secs(3600),
+        };
+        let j = Journal::open(&db, keep).unwrap();
+        let (issue, agent) = (
+            IssueId::parse("i-1").unwrap(),
+            AgentId::parse("a-1").unwrap(),
+        );
+        let to = Recipient {
+            issue: &issue,
+            agent: &agent,
+            agent_type: None,
+            registered_at: Some("1970-01-01T00:00:00Z"),
+        };
+        let cursors = || -> i64 {
+            Connection::open(&db)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM inbox_cursors", [], |r| r.get(0))
+                .unwrap()
+        };
+        j.publish(ev("i-2", "m")).await.unwrap();
+        j.publish(ev("someone-else", "m")).await.unwrap();
+        let inbox = Inbox::open(&db).unwrap();
+        let first = inbox.deliver(&to, j.head()).unwrap();
+        assert_eq!((first.events.len(), first.cursor), (0, 2));
+        assert_eq!(cursors(), 1, "the first cursor is written");
+        let written = || -> i64 {
+            Connection::open(&db)
+                .unwrap()
+                .query_row("SELECT seq FROM inbox_cursors", [], |r| r.get(0))
+                .unwrap()
+        };
+        j.publish(ev("i-2", "m")).await.unwrap();
+        let none = inbox.deliver(&to, j.head()).unwrap();
+        assert_eq!((none.events.len(), none.cursor), (0, 3));
+        assert_eq!(written(), 2, "an empty delivery commits nothing");
+        j.publish(ev("a-1", "m")).await.unwrap();
+        let mail = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
+        let seqs: Vec<u64> = mail.events.iter().map(|e| e.seq).collect();
+        assert_eq!((seqs.as_slice(), mail.cursor), (&[4][..], 4));
+        assert_eq!(written(), 4, "a delivery with mail is durable");
         j.close();
     }
 

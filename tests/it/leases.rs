@@ -343,9 +343,15 @@ fn pre_tool_use(
     agent: Option<&str>,
 ) -> serde_json::Value {
     let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
+    // For Bash, `file` is the command.
+    let tool_input = if tool == "Bash" {
+        json!({"command": file})
+    } else {
+        json!({"file_path": file, "old_string": "a", "new_string": "b"})
+    };
     let mut input = json!({
         "session_id": "s-1", "hook_event_name": "PreToolUse", "cwd": project,
-        "tool_name": tool, "tool_input": {"file_path": file, "old_string": "a", "new_string": "b"},
+        "tool_name": tool, "tool_input": tool_input,
     });
     if let Some(a) = agent {
         input["agent_id"] = json!(a);
@@ -423,6 +429,34 @@ fn pre_tool_use_denies_edits_of_a_file_another_agent_holds_exclusively() {
         ] {
             assert!(reason.contains(part), "{part} missing: {reason}");
         }
+    }
+    // A Bash command that names the file as written is refused the same way; one that
+    // reads it, or writes another file, is not.
+    for cmd in [
+        "echo x > src/lib.rs",
+        "sed -i s/a/b/ src/lib.rs",
+        "cargo fmt && rm ./src/../src/lib.rs",
+        "cp /tmp/x src/lib.rs",
+    ] {
+        let out = pre_tool_use(&env, &t, &project, "Bash", cmd, Some("other-1"));
+        let o = &out["hookSpecificOutput"];
+        assert_eq!(o["permissionDecision"], "deny", "{cmd}: {out}");
+        let reason = o["permissionDecisionReason"].as_str().unwrap();
+        assert!(
+            reason.contains("holder-1") && reason.contains("Write another file"),
+            "{reason}"
+        );
+    }
+    for cmd in [
+        "cat src/lib.rs",
+        "echo x > src/other.rs",
+        "cp src/lib.rs /tmp/copy",
+    ] {
+        let out = pre_tool_use(&env, &t, &project, "Bash", cmd, Some("other-1"));
+        assert_ne!(
+            out["hookSpecificOutput"]["permissionDecision"], "deny",
+            "{cmd}: {out}"
+        );
     }
     // The main session (no agent id) is refused too; the holder is not.
     let main = pre_tool_use(&env, &t, &project, "Edit", lib, None);
