@@ -132,37 +132,45 @@ async fn main() {
     }
 
     // The http hooks: PreToolUse of a read (the policy alone, no sidecar call) against
-    // PostToolUse (the inbox check) with nothing new, and with one event each time.
+    // PostToolUse (the inbox check) with nothing new, with nothing new for it while the
+    // journal moves on (an event for another agent before each call), and with one event
+    // for it each time.
     let read = json!({"session_id": "bench", "hook_event_name": "PreToolUse", "cwd": "/tmp",
         "agent_id": "bench-2", "agent_type": "bench",
         "tool_name": "Read", "tool_input": {"file_path": "/tmp/x"}});
     let mut post = read.clone();
     post["hook_event_name"] = json!("PostToolUse");
     let hooks = [
-        ("hook_pre_tool_use", "/hooks/pre-tool-use", &read, false),
+        ("hook_pre_tool_use", "/hooks/pre-tool-use", &read, None),
         (
             "hook_post_tool_use_empty",
             "/hooks/post-tool-use",
             &post,
-            false,
+            None,
+        ),
+        (
+            "hook_post_tool_use_others_mail",
+            "/hooks/post-tool-use",
+            &post,
+            Some("bench-9"),
         ),
         (
             "hook_post_tool_use_one_event",
             "/hooks/post-tool-use",
             &post,
-            true,
+            Some("bench-2"),
         ),
     ];
-    let mail = json!({"publisher": "bench-1", "topic": "bench-2", "data": {"n": 1}});
-    for (label, path, input, with_event) in hooks {
+    for (label, path, input, event_to) in hooks {
         let mut lat = Vec::with_capacity(calls);
         let mut pushed = 0;
         for i in 0..calls + WARMUP {
             if started.elapsed() > RUN_LIMIT {
                 break;
             }
-            if with_event {
-                let (status, answer) = t.post("/api/events/bench_mail", mail.clone()).await;
+            if let Some(topic) = event_to {
+                let mail = json!({"publisher": "bench-1", "topic": topic, "data": {"n": 1}});
+                let (status, answer) = t.post("/api/events/bench_mail", mail).await;
                 assert_eq!(status, 201, "{answer}");
             }
             let s = Instant::now();

@@ -285,14 +285,28 @@ fn two_sub_agents_lease_conflict_publish_release_and_join() {
 
     // What Claude Code 2.1.332 puts in a sub-agent's hook input: its `agent_id` (and type)
     // in PreToolUse and PostToolUse, which is how the lease check and the push find it.
+    // PreToolUse runs only for the tools cco's matcher names: the editor's Edit fires it,
+    // the holder's calls (all cco's MCP tools) do not; PostToolUse follows every call.
+    let editor_id = my_id(editors[0]);
     let log = daemon.log_text();
-    for event in ["PreToolUse", "PostToolUse"] {
-        let fired = log.lines().any(|l| {
+    let fired = |event: &str, id: &str, ty: &str| {
+        log.lines().any(|l| {
             l.contains("hook input")
                 && l.contains(&format!("event=\"{event}\""))
-                && l.contains(&holder_id)
-                && l.contains(HOLDER)
-        });
-        assert!(fired, "no {event} input with the holder's ids:\n{log}");
-    }
+                && l.contains(id)
+                && l.contains(ty)
+        })
+    };
+    assert!(
+        fired("PreToolUse", &editor_id, EDITOR),
+        "no PreToolUse input with the editor's ids:\n{log}"
+    );
+    assert!(
+        !fired("PreToolUse", &holder_id, HOLDER),
+        "PreToolUse ran for an MCP tool:\n{log}"
+    );
+    assert!(
+        fired("PostToolUse", &holder_id, HOLDER),
+        "no PostToolUse input with the holder's ids:\n{log}"
+    );
 }
