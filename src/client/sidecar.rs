@@ -300,6 +300,13 @@ impl SidecarClient {
         self
     }
 
+    /// The port is known to be this user's (the daemon checked it moments ago): no
+    /// `/proc/net/tcp` read before the first call.
+    pub fn with_owner_verified(mut self) -> Self {
+        self.local.foreign = OnceLock::from(None);
+        self
+    }
+
     /// One limit for every call this client makes (a hook's whole budget).
     pub fn with_deadline(mut self, deadline: Instant) -> Self {
         self.local.deadline = Some(deadline);

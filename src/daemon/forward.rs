@@ -73,6 +73,16 @@ fn owner_checked(state: &DaemonState, port: u16) -> Result<(), DaemonError> {
     }
 }
 
+/// Whether the sidecar's port is known to be this user's: a positive check at most
+/// [`OWNER_RECHECK_SECS`] old, made now if the last one is older. The hooks' client then
+/// skips its own check.
+pub(super) fn owner_verified(state: &DaemonState, port: u16) -> bool {
+    owner_checked(state, port).is_ok() && {
+        let last = state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed);
+        last != 0 && crate::auth::now_secs().saturating_sub(last) < OWNER_RECHECK_SECS
+    }
+}
+
 /// Forgets a positive owner check: after a failure the port may have changed hands.
 fn forget_owner(state: &DaemonState) {
     state
@@ -175,6 +185,10 @@ mod tests {
             0,
             "a negative check was cached"
         );
+        assert!(
+            !owner_verified(&state, port),
+            "nobody listens: not verified"
+        );
     }
 
     #[test]
@@ -197,6 +211,7 @@ mod tests {
             state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),
             0
         );
+        assert!(owner_verified(&state, port), "our listener is verified");
         forget_owner(&state);
         assert_eq!(
             state.inner.sidecar_owner_checked_at.load(Ordering::Relaxed),

@@ -116,7 +116,7 @@ pub async fn handle(
         agent_type = input["agent_type"].as_str().unwrap_or("-"),
         "hook input"
     );
-    let env = HookEnv::new(
+    let mut env = HookEnv::new(
         s.policy.clone(),
         s.config.sidecar.port,
         Some(token.to_string()),
@@ -124,6 +124,9 @@ pub async fn handle(
         &s.paths.runtime_dir,
         Instant::now(),
     );
+    if super::forward::owner_verified(&state, s.config.sidecar.port) {
+        env = env.with_sidecar_owner_verified();
+    }
     let fallback = hook::fallback_answer(&env, event);
     // What a sub-agent is told is recorded after the answer leaves (`daemon::told`).
     let told = super::told::Pending::of(

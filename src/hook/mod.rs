@@ -131,6 +131,12 @@ impl HookEnv {
         }
     }
 
+    /// The daemon has just verified that the sidecar's port is this user's.
+    pub fn with_sidecar_owner_verified(mut self) -> HookEnv {
+        self.sidecar = self.sidecar.owner_verified();
+        self
+    }
+
     pub fn from_vars(var: impl Fn(&str) -> Option<String>, start: Instant) -> HookEnv {
         let policy = var("ORCHESTRATOR_HOOKS_CONFIG")
             .and_then(|s| serde_json::from_str::<Value>(&s).ok())

@@ -59,6 +59,13 @@ impl Sidecar {
         Sidecar { client, deadline }
     }
 
+    /// The daemon verified the port's owner: the client need not (see
+    /// `SidecarClient::with_owner_verified`).
+    pub fn owner_verified(mut self) -> Sidecar {
+        self.client = self.client.map(SidecarClient::with_owner_verified);
+        self
+    }
+
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
