@@ -93,6 +93,7 @@ struct Inner {
     context: context::ContextBroker,
     metrics: metrics::Metrics,
     probes: RwLock<metrics::Probes>,
+    health: metrics::HealthCache,
     started: Instant,
     tracker: Arc<Tracker>,
     /// Dropped last: no other sidecar writes this data while we might.
@@ -162,6 +163,7 @@ impl SidecarState {
                 context,
                 metrics: metrics::Metrics::default(),
                 probes: RwLock::new(metrics::Probes::default()),
+                health: metrics::HealthCache::default(),
                 started: Instant::now(),
                 tracker,
                 stopping,

@@ -20,6 +20,7 @@ use super::context::{ContextError, ProjectRefused, check_project};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, RequireScope};
 use super::journal::{EventFilter, JournalError, JournalEvent, NewEvent};
+use super::metrics::HealthInputs;
 use super::results::StoreError;
 use super::store::{PutResult, Subscription};
 use super::{SERVICE, SidecarState, VERSION};
@@ -108,32 +109,41 @@ pub async fn method_not_allowed() -> Response {
     )
 }
 
-pub async fn health(State(s): State<SidecarState>) -> (StatusCode, Json<SidecarHealth>) {
+pub async fn health(State(s): State<SidecarState>) -> Response {
     let mut probes = s.inner.probes.read().expect("probes lock").clone();
     // The last result write failed where the probe succeeded (a blocked or foreign path).
     if probes.storage == "healthy" && s.store().results_failing() {
         probes.storage = "degraded";
     }
     let healthy = probes.storage == "healthy" && probes.event_bus == "healthy";
-    let body = SidecarHealth {
-        status: if healthy { "healthy" } else { "unhealthy" }.into(),
-        service: SERVICE.into(),
-        version: VERSION.into(),
+    let inputs = HealthInputs {
+        probes,
         uptime_seconds: s.inner.started.elapsed().as_secs(),
-        checks: HealthChecks {
-            storage: probes.storage.into(),
-            event_bus: probes.event_bus.into(),
-            memory_usage_mb: probes.memory_mb,
-            active_agents: s.store().agent_counts().active,
-            event_queue_size: s.store().pending(),
-        },
+        active_agents: s.store().agent_counts().active,
+        event_queue_size: s.store().pending(),
     };
+    let body = s.inner.health.body(inputs, |i| {
+        let health = SidecarHealth {
+            status: if healthy { "healthy" } else { "unhealthy" }.into(),
+            service: SERVICE.into(),
+            version: VERSION.into(),
+            uptime_seconds: i.uptime_seconds,
+            checks: HealthChecks {
+                storage: i.probes.storage.into(),
+                event_bus: i.probes.event_bus.into(),
+                memory_usage_mb: i.probes.memory_mb,
+                active_agents: i.active_agents,
+                event_queue_size: i.event_queue_size,
+            },
+        };
+        serde_json::to_vec(&health).expect("the health body serializes")
+    });
     let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body))
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 pub async fn status(State(s): State<SidecarState>) -> Json<SidecarStatus> {
