@@ -180,12 +180,14 @@ impl Inbox {
         )?;
         // Everything up to `head` was looked at unless some were left for the next call.
         let next = if more > 0 { last } else { head };
-        if matched == 0 && saved.is_some() && head.saturating_sub(stored) <= UNWRITTEN_SPAN {
+        // Where the cursor starts can be found again: it was written, or it follows from the
+        // registration time. (An unregistered agent's starts at the head of its first call.)
+        let recoverable = saved.is_some() || to.registered_at.is_some();
+        if matched == 0 && recoverable && head.saturating_sub(stored) <= UNWRITTEN_SPAN {
             // Nothing addressed to it: moving the durable cursor would cost a commit (an
-            // fsync) on every tool call after any event, and losing that move costs only a
-            // rescan of events that are not its mail. Kept in memory; written once the
-            // rescan would grow past `UNWRITTEN_SPAN`. (An agent's first cursor is always
-            // written: where it starts may depend on the head at that moment.)
+            // fsync) on every tool call after any event — and at every SubagentStart — and
+            // losing that move costs only a rescan of events that are not its mail. Kept in
+            // memory; written once the rescan would grow past `UNWRITTEN_SPAN`.
             drop(tx);
             self.known.lock().expect("inbox cache").insert(key, next);
             return Ok(Delivery {
@@ -320,22 +322,29 @@ mod tests {
         let inbox = Inbox::open(&db).unwrap();
         let first = inbox.deliver(&to, j.head()).unwrap();
         assert_eq!((first.events.len(), first.cursor), (0, 2));
-        assert_eq!(cursors(), 1, "the first cursor is written");
-        let written = || -> i64 {
-            Connection::open(&db)
-                .unwrap()
-                .query_row("SELECT seq FROM inbox_cursors", [], |r| r.get(0))
-                .unwrap()
-        };
         j.publish(ev("i-2", "m")).await.unwrap();
         let none = inbox.deliver(&to, j.head()).unwrap();
         assert_eq!((none.events.len(), none.cursor), (0, 3));
-        assert_eq!(written(), 2, "an empty delivery commits nothing");
+        assert_eq!(cursors(), 0, "an empty delivery commits nothing");
         j.publish(ev("a-1", "m")).await.unwrap();
         let mail = Inbox::open(&db).unwrap().deliver(&to, j.head()).unwrap();
         let seqs: Vec<u64> = mail.events.iter().map(|e| e.seq).collect();
         assert_eq!((seqs.as_slice(), mail.cursor), (&[4][..], 4));
-        assert_eq!(written(), 4, "a delivery with mail is durable");
+        assert_eq!(cursors(), 1, "a delivery with mail is durable");
+        // An unregistered agent starts at the head of its first call: that is written.
+        let main = AgentId::parse("main").unwrap();
+        let unregistered = Recipient {
+            agent: &main,
+            registered_at: None,
+            ..to
+        };
+        let start = inbox.deliver(&unregistered, j.head()).unwrap();
+        assert_eq!((start.events.len(), start.cursor), (0, 4));
+        assert_eq!(
+            cursors(),
+            2,
+            "an unregistered agent's first cursor is durable"
+        );
         j.close();
     }
 
