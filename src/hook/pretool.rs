@@ -57,27 +57,29 @@ fn lease_denial(env: &HookEnv, input: &Value, tool: &str, cwd: &Path) -> Option<
         .as_str()
         .and_then(|a| AgentId::parse(a).ok());
     let verb = if tool == "Bash" { "Write" } else { "Edit" };
-    paths.iter().take(MAX_LEASE_CHECKS).find_map(|path| {
+    for path in paths.iter().take(MAX_LEASE_CHECKS) {
         // The sidecar takes absolute paths relative to the session token's project.
         let abs = lexical(&cwd.join(path));
-        match env
-            .sidecar
-            .lease_check(&issue, abs.to_str()?, agent.as_ref())
-        {
-            Ok(check) => check.holder.filter(|_| check.blocked).map(|l| {
-                crate::api::inert::line(&format!(
-                    "{} is leased: {}. {verb} another file, or call mcp__cco__wait (e.g. for the holder's agent_completed) or coordinate via mcp__cco__publish, then retry",
-                    check.path,
-                    crate::sidecar::leases::describe(&l)
-                ))
-                .into_owned()
-            }),
+        let Some(abs) = abs.to_str() else { continue };
+        match env.sidecar.lease_check(&issue, abs, agent.as_ref()) {
+            Ok(check) => {
+                if let Some(l) = check.holder.filter(|_| check.blocked) {
+                    return Some(crate::api::inert::line(&format!(
+                        "{} is leased: {}. {verb} another file, or call mcp__cco__wait (e.g. for the holder's agent_completed) or coordinate via mcp__cco__publish, then retry",
+                        check.path,
+                        crate::sidecar::leases::describe(&l)
+                    ))
+                    .into_owned());
+                }
+            }
             Err(e) => {
+                // The next call would fail the same way: one log line, no denial.
                 env.log(super::Event::PreToolUse, &format!("lease check: {e}"));
-                None
+                return None;
             }
         }
-    })
+    }
+    None
 }
 
 /// `path` with `.` and `..` folded away without touching the file system (a command's
