@@ -116,71 +116,127 @@ const CONFIG_EXTENSIONS: &[&str] = &[
     ".xml",
 ];
 
+/// A vendor token: one of its prefixes at a word start, then at least `min` bytes that
+/// `body` accepts.
+type Token = (&'static [&'static str], usize, fn(u8) -> bool);
+/// A content check and the literals (any case) it starts from.
+type Check = (&'static [&'static str], fn(&str) -> bool);
+
+const TOKENS: &[Token] = &[
+    (&["AKIA", "ASIA"], 16, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit()
+    }),
+    (&["ghp_", "gho_", "ghu_", "ghs_", "ghr_"], 20, |b| {
+        b.is_ascii_alphanumeric()
+    }),
+    (&["github_pat_"], 20, |b| {
+        b.is_ascii_alphanumeric() || b == b'_'
+    }),
+    (&["xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-"], 8, |b| {
+        b.is_ascii_alphanumeric() || b == b'-'
+    }),
+    (&["ya29."], 20, |b| {
+        b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    }),
+    (&["AIza"], 35, |b| {
+        b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    }),
+    (&["sk_live_", "rk_live_"], 16, |b| b.is_ascii_alphanumeric()),
+    // Anthropic, OpenAI project/service keys, GitLab personal access tokens.
+    (&["sk-ant-", "sk-proj-", "sk-svcacct-", "glpat-"], 20, |b| {
+        b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    }),
+    // OpenAI's older keys: `sk-` and 48 letters and digits.
+    (&["sk-"], 40, |b| b.is_ascii_alphanumeric()),
+    (&["npm_"], 36, |b| b.is_ascii_alphanumeric()),
+    // Slack incoming webhooks: the URL is the credential.
+    (&["hooks.slack.com/services/"], 20, |b| {
+        b.is_ascii_alphanumeric() || b == b'/'
+    }),
+    // Hugging Face, SendGrid, DigitalOcean (personal, OAuth, refresh).
+    (&["hf_"], 30, |b| b.is_ascii_alphanumeric()),
+    (&["SG."], 60, |b| {
+        b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
+    }),
+    (&["dop_v1_", "doo_v1_", "dor_v1_"], 64, |b| {
+        b.is_ascii_hexdigit()
+    }),
+];
+
+/// The other content checks.
+const CHECKS: &[Check] = &[
+    (&[KEY_BLOCK], private_key_block),
+    (&[JSON_KEY], json_private_key),
+    (&REGISTRY_KEYS, registry_token),
+    (&AWS_KEYS, aws_secret_key),
+    (&[URL_MARK], url_credentials),
+    (&AZURE_KEYS, azure_key),
+    (&XML_TAGS, xml_password),
+    (&DOCKER_KEYS, docker_auth),
+];
+
+/// Every literal the checks start from, found in one case-insensitive pass over the text:
+/// a check runs only when one of its literals is there, so a file is read once rather than
+/// once per literal (this runs on every `Read` the PreToolUse policy may allow, up to 1 MiB).
+static LITERALS: std::sync::LazyLock<(Vec<&'static str>, aho_corasick::AhoCorasick)> =
+    std::sync::LazyLock::new(|| {
+        let all: Vec<&'static str> = TOKENS
+            .iter()
+            .flat_map(|(prefixes, _, _)| prefixes.iter())
+            .chain(CHECKS.iter().flat_map(|(literals, _)| literals.iter()))
+            .chain(PASSWORD_KEYS.iter())
+            .copied()
+            .collect();
+        let scanner = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&all)
+            .expect("the literals build an automaton");
+        (all, scanner)
+    });
+
+/// Which of [`LITERALS`] one text holds.
+struct Found(Vec<bool>);
+
+impl Found {
+    fn scan(text: &str) -> Found {
+        let (all, scanner) = &*LITERALS;
+        let mut found = vec![false; all.len()];
+        for m in scanner.find_overlapping_iter(text) {
+            found[m.pattern().as_usize()] = true;
+        }
+        Found(found)
+    }
+
+    /// Whether the text holds any of `literals` (in any case).
+    fn any(&self, literals: &[&str]) -> bool {
+        let all = &LITERALS.0;
+        literals.iter().any(|l| {
+            all.iter()
+                .zip(&self.0)
+                .any(|(x, &found)| found && x.eq_ignore_ascii_case(l))
+        })
+    }
+}
+
 /// Whether the text of the file named `name` contains something that looks like a
 /// credential: a private key block, a cloud/forge/chat token, or a literal password in a
 /// config file.
 pub fn looks_secret(name: &str, text: &str) -> bool {
     let lower_name = name.to_ascii_lowercase();
     let config = CONFIG_EXTENSIONS.iter().any(|e| lower_name.ends_with(e));
-    private_key_block(text)
-        || prefixed(text, &["AKIA", "ASIA"], 16, |b| {
-            b.is_ascii_uppercase() || b.is_ascii_digit()
-        })
-        || prefixed(text, &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"], 20, |b| {
-            b.is_ascii_alphanumeric()
-        })
-        || prefixed(text, &["github_pat_"], 20, |b| {
-            b.is_ascii_alphanumeric() || b == b'_'
-        })
-        || prefixed(
-            text,
-            &["xoxa-", "xoxb-", "xoxp-", "xoxr-", "xoxs-"],
-            8,
-            |b| b.is_ascii_alphanumeric() || b == b'-',
-        )
-        || prefixed(text, &["ya29."], 20, |b| {
-            b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
-        })
-        || prefixed(text, &["AIza"], 35, |b| {
-            b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
-        })
-        || prefixed(text, &["sk_live_", "rk_live_"], 16, |b| {
-            b.is_ascii_alphanumeric()
-        })
-        // Anthropic, OpenAI project/service keys, GitLab personal access tokens.
-        || prefixed(
-            text,
-            &["sk-ant-", "sk-proj-", "sk-svcacct-", "glpat-"],
-            20,
-            |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
-        )
-        // OpenAI's older keys: `sk-` and 48 letters and digits.
-        || prefixed(text, &["sk-"], 40, |b| b.is_ascii_alphanumeric())
-        || prefixed(text, &["npm_"], 36, |b| b.is_ascii_alphanumeric())
-        // Slack incoming webhooks: the URL is the credential.
-        || prefixed(text, &["hooks.slack.com/services/"], 20, |b| {
-            b.is_ascii_alphanumeric() || b == b'/'
-        })
-        // Hugging Face, SendGrid, DigitalOcean (personal, OAuth, refresh).
-        || prefixed(text, &["hf_"], 30, |b| b.is_ascii_alphanumeric())
-        || prefixed(text, &["SG."], 60, |b| {
-            b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
-        })
-        || prefixed(text, &["dop_v1_", "doo_v1_", "dor_v1_"], 64, |b| {
-            b.is_ascii_hexdigit()
-        })
-        || json_private_key(text)
-        || registry_token(text)
-        || aws_secret_key(text)
-        || url_credentials(text)
-        || azure_key(text)
-        || xml_password(text)
-        || docker_auth(text)
+    let found = Found::scan(text);
+    TOKENS.iter().any(|(prefixes, min, body)| {
+        prefixes
+            .iter()
+            .filter(|p| found.any(&[p]))
+            .any(|p| prefixed(text, p, *min, *body))
+    }) || CHECKS
+        .iter()
+        .any(|(literals, check)| found.any(literals) && check(text))
         || pgpass_line(text)
-        || (config && password_assignment(text))
+        || (config && found.any(&PASSWORD_KEYS) && password_assignment(text))
 }
 
-/// Characters of base64 (standard and URL-safe).
 fn base64_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
 }
@@ -197,16 +253,15 @@ fn keyed_values<'a>(lower: &'a str, key: &'a str) -> impl Iterator<Item = &'a st
 
 /// An AWS secret access key given without its key id: 40 base64 characters assigned to a
 /// key that names it (`aws_secret_access_key`, `"SecretAccessKey":`, `AWS_SECRET=`).
+const AWS_KEYS: [&str; 4] = [
+    "secret_access_key",
+    "secretaccesskey",
+    "aws_secret",
+    "secret_key",
+];
 fn aws_secret_key(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    [
-        "secret_access_key",
-        "secretaccesskey",
-        "aws_secret",
-        "secret_key",
-    ]
-    .iter()
-    .any(|key| {
+    AWS_KEYS.iter().any(|key| {
         keyed_values(&lower, key)
             .any(|v| v.bytes().take_while(|b| base64_char(*b)).count() == AWS_SECRET_LEN)
     })
@@ -235,8 +290,9 @@ fn placeholder_password(p: &str) -> bool {
 }
 
 /// `scheme://user:password@host` (databases, queues, git remotes): the password is literal.
+const URL_MARK: &str = "://";
 fn url_credentials(text: &str) -> bool {
-    text.match_indices("://").any(|(i, m)| {
+    text.match_indices(URL_MARK).any(|(i, m)| {
         let rest = &text[i + m.len()..];
         let end = rest
             .find(|c: char| c == '/' || c == '@' || c.is_whitespace() || "\"'`<>".contains(c))
@@ -251,9 +307,10 @@ fn url_credentials(text: &str) -> bool {
 }
 
 /// Azure storage / service bus connection strings: `AccountKey=…`, `SharedAccessKey=…`.
+const AZURE_KEYS: [&str; 2] = ["accountkey=", "sharedaccesskey="];
 fn azure_key(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    ["accountkey=", "sharedaccesskey="].iter().any(|key| {
+    AZURE_KEYS.iter().any(|key| {
         lower.match_indices(key).any(|(i, m)| {
             lower[i + m.len()..]
                 .bytes()
@@ -266,9 +323,10 @@ fn azure_key(text: &str) -> bool {
 const AZURE_KEY_MIN: usize = 20;
 
 /// `<password>…</password>` (Maven `settings.xml`, NuGet, app configs), not `${…}`.
+const XML_TAGS: [&str; 2] = ["<password>", "<passphrase>"];
 fn xml_password(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    ["<password>", "<passphrase>"].iter().any(|tag| {
+    XML_TAGS.iter().any(|tag| {
         lower.match_indices(tag).any(|(i, m)| {
             let value = &text[i + m.len()..];
             let value = value.split('<').next().unwrap_or("").trim();
@@ -279,9 +337,10 @@ fn xml_password(text: &str) -> bool {
 
 /// Docker's `config.json`: `"auths": {"registry": {"auth": "<base64 user:pass>"}}`, and
 /// `identitytoken`.
+const DOCKER_KEYS: [&str; 2] = ["\"auth\"", "\"identitytoken\""];
 fn docker_auth(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    ["\"auth\"", "\"identitytoken\""].iter().any(|key| {
+    DOCKER_KEYS.iter().any(|key| {
         lower.match_indices(key).any(|(i, m)| {
             let rest = lower[i + m.len()..].trim_start_matches([' ', '\t']);
             let Some(rest) = rest.strip_prefix(':') else {
@@ -316,8 +375,9 @@ fn pgpass_line(text: &str) -> bool {
 }
 
 /// `-----BEGIN … PRIVATE KEY-----` (RSA, EC, OPENSSH, ENCRYPTED, PGP … BLOCK).
+const KEY_BLOCK: &str = "-----BEGIN ";
 fn private_key_block(text: &str) -> bool {
-    text.match_indices("-----BEGIN ").any(|(i, m)| {
+    text.match_indices(KEY_BLOCK).any(|(i, m)| {
         let rest = &text[i + m.len()..];
         let line = rest.split('\n').next().unwrap_or(rest);
         line.contains("PRIVATE KEY")
@@ -325,23 +385,22 @@ fn private_key_block(text: &str) -> bool {
 }
 
 /// `prefix` at a word start followed by at least `min` bytes accepted by `body`.
-fn prefixed(text: &str, prefixes: &[&str], min: usize, body: fn(u8) -> bool) -> bool {
+fn prefixed(text: &str, prefix: &str, min: usize, body: fn(u8) -> bool) -> bool {
     let bytes = text.as_bytes();
-    prefixes.iter().any(|p| {
-        text.match_indices(p).any(|(i, _)| {
-            let at_word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
-            let run = bytes[i + p.len()..]
-                .iter()
-                .take_while(|b| body(**b))
-                .count();
-            at_word_start && run >= min
-        })
+    text.match_indices(prefix).any(|(i, _)| {
+        let at_word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        let run = bytes[i + prefix.len()..]
+            .iter()
+            .take_while(|b| body(**b))
+            .count();
+        at_word_start && run >= min
     })
 }
 
 /// `"private_key": …` (Google service-account keys and the like).
+const JSON_KEY: &str = "\"private_key\"";
 fn json_private_key(text: &str) -> bool {
-    text.match_indices("\"private_key\"").any(|(i, m)| {
+    text.match_indices(JSON_KEY).any(|(i, m)| {
         text[i + m.len()..]
             .trim_start_matches([' ', '\t'])
             .starts_with(':')
@@ -350,20 +409,18 @@ fn json_private_key(text: &str) -> bool {
 
 /// `password = value`, `db_password: value`, `"password": "value"` — not placeholders such
 /// as `${DB_PASSWORD}`, `{{ vault }}`, `""` or `null`.
+const PASSWORD_KEYS: [&str; 3] = ["password", "passwd", "passphrase"];
 fn password_assignment(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    ["password", "passwd", "passphrase"]
-        .iter()
-        .any(|key| assignment(&lower, key))
+    PASSWORD_KEYS.iter().any(|key| assignment(&lower, key))
 }
 
 /// A package registry's credential in any file (`.npmrc` lines copied into docs, CI
 /// scripts, Dockerfiles): `//registry/:_authToken=…`, `_auth=…`, yarn's `npmAuthToken: …`.
+const REGISTRY_KEYS: [&str; 3] = ["_authtoken", "_auth", "npmauthtoken"];
 fn registry_token(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    ["_authtoken", "_auth", "npmauthtoken"]
-        .iter()
-        .any(|key| assignment(&lower, key))
+    REGISTRY_KEYS.iter().any(|key| assignment(&lower, key))
 }
 
 /// `key` (lower case, in lower-cased `lower`) assigned a literal value with `=` or `:`.
@@ -388,6 +445,25 @@ fn assignment(lower: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass scan gates every check: each literal, in any case, lets its check run.
+    #[test]
+    fn every_check_runs_when_its_literal_is_there() {
+        let literals = TOKENS
+            .iter()
+            .flat_map(|(l, _, _)| l.iter())
+            .chain(CHECKS.iter().flat_map(|(l, _)| l.iter()))
+            .chain(PASSWORD_KEYS.iter());
+        for l in literals {
+            for text in [l.to_string(), l.to_ascii_uppercase(), format!("x {l} y")] {
+                assert!(Found::scan(&text).any(&[l]), "{l} not found in {text:?}");
+            }
+            assert!(!Found::scan("plain text").any(&[l]), "{l}");
+        }
+        // Far into a large file, as found as at its start.
+        let padded = format!("{}AKIAABCDEFGHIJKLMNOP\n", "x = 1\n".repeat(150_000));
+        assert!(looks_secret("main.rs", &padded));
+    }
 
     #[test]
     fn secret_names() {
