@@ -194,25 +194,34 @@ static LITERALS: std::sync::LazyLock<(Vec<&'static str>, aho_corasick::AhoCorasi
         (all, scanner)
     });
 
-/// Which of [`LITERALS`] one text holds.
-struct Found(Vec<bool>);
+/// Below this many bytes every check simply runs: building the automaton (~0.7 ms, once per
+/// process — a command hook is one process per call) costs more than the checks' own
+/// passes over a small file.
+const SCAN_FROM: usize = 16 * 1024;
+
+/// Which of [`LITERALS`] one text holds (for a small text: all of them, unlooked).
+struct Found(Option<Vec<bool>>);
 
 impl Found {
     fn scan(text: &str) -> Found {
+        if text.len() < SCAN_FROM {
+            return Found(None);
+        }
         let (all, scanner) = &*LITERALS;
         let mut found = vec![false; all.len()];
         for m in scanner.find_overlapping_iter(text) {
             found[m.pattern().as_usize()] = true;
         }
-        Found(found)
+        Found(Some(found))
     }
 
-    /// Whether the text holds any of `literals` (in any case).
+    /// Whether the text may hold any of `literals` (in any case).
     fn any(&self, literals: &[&str]) -> bool {
+        let Some(found) = &self.0 else { return true };
         let all = &LITERALS.0;
         literals.iter().any(|l| {
             all.iter()
-                .zip(&self.0)
+                .zip(found)
                 .any(|(x, &found)| found && x.eq_ignore_ascii_case(l))
         })
     }
@@ -454,11 +463,17 @@ mod tests {
             .flat_map(|(l, _, _)| l.iter())
             .chain(CHECKS.iter().flat_map(|(l, _)| l.iter()))
             .chain(PASSWORD_KEYS.iter());
+        let pad = ".".repeat(SCAN_FROM);
         for l in literals {
             for text in [l.to_string(), l.to_ascii_uppercase(), format!("x {l} y")] {
-                assert!(Found::scan(&text).any(&[l]), "{l} not found in {text:?}");
+                let text = format!("{pad}{text}");
+                assert!(Found::scan(&text).any(&[l]), "{l} not found");
             }
-            assert!(!Found::scan("plain text").any(&[l]), "{l}");
+            assert!(!Found::scan(&format!("{pad}plain text")).any(&[l]), "{l}");
+            assert!(
+                Found::scan("plain text").any(&[l]),
+                "a small text is checked whole"
+            );
         }
         // Far into a large file, as found as at its start.
         let padded = format!("{}AKIAABCDEFGHIJKLMNOP\n", "x = 1\n".repeat(150_000));
