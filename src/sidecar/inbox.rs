@@ -250,16 +250,21 @@ mod tests {
         }
     }
 
-    /// The cursor is durable: a reopened inbox does not deliver an event twice.
-    #[tokio::test]
-    async fn each_event_is_delivered_once_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("o").join("state.db");
+    /// A journal in `dir`, and its database's path.
+    fn journal(dir: &Path) -> (Journal, std::path::PathBuf) {
+        let db = dir.join("o").join("state.db");
         let keep = Retention {
             max_events: 1000,
             max_age: Duration::from_secs(3600),
         };
-        let j = Journal::open(&db, keep).unwrap();
+        (Journal::open(&db, keep).unwrap(), db)
+    }
+
+    /// The cursor is durable: a reopened inbox does not deliver an event twice.
+    #[tokio::test]
+    async fn each_event_is_delivered_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, db) = journal(dir.path());
         let (issue, agent, ty) = (
             IssueId::parse("i-1").unwrap(),
             AgentId::parse("a-1").unwrap(),
@@ -295,12 +300,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_delivery_writes_nothing_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("o").join("state.db");
-        let keep = Retention {
-            max_events: 1000,
-            max_age: Duration::from_secs(3600),
-        };
-        let j = Journal::open(&db, keep).unwrap();
+        let (j, db) = journal(dir.path());
         let (issue, agent) = (
             IssueId::parse("i-1").unwrap(),
             AgentId::parse("a-1").unwrap(),
@@ -353,12 +353,7 @@ mod tests {
     #[tokio::test]
     async fn limits_cut_a_delivery_and_nothing_new_is_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("o").join("state.db");
-        let keep = Retention {
-            max_events: 1000,
-            max_age: Duration::from_secs(3600),
-        };
-        let j = Journal::open(&db, keep).unwrap();
+        let (j, db) = journal(dir.path());
         let (issue, agent) = (
             IssueId::parse("i-1").unwrap(),
             AgentId::parse("a-1").unwrap(),

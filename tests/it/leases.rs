@@ -342,7 +342,6 @@ fn pre_tool_use(
     file: &str,
     agent: Option<&str>,
 ) -> serde_json::Value {
-    let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
     // For Bash, `file` is the command.
     let tool_input = if tool == "Bash" {
         json!({"command": file})
@@ -356,26 +355,7 @@ fn pre_tool_use(
     if let Some(a) = agent {
         input["agent_id"] = json!(a);
     }
-    let mut cmd = env.cmd(["hook", "pre-tool-use"]);
-    cmd.env(
-        "ORCHESTRATOR_SIDECAR_URL",
-        format!("http://127.0.0.1:{}", env.sidecar_port),
-    )
-    .env("ORCHESTRATOR_TOKEN", token)
-    .env("ORCHESTRATOR_ISSUE_ID", "issue-12")
-    .env("ORCHESTRATOR_HOOKS_CONFIG", hooks);
-    let out = crate::common::run_with_stdin(&mut cmd, input.to_string().as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    }
+    run_hook(env, token, "issue-12", "pre-tool-use", &input)
 }
 
 #[test]
@@ -478,19 +458,9 @@ fn pre_tool_use_denies_edits_of_a_file_another_agent_holds_exclusively() {
     assert_ne!(read["hookSpecificOutput"]["permissionDecision"], "deny");
 
     // SubagentStop of the holder releases its leases: the edit is allowed again.
-    let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
     let stop = json!({"session_id": "s-1", "hook_event_name": "SubagentStop", "cwd": project,
         "agent_id": "holder-1", "agent_type": "rust-specialist"});
-    let mut cmd = env.cmd(["hook", "subagent-stop"]);
-    cmd.env(
-        "ORCHESTRATOR_SIDECAR_URL",
-        format!("http://127.0.0.1:{}", env.sidecar_port),
-    )
-    .env("ORCHESTRATOR_TOKEN", &t)
-    .env("ORCHESTRATOR_ISSUE_ID", "issue-12")
-    .env("ORCHESTRATOR_HOOKS_CONFIG", hooks);
-    let out = crate::common::run_with_stdin(&mut cmd, stop.to_string().as_bytes());
-    assert!(out.status.success());
+    run_hook(&env, &t, "issue-12", "subagent-stop", &stop);
     assert!(c.leases(Some(&issue)).unwrap().leases.is_empty());
     let after = pre_tool_use(&env, &t, &project, "Edit", lib, Some("other-1"));
     assert_eq!(after, before);
@@ -499,6 +469,18 @@ fn pre_tool_use_denies_edits_of_a_file_another_agent_holds_exclusively() {
 /// `cco hook EVENT` with `input` on stdin, as cco launches it for issue-13; its answer
 /// (`Null` for none).
 fn hook(env: &Env, token: &str, event: &str, input: &serde_json::Value) -> serde_json::Value {
+    run_hook(env, token, "issue-13", event, input)
+}
+
+/// `cco hook EVENT` with `input` on stdin, as cco launches it for `issue`; it must exit 0.
+/// Its answer (`Null` for none).
+fn run_hook(
+    env: &Env,
+    token: &str,
+    issue: &str,
+    event: &str,
+    input: &serde_json::Value,
+) -> serde_json::Value {
     let hooks = std::fs::read_to_string(env.runtime_dir().join("hooks-sealed.json")).unwrap();
     let mut cmd = env.cmd(["hook", event]);
     cmd.env(
@@ -506,7 +488,7 @@ fn hook(env: &Env, token: &str, event: &str, input: &serde_json::Value) -> serde
         format!("http://127.0.0.1:{}", env.sidecar_port),
     )
     .env("ORCHESTRATOR_TOKEN", token)
-    .env("ORCHESTRATOR_ISSUE_ID", "issue-13")
+    .env("ORCHESTRATOR_ISSUE_ID", issue)
     .env("ORCHESTRATOR_HOOKS_CONFIG", hooks)
     .env(
         "ORCHESTRATOR_AGENTS",
