@@ -1818,9 +1818,11 @@ impl NatsStore {
         let limits = limits.clamp();
         let h = self.handles()?;
         let key = inbox_key(&to.issue, &to.agent);
-        let known =
-            |k: &Mutex<HashMap<String, u64>>| k.lock().expect("inbox cache").get(&key).copied();
-        if let Some(cursor) = known(&self.inner.inbox_known).filter(|&c| c >= head) {
+        let known = || {
+            let k = self.inner.inbox_known.lock().expect("inbox cache");
+            k.get(&key).copied()
+        };
+        if let Some(cursor) = known().filter(|&c| c >= head) {
             return Ok(Delivery {
                 events: Vec::new(),
                 more: 0,
@@ -1861,10 +1863,7 @@ impl NatsStore {
             };
             let stored = cursor;
             // A cursor moved in memory only (an empty delivery, below) is as good.
-            let cursor = cursor
-                .max(known(&self.inner.inbox_known).unwrap_or(0))
-                .min(head)
-                .max(self.floor());
+            let cursor = cursor.max(known().unwrap_or(0)).min(head).max(self.floor());
             let mut events = Vec::new();
             let (mut last, mut bytes, mut more) = (cursor, 0, 0u64);
             let mut since = cursor;
